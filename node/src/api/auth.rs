@@ -1,0 +1,148 @@
+//! `/api/v1/auth`: registration, login, token refresh, logout, logout-all, me.
+
+use poem::web::Data;
+use poem_openapi::{payload::Json, ApiResponse, Object, OpenApi};
+
+use super::{ApiTags, NoContent};
+use crate::{
+    auth::{sessions, sessions::TokenPair, BearerAuth, Role},
+    error::{ApiError, ApiResult},
+    state::AppState,
+    users::{self, NewUser, User},
+};
+
+/// Registration, login and sessions.
+pub struct AuthApi;
+
+/// A new account.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct RegisterRequest {
+    /// 3–32 characters of `A-Z a-z 0-9 _ . -`; unique ignoring case.
+    #[oai(validator(min_length = 3, max_length = 32, pattern = r"^[A-Za-z0-9_.-]+$"))]
+    pub username: String,
+    /// An email address; unique ignoring case.
+    #[oai(validator(max_length = 254, pattern = r"^[^\s@]+@[^\s@]+\.[^\s@]+$"))]
+    pub email: String,
+    /// 8–128 characters.
+    #[oai(validator(min_length = 8, max_length = 128))]
+    pub password: String,
+    /// Given name.
+    #[oai(validator(max_length = 100))]
+    pub first_name: Option<String>,
+    /// Family name.
+    #[oai(validator(max_length = 100))]
+    pub last_name: Option<String>,
+    /// Phone number.
+    #[oai(validator(max_length = 32))]
+    pub phone: Option<String>,
+}
+
+/// Credentials: `username` (which may also hold an email) or `email`, and the password.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct LoginRequest {
+    /// Username or email.
+    #[oai(validator(min_length = 1, max_length = 254))]
+    pub username: Option<String>,
+    /// Email, as an alternative to `username`.
+    #[oai(validator(min_length = 1, max_length = 254))]
+    pub email: Option<String>,
+    /// The password.
+    #[oai(validator(max_length = 128))]
+    pub password: String,
+}
+
+/// A refresh token to exchange.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct RefreshRequest {
+    /// The refresh token from login or the previous refresh.
+    #[oai(validator(min_length = 1, max_length = 512))]
+    pub refresh_token: String,
+}
+
+/// Registration answer.
+#[derive(ApiResponse)]
+pub enum Registered {
+    /// The account was created.
+    #[oai(status = 201)]
+    Created(Json<User>),
+}
+
+#[OpenApi(prefix_path = "/api/v1/auth", tag = "ApiTags::Auth")]
+impl AuthApi {
+    /// Creates an account with role `user`. Duplicate username or email → 409.
+    #[oai(path = "/register", method = "post")]
+    async fn register(
+        &self,
+        state: Data<&AppState>,
+        body: Json<RegisterRequest>,
+    ) -> ApiResult<Registered> {
+        let body = body.0;
+        let new = NewUser {
+            username: body.username,
+            email: body.email,
+            password: body.password,
+            first_name: body.first_name,
+            last_name: body.last_name,
+            phone: body.phone,
+            role: Role::User,
+        };
+        Ok(Registered::Created(Json(
+            users::create(&state.db, new).await?,
+        )))
+    }
+
+    /// Exchanges credentials for an access token (JWT) and a refresh token.
+    #[oai(path = "/login", method = "post")]
+    async fn login(
+        &self,
+        state: Data<&AppState>,
+        body: Json<LoginRequest>,
+    ) -> ApiResult<Json<TokenPair>> {
+        let login = match (&body.username, &body.email) {
+            (Some(login), None) | (None, Some(login)) => login,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "give exactly one of `username` and `email`",
+                ))
+            }
+        };
+        Ok(Json(sessions::login(&state, login, &body.password).await?))
+    }
+
+    /// Spends a refresh token for a new pair. Each refresh token works once; presenting a spent
+    /// one revokes every token of its session.
+    #[oai(path = "/refresh", method = "post")]
+    async fn refresh(
+        &self,
+        state: Data<&AppState>,
+        body: Json<RefreshRequest>,
+    ) -> ApiResult<Json<TokenPair>> {
+        Ok(Json(sessions::refresh(&state, &body.refresh_token).await?))
+    }
+
+    /// Revokes the presented access token and its session's refresh token, on every node.
+    #[oai(path = "/logout", method = "post")]
+    async fn logout(&self, state: Data<&AppState>, auth: BearerAuth) -> ApiResult<NoContent> {
+        sessions::logout(&state, &auth.0).await?;
+        Ok(NoContent::Done)
+    }
+
+    /// Revokes every session of the caller, on every node.
+    #[oai(path = "/logout-all", method = "post")]
+    async fn logout_all(&self, state: Data<&AppState>, auth: BearerAuth) -> ApiResult<NoContent> {
+        sessions::logout_all(&state, auth.0.sub).await?;
+        Ok(NoContent::Done)
+    }
+
+    /// The caller's account.
+    #[oai(path = "/me", method = "get")]
+    async fn me(&self, state: Data<&AppState>, auth: BearerAuth) -> ApiResult<Json<User>> {
+        users::find(&state.db, auth.0.sub)
+            .await?
+            .map(Json)
+            .ok_or_else(|| ApiError::unauthorized("account no longer exists"))
+    }
+}

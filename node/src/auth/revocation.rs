@@ -1,0 +1,91 @@
+//! Revoked access tokens, shared by every node through Redis.
+//!
+//! Two kinds of entry, both expiring when the last token they could affect expires:
+//! a revoked `jti` (logout, refresh-token reuse) and a per-user cutoff time before which every
+//! token of the user is revoked (logout-all, role or status change, deletion). Checking both
+//! takes one `MGET`.
+//!
+//! Redis unreachable means the check cannot be made: requests fail with 503 rather than accept
+//! a token that may have been revoked.
+
+use std::time::Duration;
+
+use petmesh_shared::registry::RedisKeys;
+use uuid::Uuid;
+
+use super::{tokens::issued_at_millis, Claims};
+use crate::error::ApiError;
+
+/// Reads and writes revocations in Redis.
+#[derive(Clone)]
+pub struct Revocations {
+    /// Shared Redis pool.
+    redis: deadpool_redis::Pool,
+    /// The cluster's key layout.
+    keys: RedisKeys,
+    /// How long a user cutoff must live: the access token lifetime plus skew.
+    cutoff_ttl: Duration,
+}
+
+impl Revocations {
+    /// A store over `redis` for tokens that live at most `access_ttl`.
+    pub fn new(redis: deadpool_redis::Pool, keys: RedisKeys, access_ttl: Duration) -> Self {
+        Self {
+            redis,
+            keys,
+            cutoff_ttl: access_ttl + Duration::from_secs(60),
+        }
+    }
+
+    /// 401 when the token was revoked; 503 when Redis cannot tell.
+    pub async fn ensure_not_revoked(&self, claims: &Claims) -> Result<(), ApiError> {
+        let mut conn = self.redis.get().await?;
+        let (revoked, cutoff): (Option<String>, Option<i64>) = redis::cmd("MGET")
+            .arg(self.keys.revoked_token(&claims.jti.to_string()))
+            .arg(self.keys.sessions_revoked_before(&claims.sub.to_string()))
+            .query_async(&mut conn)
+            .await?;
+        if revoked.is_some() {
+            return Err(ApiError::unauthorized("access token has been revoked"));
+        }
+        if cutoff.is_some_and(|cutoff| issued_at_millis(claims) <= cutoff) {
+            return Err(ApiError::unauthorized("access token has been revoked"));
+        }
+        Ok(())
+    }
+
+    /// Revokes the tokens `jti` until `expires_at` (Unix seconds); past tokens are skipped.
+    pub async fn revoke_tokens(&self, tokens: &[(Uuid, i64)]) -> Result<(), ApiError> {
+        let now = chrono::Utc::now().timestamp();
+        let mut pipe = redis::pipe();
+        let mut any = false;
+        for (jti, expires_at) in tokens {
+            // Expired tokens are already refused; keep the key a little past expiry for skew.
+            let ttl = expires_at - now + 60;
+            if ttl > 0 {
+                pipe.set_ex(self.keys.revoked_token(&jti.to_string()), 1, ttl as u64)
+                    .ignore();
+                any = true;
+            }
+        }
+        if any {
+            let mut conn = self.redis.get().await?;
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Revokes every access token of `user_id` issued up to now.
+    pub async fn revoke_user_sessions(&self, user_id: Uuid) -> Result<(), ApiError> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut conn = self.redis.get().await?;
+        redis::cmd("SET")
+            .arg(self.keys.sessions_revoked_before(&user_id.to_string()))
+            .arg(now_ms)
+            .arg("EX")
+            .arg(self.cutoff_ttl.as_secs())
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+}

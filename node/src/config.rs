@@ -1,0 +1,436 @@
+//! The node's settings: the operator manual in code. Every field has a default, can be set in the
+//! optional YAML file, and can be overridden by `PETMESH_NODE__<SECTION>__<FIELD>`.
+//! `DATABASE_URL` and `REDIS_URL` are honoured when the prefixed variables are absent.
+
+use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
+
+use petmesh_shared::{
+    config::{self as layered, ConfigProblem, Sources},
+    telemetry::{self, LogFormat},
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// Prefix of every node environment variable.
+pub const ENV_PREFIX: &str = "PETMESH_NODE";
+
+/// The signing secret used when none is configured. It is public (it is in this file), so it is
+/// refused outside `development`.
+const DEVELOPMENT_JWT_SECRET: &str = "petmesh-development-secret-do-not-use-in-production";
+
+/// Where the node runs; decides the log format default and whether unsafe defaults are allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// A developer's machine: pretty logs, the built-in JWT secret is accepted.
+    Development,
+    /// Automated tests: like production, with JSON logs.
+    Test,
+    /// Everything else. The default, so that forgetting to configure is safe.
+    Production,
+}
+
+/// All node settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// `development`, `test` or `production` (default).
+    pub environment: Environment,
+    /// This node's id in logs, metrics and the registry; generated (`node-<random>`) when empty.
+    pub node_id: String,
+    /// HTTP listener and request limits.
+    pub server: ServerSettings,
+    /// PostgreSQL.
+    pub database: DatabaseSettings,
+    /// Redis.
+    pub redis: RedisSettings,
+    /// Cluster membership.
+    pub cluster: ClusterSettings,
+    /// Tokens and passwords.
+    pub auth: AuthSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// The first admin account.
+    pub bootstrap: BootstrapSettings,
+}
+
+/// HTTP listener and request limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to bind.
+    pub host: IpAddr,
+    /// Port to bind; 0 picks a free one (logged as `listening` with its `addr`).
+    pub port: u16,
+    /// Largest accepted request body; larger ones get 413.
+    pub body_limit_bytes: usize,
+    /// A request taking longer is answered with 503, so draining can never hang.
+    pub request_timeout_secs: u64,
+    /// On SIGTERM, how long in-flight requests may take before the node exits anyway.
+    pub grace_period_secs: u64,
+}
+
+/// PostgreSQL connection pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Connection URL (`DATABASE_URL` also works).
+    pub url: SecretString,
+    /// Pool size.
+    pub max_connections: u32,
+    /// How long a request waits for a pooled connection before failing with 503.
+    pub acquire_timeout_ms: u64,
+    /// Apply pending migrations when `serve` starts.
+    pub migrate_on_start: bool,
+}
+
+/// Redis connection pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Connection URL (`REDIS_URL` also works).
+    pub url: SecretString,
+    /// Pool size.
+    pub pool_size: usize,
+    /// How long a request waits for a Redis connection (or a reply) before failing.
+    pub timeout_ms: u64,
+}
+
+/// Cluster membership.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Prefixes every Redis key (`petmesh:{name}:`), so clusters can share one Redis.
+    pub name: String,
+}
+
+/// Tokens and passwords.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HMAC-SHA256 key for access tokens; at least 32 bytes outside development.
+    pub jwt_secret: SecretString,
+    /// `iss` claim written and required.
+    pub jwt_issuer: String,
+    /// Access token lifetime.
+    pub access_token_ttl_secs: u64,
+    /// Refresh token lifetime.
+    pub refresh_token_ttl_secs: u64,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `json` or `pretty`; defaults to pretty in development and JSON elsewhere.
+    pub format: Option<LogFormat>,
+    /// Filter directive, e.g. `info` or `petmesh_node=debug,info` (`RUST_LOG` wins when set).
+    pub level: String,
+}
+
+/// The first admin account, created by `serve` when it does not exist yet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BootstrapSettings {
+    /// Username of the bootstrap admin.
+    pub admin_username: String,
+    /// Email of the bootstrap admin.
+    pub admin_email: String,
+    /// Password of the bootstrap admin (`PETMESH_ADMIN_PASSWORD` also works); no admin is
+    /// created when unset.
+    pub admin_password: Option<SecretString>,
+}
+
+// === defaults ===
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            environment: Environment::Production,
+            node_id: String::new(),
+            server: ServerSettings::default(),
+            database: DatabaseSettings::default(),
+            redis: RedisSettings::default(),
+            cluster: ClusterSettings::default(),
+            auth: AuthSettings::default(),
+            log: LogSettings::default(),
+            bootstrap: BootstrapSettings::default(),
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([0, 0, 0, 0]),
+            port: 8080,
+            body_limit_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
+            grace_period_secs: 10,
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/petmesh".into(),
+            max_connections: 20,
+            acquire_timeout_ms: 3000,
+            migrate_on_start: false,
+        }
+    }
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            pool_size: 32,
+            timeout_ms: 2000,
+        }
+    }
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            name: "default".into(),
+        }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            jwt_secret: DEVELOPMENT_JWT_SECRET.into(),
+            jwt_issuer: "petmesh".into(),
+            access_token_ttl_secs: 3600,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
+impl Default for BootstrapSettings {
+    fn default() -> Self {
+        Self {
+            admin_username: "admin".into(),
+            admin_email: "admin@petmesh.local".into(),
+            admin_password: None,
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: None,
+            level: "info".into(),
+        }
+    }
+}
+
+// === impl Settings ===
+
+impl Settings {
+    /// Loads defaults → `file` → `env`, then validates. Reports every problem found.
+    pub fn load(
+        file: Option<&Path>,
+        env: HashMap<String, String>,
+    ) -> Result<Self, Vec<ConfigProblem>> {
+        let sources = Sources {
+            file,
+            env,
+            aliases: &[
+                ("DATABASE_URL", "database.url"),
+                ("REDIS_URL", "redis.url"),
+                ("PETMESH_ADMIN_PASSWORD", "bootstrap.admin_password"),
+            ],
+        };
+        let settings: Settings = layered::load(ENV_PREFIX, sources).map_err(|p| vec![p])?;
+        settings.validate()
+    }
+
+    /// Checks what types alone cannot, returning all problems at once.
+    pub fn validate(mut self) -> Result<Self, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let mut problem = |setting: &str, message: &str| {
+            problems.push(ConfigProblem::new(ENV_PREFIX, setting, message));
+        };
+        let secret = self.auth.jwt_secret.expose_secret();
+        if self.environment != Environment::Development {
+            if secret == DEVELOPMENT_JWT_SECRET {
+                problem(
+                    "auth.jwt_secret",
+                    "the built-in development secret is refused outside environment=development; set a secret of at least 32 bytes",
+                );
+            } else if secret.len() < 32 {
+                problem(
+                    "auth.jwt_secret",
+                    "must be at least 32 bytes outside development",
+                );
+            }
+        }
+        if secret.is_empty() {
+            problem("auth.jwt_secret", "must not be empty");
+        }
+        if self.auth.jwt_issuer.is_empty() {
+            problem("auth.jwt_issuer", "must not be empty");
+        }
+        if self.auth.access_token_ttl_secs == 0 {
+            problem("auth.access_token_ttl_secs", "must be at least 1");
+        }
+        if self.auth.refresh_token_ttl_secs == 0 {
+            problem("auth.refresh_token_ttl_secs", "must be at least 1");
+        }
+        if self.server.body_limit_bytes == 0 {
+            problem("server.body_limit_bytes", "must be at least 1");
+        }
+        if self.server.request_timeout_secs == 0 {
+            problem("server.request_timeout_secs", "must be at least 1");
+        }
+        if self.database.max_connections == 0 {
+            problem("database.max_connections", "must be at least 1");
+        }
+        if self.redis.pool_size == 0 {
+            problem("redis.pool_size", "must be at least 1");
+        }
+        if self.cluster.name.is_empty() || self.cluster.name.contains([':', ' ', '{', '}']) {
+            problem(
+                "cluster.name",
+                "must be non-empty without ':', spaces or braces",
+            );
+        }
+        if let Some(password) = &self.bootstrap.admin_password {
+            if !(8..=128).contains(&password.expose_secret().chars().count()) {
+                problem(
+                    "bootstrap.admin_password",
+                    "must be 8–128 characters, like every password",
+                );
+            }
+        }
+        if !telemetry::is_valid_level(&self.log.level) {
+            problem(
+                "log.level",
+                "not a valid filter directive (try `info` or `petmesh_node=debug,info`)",
+            );
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        if self.node_id.is_empty() {
+            self.node_id = format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        }
+        Ok(self)
+    }
+
+    /// The log format in effect.
+    pub fn log_format(&self) -> LogFormat {
+        self.log.format.unwrap_or(match self.environment {
+            Environment::Development => LogFormat::Pretty,
+            _ => LogFormat::Json,
+        })
+    }
+}
+
+impl DatabaseSettings {
+    /// Connection options parsed from the URL.
+    pub fn connect_options(&self) -> Result<sqlx::postgres::PgConnectOptions, sqlx::Error> {
+        self.url.expose_secret().parse()
+    }
+
+    /// A lazily connecting pool: the node starts (and reports not-ready) while PostgreSQL is down.
+    pub fn lazy_pool(&self) -> Result<sqlx::PgPool, sqlx::Error> {
+        Ok(sqlx::postgres::PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(Duration::from_millis(self.acquire_timeout_ms))
+            .connect_lazy_with(self.connect_options()?))
+    }
+}
+
+impl RedisSettings {
+    /// A Redis pool whose waits and connection attempts are bounded by `timeout_ms`.
+    pub fn pool(&self) -> anyhow::Result<deadpool_redis::Pool> {
+        let timeout = Some(Duration::from_millis(self.timeout_ms));
+        let pool = deadpool_redis::Config::from_url(self.url.expose_secret())
+            .builder()?
+            .max_size(self.pool_size)
+            .wait_timeout(timeout)
+            .create_timeout(timeout)
+            .recycle_timeout(timeout)
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()?;
+        Ok(pool)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn default_secret_is_refused_outside_development() {
+        let problems = Settings::load(None, env(&[])).unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].setting, "auth.jwt_secret");
+        assert_eq!(problems[0].env_var, "PETMESH_NODE__AUTH__JWT_SECRET");
+    }
+
+    #[test]
+    fn default_secret_is_accepted_in_development() {
+        let settings =
+            Settings::load(None, env(&[("PETMESH_NODE__ENVIRONMENT", "development")])).unwrap();
+        assert_eq!(settings.log_format(), LogFormat::Pretty);
+        assert!(settings.node_id.starts_with("node-"));
+    }
+
+    #[test]
+    fn conventional_urls_are_honoured() {
+        let settings = Settings::load(
+            None,
+            env(&[
+                ("PETMESH_NODE__AUTH__JWT_SECRET", SECRET),
+                ("DATABASE_URL", "postgres://x@h/db"),
+                ("REDIS_URL", "redis://h:1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.database.url.expose_secret(), "postgres://x@h/db");
+        assert_eq!(settings.redis.url.expose_secret(), "redis://h:1");
+        assert_eq!(settings.log_format(), LogFormat::Json);
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let problems = Settings::load(
+            None,
+            env(&[
+                ("PETMESH_NODE__AUTH__JWT_SECRET", "short"),
+                ("PETMESH_NODE__AUTH__ACCESS_TOKEN_TTL_SECS", "0"),
+                ("PETMESH_NODE__LOG__LEVEL", "=="),
+            ]),
+        )
+        .unwrap_err();
+        let settings: Vec<_> = problems.iter().map(|p| p.setting.as_str()).collect();
+        assert_eq!(
+            settings,
+            ["auth.jwt_secret", "auth.access_token_ttl_secs", "log.level"]
+        );
+    }
+
+    #[test]
+    fn unknown_environment_names_the_setting() {
+        let problems =
+            Settings::load(None, env(&[("PETMESH_NODE__ENVIRONMENT", "prod")])).unwrap_err();
+        assert_eq!(problems[0].setting, "environment", "{}", problems[0]);
+    }
+}

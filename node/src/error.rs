@@ -1,0 +1,233 @@
+//! `ApiError`: every failure a handler can return, documented in the OpenAPI document, and the
+//! middleware that renders every other error (unknown route, wrong method, unparsable body,
+//! missing token...) in the same `{"statusCode","error","message"}` body.
+
+use petmesh_shared::error_body::ErrorBody;
+use poem::{
+    http::{header, Method, StatusCode},
+    Endpoint, IntoResponse, PathPattern, Request, Response,
+};
+use poem_openapi::{payload::Json, ApiResponse};
+
+/// What a handler returns on failure. Each variant is one documented status.
+#[derive(Debug, ApiResponse)]
+pub enum ApiError {
+    /// The request is malformed or fails validation.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// Missing, malformed, expired, forged or revoked credentials.
+    #[oai(status = 401)]
+    Unauthorized(
+        Json<ErrorBody>,
+        /// Always `Bearer`, per RFC 6750.
+        #[oai(header = "WWW-Authenticate")]
+        String,
+    ),
+    /// Authenticated, but not allowed to do this.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    /// No such resource (or not visible to the caller).
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The request conflicts with existing data (duplicate, stale state).
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// The request body is larger than the configured limit.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// The request body's content type is not `application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
+    /// A bug; details are in the node's log under the request id.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+    /// A dependency (PostgreSQL, Redis) is unavailable or the node is overloaded; retry later.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+/// Shorthand for handler results.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    /// 400 with `message`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::BadRequest(body(400, message))
+    }
+
+    /// 401 with `message` and `WWW-Authenticate: Bearer`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::Unauthorized(body(401, message), "Bearer".into())
+    }
+
+    /// 403 with `message`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::Forbidden(body(403, message))
+    }
+
+    /// 404 with `message`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::NotFound(body(404, message))
+    }
+
+    /// 409 with `message`.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::Conflict(body(409, message))
+    }
+
+    /// 503 with `message`.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable(body(503, message))
+    }
+
+    /// 500 after logging `cause` with its whole chain; the client sees no detail.
+    pub fn internal(cause: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::error!(error = %error_chain(cause), "internal error");
+        Self::Internal(body(
+            500,
+            "internal error; see the node log for this request id",
+        ))
+    }
+}
+
+fn body(status: u16, message: impl Into<String>) -> Json<ErrorBody> {
+    Json(ErrorBody::new(status, message))
+}
+
+/// `outer: middle: inner`, so one log line tells the whole story.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
+}
+
+// === conversions, so `?` works in handlers ===
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => {
+                tracing::warn!(error = %error_chain(&err), "database unavailable");
+                Self::unavailable("database unavailable, retry later")
+            }
+            _ => Self::internal(&err),
+        }
+    }
+}
+
+impl From<deadpool_redis::PoolError> for ApiError {
+    fn from(err: deadpool_redis::PoolError) -> Self {
+        tracing::warn!(error = %error_chain(&err), "redis unavailable");
+        Self::unavailable("redis unavailable, retry later")
+    }
+}
+
+impl From<redis::RedisError> for ApiError {
+    fn from(err: redis::RedisError) -> Self {
+        if err.is_io_error()
+            || err.is_timeout()
+            || err.is_connection_dropped()
+            || err.is_connection_refusal()
+        {
+            tracing::warn!(error = %error_chain(&err), "redis unavailable");
+            Self::unavailable("redis unavailable, retry later")
+        } else {
+            Self::internal(&err)
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(err: anyhow::Error) -> Self {
+        Self::internal(err.as_ref())
+    }
+}
+
+/// Turns database constraint violations into client errors at the call site.
+pub trait ResultExt<T> {
+    /// `map` gets the name of the violated constraint and returns the client error for it, or
+    /// `None` to treat it as any other database error.
+    fn on_constraint(self, map: impl FnOnce(&str) -> Option<ApiError>) -> Result<T, ApiError>;
+}
+
+impl<T> ResultExt<T> for Result<T, sqlx::Error> {
+    fn on_constraint(self, map: impl FnOnce(&str) -> Option<ApiError>) -> Result<T, ApiError> {
+        self.map_err(|err| {
+            let mapped = match &err {
+                sqlx::Error::Database(db) => db.constraint().and_then(map),
+                _ => None,
+            };
+            mapped.unwrap_or_else(|| err.into())
+        })
+    }
+}
+
+// === rendering of errors that did not come from a handler ===
+
+/// Middleware: renders every `poem::Error` that is not already an [`ApiError`] response in the
+/// common error body, keeping the matched route for metrics.
+pub async fn render_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    match next.call(req).await {
+        Ok(resp) => Ok(resp.into_response()),
+        Err(err) if err.is_from_response() => Ok(err.into_response()),
+        Err(err) => Ok(error_response(err, &method, &path)),
+    }
+}
+
+fn error_response(err: poem::Error, method: &Method, path: &str) -> Response {
+    let status = err.status();
+    let message = describe(&err, status, method, path);
+    if status.is_server_error() {
+        tracing::error!(error = %err, status = status.as_u16(), "request failed");
+    }
+    let mut resp = Json(ErrorBody::new(status.as_u16(), message))
+        .with_status(status)
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    if let Some(pattern) = err.data::<PathPattern>() {
+        resp.set_data(pattern.clone());
+    }
+    resp
+}
+
+/// A message a client can act on. poem's own messages are kept where they are already good
+/// (payload and parameter parse errors name the field); the terse ones get rewritten.
+fn describe(err: &poem::Error, status: StatusCode, method: &Method, path: &str) -> String {
+    use poem::error::{MethodNotAllowedError, NotFoundError};
+    use poem_openapi::error::{AuthorizationError, ParsePathError};
+    if let Some(parse) = err.downcast_ref::<ParsePathError>() {
+        // poem names path parameters by position (`param0`); the path says which one it was.
+        format!("malformed path parameter in {path}: {}", parse.reason)
+    } else if err.is::<NotFoundError>() {
+        format!("no route for {method} {path}")
+    } else if err.is::<MethodNotAllowedError>() {
+        format!("method {method} is not allowed on {path}")
+    } else if err.is::<AuthorizationError>() {
+        "missing or malformed Authorization header; expected `Authorization: Bearer <access token>`"
+            .into()
+    } else if status.is_server_error() {
+        "internal error; see the node log for this request id".into()
+    } else {
+        let text = err.to_string();
+        if text.is_empty() {
+            petmesh_shared::error_body::reason_phrase(status.as_u16()).to_owned()
+        } else {
+            text
+        }
+    }
+}

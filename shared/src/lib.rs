@@ -1,0 +1,15 @@
+//! What the petmesh binaries agree on.
+//!
+//! Code tour:
+//! - [`error_body`]: the one JSON error body every failure is reported in.
+//! - [`registry`]: the Redis key layout (every key a node or balancer touches is named here).
+//! - [`config`]: layered configuration loading (defaults → file → environment) and the
+//!   one-line problem reports used when start-up is refused.
+//! - [`telemetry`]: the tracing subscriber (JSON or pretty).
+//! - [`shutdown`]: the future that resolves on SIGTERM or SIGINT.
+
+pub mod config;
+pub mod error_body;
+pub mod registry;
+pub mod shutdown;
+pub mod telemetry;
