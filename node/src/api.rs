@@ -11,7 +11,10 @@ use std::sync::Arc;
 use poem::{get, handler, web::Data, Endpoint, EndpointExt, Route};
 use poem_openapi::{ApiResponse, OpenApiService, Tags};
 
-use crate::{error::render_errors, limits::Limits, request_id::with_request_id, state::AppState};
+use crate::{
+    error::render_errors, limits::Limits, metrics::RouteLabels, request_id::with_request_id,
+    state::AppState,
+};
 
 /// Groups of operations in the OpenAPI document.
 #[derive(Tags)]
@@ -49,6 +52,16 @@ pub fn service() -> OpenApiService<(health::HealthApi, auth::AuthApi, users::Use
 /// state → request id and span → metrics → error rendering → limits → routes.
 pub fn app(state: AppState, limits: Limits) -> impl Endpoint {
     let api = service();
+    let spec: serde_json::Value =
+        serde_json::from_str(&api.spec()).expect("the generated spec is JSON");
+    let labels = RouteLabels::new(
+        spec["paths"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(path, _)| path.as_str()),
+    );
+    let labels = Arc::new(labels);
     let routes = Route::new()
         .at("/openapi.json", api.spec_endpoint())
         .nest("/documentation", api.swagger_ui())
@@ -59,8 +72,8 @@ pub fn app(state: AppState, limits: Limits) -> impl Endpoint {
         .around(move |ep, req| limits.apply(ep, req))
         .around(render_errors)
         .around(move |ep, req| {
-            let metrics = Arc::clone(&metrics);
-            async move { metrics.track(ep, req).await }
+            let (metrics, labels) = (Arc::clone(&metrics), Arc::clone(&labels));
+            async move { metrics.track(&labels, ep, req).await }
         })
         .around(with_request_id)
         .data(state)

@@ -177,10 +177,27 @@ impl<T> ResultExt<T> for Result<T, sqlx::Error> {
 pub async fn render_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|len| len != "0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
     match next.call(req).await {
         Ok(resp) => Ok(resp.into_response()),
         Err(err) if err.is_from_response() => Ok(err.into_response()),
-        Err(err) => Ok(error_response(err, &method, &path)),
+        Err(err) => {
+            let mut resp = error_response(err, &method, &path);
+            // Rejected before the handler read the body (413, 415, ...): the unread bytes
+            // make the connection unusable, so tell the client not to reuse it rather than
+            // let its next request race the server's close.
+            if has_body {
+                resp.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok(resp)
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the node and the middleware that records every HTTP request by route
 //! template (never the raw path, so label cardinality stays bounded), method and status.
 
-use std::time::Instant;
+use std::{collections::HashMap, time::Instant};
 
 use poem::{Endpoint, IntoResponse, PathPattern, Request, Response};
 use prometheus::{
@@ -68,7 +68,12 @@ impl Metrics {
     }
 
     /// Middleware body: times the request and counts it under its route template.
-    pub async fn track<E: Endpoint>(&self, next: E, req: Request) -> poem::Result<Response> {
+    pub async fn track<E: Endpoint>(
+        &self,
+        routes: &RouteLabels,
+        next: E,
+        req: Request,
+    ) -> poem::Result<Response> {
         let method = req.method().as_str().to_owned();
         let started = Instant::now();
         self.http_in_flight.inc();
@@ -81,16 +86,71 @@ impl Metrics {
             ),
             Err(err) => (err.status(), err.data::<PathPattern>().map(|p| p.0.clone())),
         };
-        let route = route
-            .as_deref()
-            .filter(|r| !r.is_empty())
-            .unwrap_or("unmatched")
-            .to_owned();
+        let route = match route.as_deref() {
+            Some(pattern) if !pattern.is_empty() => routes.label(pattern).to_owned(),
+            _ => "unmatched".to_owned(),
+        };
         let labels = [method.as_str(), route.as_str(), status.as_str()];
         self.http_requests.with_label_values(&labels).inc();
         self.http_duration
             .with_label_values(&labels)
             .observe(started.elapsed().as_secs_f64());
         result
+    }
+}
+
+/// Maps poem-openapi's internal route patterns (`/api/v1/users/:param0`) back to the documented
+/// templates (`/api/v1/users/{id}`), so dashboards use the names readers know from the API docs.
+#[derive(Debug, Default)]
+pub struct RouteLabels {
+    /// Internal pattern → documented template, for templates with path parameters.
+    documented: HashMap<String, String>,
+}
+
+impl RouteLabels {
+    /// Labels for the documented `paths` (the keys of the OpenAPI document's `paths`).
+    pub fn new<'a>(paths: impl IntoIterator<Item = &'a str>) -> Self {
+        let documented = paths
+            .into_iter()
+            .filter(|path| path.contains('{'))
+            .map(|path| (internal_pattern(path), path.to_owned()))
+            .collect();
+        Self { documented }
+    }
+
+    /// The label for a matched pattern.
+    pub fn label<'a>(&'a self, pattern: &'a str) -> &'a str {
+        self.documented.get(pattern).map_or(pattern, String::as_str)
+    }
+}
+
+/// poem-openapi numbers path parameters in order: `/a/{x}/b/{y}` is routed as
+/// `/a/:param0/b/:param1`.
+fn internal_pattern(documented: &str) -> String {
+    let mut next = 0;
+    documented
+        .split('/')
+        .map(|segment| {
+            if segment.starts_with('{') && segment.ends_with('}') {
+                next += 1;
+                format!(":param{}", next - 1)
+            } else {
+                segment.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_patterns_map_back_to_documented_templates() {
+        let labels = RouteLabels::new(["/api/v1/users/{id}", "/a/{x}/b/{y}", "/health"]);
+        assert_eq!(labels.label("/api/v1/users/:param0"), "/api/v1/users/{id}");
+        assert_eq!(labels.label("/a/:param0/b/:param1"), "/a/{x}/b/{y}");
+        assert_eq!(labels.label("/health"), "/health");
     }
 }

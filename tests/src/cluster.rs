@@ -1,0 +1,282 @@
+//! A whole test cluster: servers, a fresh database, N nodes, torn down in the right order.
+//!
+//! This is what a cluster-level test starts with (`TestCluster::start(3).await`). Isolation
+//! between tests that run in parallel against one PostgreSQL and one Redis comes from two
+//! names: the database `test_<uuid>` and the cluster name `test_<uuid>`, which is the
+//! node's Redis key prefix (`petmesh:{cluster}:`). Redis keys are not deleted afterwards:
+//! the Redis server of a test run is thrown away at its end, and prefixes never repeat.
+
+use anyhow::Context as _;
+use sqlx::PgPool;
+
+use crate::client::ApiClient;
+use crate::database::TestDatabase;
+use crate::node::{random_token, NodeConfig, NodeProcess};
+use crate::servers::{PostgresServer, RedisServer};
+
+/// Length of the generated JWT secret.
+const JWT_SECRET_LEN: usize = 48;
+
+/// Length of the generated admin password.
+const ADMIN_PASSWORD_LEN: usize = 24;
+
+/// A running cluster owned by one test.
+///
+/// Field order is drop order, and it matters: nodes go first (they hold connections to the
+/// database and Redis), then the database (whose `DROP` needs the server), then the servers.
+#[derive(Debug)]
+pub struct TestCluster {
+    /// The running nodes, in spawn order; `node-1` is index 0.
+    nodes: Vec<NodeProcess>,
+    /// The cluster's database, dropped after the nodes are dead.
+    database: TestDatabase,
+    /// Configuration every node gets: database, Redis, cluster name, secrets, extra env.
+    /// The id is set per node.
+    template: NodeConfig,
+    /// Number of the next node id (`node-<n>`); ids are never reused, even after a removal.
+    next_id: usize,
+    /// URL of the Redis server.
+    redis_url: String,
+    /// The cluster name, also the Redis key prefix.
+    cluster_name: String,
+    /// The secret the nodes sign tokens with, so tests can forge or inspect tokens.
+    jwt_secret: String,
+    /// The bootstrap admin's password.
+    admin_password: String,
+    /// Servers started for this cluster alone, `None` when they came from the environment.
+    /// Declared last: stopped after everything that uses them.
+    #[expect(
+        dead_code,
+        reason = "held only so that dropping the cluster stops the servers"
+    )]
+    servers: Option<PrivateServers>,
+}
+
+/// Settings for [`TestCluster`] beyond the node count.
+#[derive(Clone, Debug)]
+pub struct TestClusterBuilder {
+    /// How many nodes to start.
+    nodes: usize,
+    /// Extra environment for every node, e.g. a short token lifetime.
+    env: Vec<(String, String)>,
+}
+
+/// A PostgreSQL and a Redis server owned by one cluster (or one `petmesh-dev` run).
+#[derive(Debug)]
+#[expect(dead_code, reason = "held only so that dropping it stops the servers")]
+pub(crate) struct PrivateServers {
+    /// Stopped with a fast shutdown on drop.
+    postgres: PostgresServer,
+    /// Killed on drop.
+    redis: RedisServer,
+}
+
+// === impl TestCluster ===
+
+impl TestCluster {
+    /// Starts a cluster of `nodes` nodes with default settings; panics if it can't.
+    ///
+    /// Uses the servers in `DATABASE_URL` (a maintenance database URL) and `REDIS_URL` when
+    /// both are set, as `scripts/test` does, and starts private ones otherwise.
+    pub async fn start(nodes: usize) -> Self {
+        Self::builder().nodes(nodes).start().await
+    }
+
+    /// Settings for a cluster that needs more than a node count.
+    pub fn builder() -> TestClusterBuilder {
+        TestClusterBuilder {
+            nodes: 1,
+            env: Vec::new(),
+        }
+    }
+
+    /// All running nodes, `node-1` first.
+    pub fn nodes(&self) -> &[NodeProcess] {
+        &self.nodes
+    }
+
+    /// The node at `index` (0-based: `node(0)` is `node-1` unless nodes were removed).
+    /// Panics when there is no such node.
+    pub fn node(&self, index: usize) -> &NodeProcess {
+        &self.nodes[index]
+    }
+
+    /// The node at `index`, mutably: to kill or terminate it.
+    pub fn node_mut(&mut self, index: usize) -> &mut NodeProcess {
+        &mut self.nodes[index]
+    }
+
+    /// Takes the node at `index` out of the cluster; the caller now decides when it dies.
+    pub fn remove_node(&mut self, index: usize) -> NodeProcess {
+        self.nodes.remove(index)
+    }
+
+    /// A client for the node at `index`, without a token.
+    pub fn client(&self, index: usize) -> ApiClient {
+        ApiClient::new(self.node(index).base_url())
+    }
+
+    /// A pool on the cluster's database, for arranging and checking data directly.
+    pub fn db(&self) -> &PgPool {
+        self.database.pool()
+    }
+
+    /// The cluster's database.
+    pub fn database(&self) -> &TestDatabase {
+        &self.database
+    }
+
+    /// URL of the Redis server the nodes use.
+    pub fn redis_url(&self) -> &str {
+        &self.redis_url
+    }
+
+    /// The secret the nodes sign access tokens with.
+    pub fn jwt_secret(&self) -> &str {
+        &self.jwt_secret
+    }
+
+    /// The bootstrap admin's password (the user name is the node's default admin name).
+    pub fn admin_password(&self) -> &str {
+        &self.admin_password
+    }
+
+    /// The cluster name, which is also the Redis key prefix.
+    pub fn cluster_name(&self) -> &str {
+        &self.cluster_name
+    }
+
+    /// The configuration the next node would get, for spawning a node by hand.
+    pub fn node_config(&self) -> NodeConfig {
+        self.template.clone().id(format!("node-{}", self.next_id))
+    }
+
+    /// Starts one more node with the cluster's configuration changed by `customize`
+    /// (pass `|config| config` for none), waits until it is ready, and returns it.
+    pub async fn spawn_node(
+        &mut self,
+        customize: impl FnOnce(NodeConfig) -> NodeConfig,
+    ) -> anyhow::Result<&mut NodeProcess> {
+        let config = customize(self.node_config());
+        self.next_id += 1;
+        let node = NodeProcess::spawn(config).await?;
+        self.nodes.push(node);
+        Ok(self.nodes.last_mut().expect("just pushed"))
+    }
+}
+
+// === impl TestClusterBuilder ===
+
+impl TestClusterBuilder {
+    /// How many nodes to start (default 1).
+    pub fn nodes(mut self, nodes: usize) -> Self {
+        self.nodes = nodes;
+        self
+    }
+
+    /// Adds an environment variable for every node, e.g.
+    /// `.env("PETMESH_NODE__AUTH__ACCESS_TOKEN_TTL_SECS", "2")`.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Starts the cluster; panics with the whole error chain if it can't.
+    pub async fn start(self) -> TestCluster {
+        match self.try_start().await {
+            Ok(cluster) => cluster,
+            Err(e) => panic!("starting the test cluster: {e:#}"),
+        }
+    }
+
+    /// Starts the cluster: servers, database, then all nodes in parallel.
+    pub async fn try_start(self) -> anyhow::Result<TestCluster> {
+        let (maintenance_url, redis_url, servers) = servers().await?;
+        let database = TestDatabase::create(&maintenance_url).await?;
+        let cluster_name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let jwt_secret = random_token(JWT_SECRET_LEN);
+        let admin_password = random_token(ADMIN_PASSWORD_LEN);
+        let template = self.env.iter().fold(
+            NodeConfig::new(database.url(), redis_url.as_str())
+                .cluster(cluster_name.as_str())
+                .jwt_secret(jwt_secret.as_str())
+                .admin_password(admin_password.as_str()),
+            |config, (key, value)| config.env(key.as_str(), value.as_str()),
+        );
+        let mut cluster = TestCluster {
+            nodes: Vec::with_capacity(self.nodes),
+            database,
+            template,
+            next_id: 1,
+            redis_url,
+            cluster_name,
+            jwt_secret,
+            admin_password,
+            servers,
+        };
+
+        // Spawn every process first and wait afterwards, so the nodes start in parallel;
+        // a failure drops (kills) the ones already started.
+        let mut starting = Vec::with_capacity(self.nodes);
+        for _ in 0..self.nodes {
+            let config = cluster.node_config();
+            cluster.next_id += 1;
+            starting.push(NodeProcess::launch(config)?);
+        }
+        for node in starting {
+            cluster.nodes.push(node.ready().await?);
+        }
+        Ok(cluster)
+    }
+}
+
+/// The maintenance database URL, the Redis URL, and the servers behind them if we started
+/// them: `DATABASE_URL` and `REDIS_URL` when both are set, private servers otherwise.
+pub(crate) async fn servers() -> anyhow::Result<(String, String, Option<PrivateServers>)> {
+    if let (Ok(database_url), Ok(redis_url)) =
+        (std::env::var("DATABASE_URL"), std::env::var("REDIS_URL"))
+    {
+        return Ok((database_url, redis_url, None));
+    }
+    let (postgres, redis) = crate::dev::with_servers::start_servers()
+        .await
+        .context("starting private servers (DATABASE_URL and REDIS_URL are not both set)")?;
+    Ok((
+        postgres.url(),
+        redis.url(),
+        Some(PrivateServers { postgres, redis }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::send_signal;
+
+    /// Runs the real node: needs `cargo build --workspace --bins` first (scripts/test does).
+    #[tokio::test]
+    async fn cluster_nodes_are_ready_distinct_and_gone_after_drop() {
+        let mut cluster = TestCluster::start(2).await;
+        let ids: Vec<&str> = cluster.nodes().iter().map(NodeProcess::id).collect();
+        assert_eq!(ids, ["node-1", "node-2"]);
+        assert_ne!(cluster.node(0).addr(), cluster.node(1).addr());
+        assert!(cluster.cluster_name().starts_with("test_"));
+        assert_eq!(cluster.jwt_secret().len(), JWT_SECRET_LEN);
+        for i in 0..2 {
+            cluster
+                .client(i)
+                .get("/health/ready")
+                .await
+                .unwrap()
+                .assert_status(200);
+        }
+
+        let third = cluster.spawn_node(|config| config).await.unwrap();
+        assert_eq!(third.id(), "node-3");
+        let pids: Vec<u32> = cluster.nodes().iter().map(NodeProcess::pid).collect();
+        drop(cluster);
+        for pid in pids {
+            assert!(send_signal(pid, 0).is_err(), "node pid {pid} reaped");
+        }
+    }
+}

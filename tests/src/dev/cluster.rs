@@ -1,0 +1,373 @@
+//! `petmesh-dev cluster`: a local cluster for humans, from one command.
+//!
+//! It starts the same pieces the tests do (private servers unless `DATABASE_URL` and
+//! `REDIS_URL` are given, nodes configured through their environment), but with a stable
+//! database (`petmesh`), a stable cluster name (`local`), a known port for the first node,
+//! and the nodes' logs rendered readably on stderr. It runs until SIGINT or SIGTERM, then
+//! drains the nodes before stopping the servers.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use sqlx::{Connection as _, PgConnection};
+
+use super::{signal_name, ShutdownSignals};
+use crate::cluster::PrivateServers;
+use crate::node::{log, node_binary, random_token, NodeConfig, NodeProcess};
+use crate::process::{capture_lines, wait_timeout_async, LogTail};
+
+/// The database the local cluster uses; kept when the servers come from the environment.
+const DATABASE: &str = "petmesh";
+
+/// The local cluster's name (its Redis key prefix).
+const CLUSTER_NAME: &str = "local";
+
+/// The node environment: development settings (readable errors, relaxed limits).
+const ENVIRONMENT: &str = "development";
+
+/// Where the admin password may be given; it is generated otherwise.
+const ADMIN_PASSWORD_ENV: &str = "PETMESH_ADMIN_PASSWORD";
+
+/// How long `petmesh-node migrate` and `seed` may take.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long to wait, once a tool has exited, for its last output lines.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+
+/// How long nodes get to drain after SIGTERM before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// How often running nodes are checked for an unexpected exit.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// SQLSTATE `duplicate_database`.
+const DUPLICATE_DATABASE: &str = "42P04";
+
+/// Options of `petmesh-dev cluster`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ClusterArgs {
+    /// How many nodes to start.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Port of the first node, the cluster's entry point; the others get free ports.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Interface the nodes listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Don't run `petmesh-node seed`, even when the node has that subcommand.
+    #[arg(long)]
+    pub no_seed: bool,
+}
+
+/// What runs while the cluster is up. Field order is drop order: nodes before servers.
+struct LocalCluster {
+    /// The nodes, `node-1` first.
+    nodes: Vec<NodeProcess>,
+    /// Which nodes have already been reported as exited, so each is reported once.
+    reported: Vec<bool>,
+    /// The servers if we started them; stopped last.
+    servers: Option<PrivateServers>,
+}
+
+/// Runs the cluster until SIGINT or SIGTERM, then stops everything it started. Returns the
+/// exit code: 0 after a signal once the cluster was up, 128 + signal if it came earlier.
+pub async fn run(args: ClusterArgs) -> anyhow::Result<i32> {
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let mut signals = ShutdownSignals::install()?;
+    // A signal during start-up drops whatever has started, which stops it.
+    let mut cluster = tokio::select! {
+        cluster = start(&args) => cluster?,
+        signal = signals.recv() => {
+            eprintln!("petmesh-dev: {} during start-up; stopped what had started", signal_name(signal));
+            return Ok(128 + signal);
+        }
+    };
+    print_banner(&cluster.nodes).context("writing to stdout")?;
+
+    let signal = cluster.watch(&mut signals).await;
+    eprintln!(
+        "petmesh-dev: got {}, stopping the cluster",
+        signal_name(signal)
+    );
+    cluster.stop(&mut signals).await;
+    Ok(0)
+}
+
+/// Servers, database, migrations, seed data, nodes: in that order, each step waiting for
+/// the one before.
+async fn start(args: &ClusterArgs) -> anyhow::Result<LocalCluster> {
+    let (maintenance_url, redis_url, servers) = crate::cluster::servers().await?;
+    let database_url = create_database(&maintenance_url).await?;
+
+    let admin_password = match std::env::var(ADMIN_PASSWORD_ENV) {
+        Ok(password) if !password.is_empty() => {
+            println!("admin password: from {ADMIN_PASSWORD_ENV}");
+            password
+        }
+        _ => {
+            let password = random_token(20);
+            println!("admin password: {password} (generated)");
+            password
+        }
+    };
+    let template = NodeConfig::new(database_url, redis_url)
+        .cluster(CLUSTER_NAME)
+        .environment(ENVIRONMENT)
+        .jwt_secret(random_token(48))
+        .admin_password(admin_password)
+        .host(args.host.as_str())
+        .echo_logs(true);
+
+    run_tool(&template, "migrate").await?;
+    if !args.no_seed && node_has_subcommand("seed")? {
+        run_tool(&template, "seed").await?;
+    }
+    let nodes = start_nodes(&template, args.nodes, args.port).await?;
+    Ok(LocalCluster {
+        reported: vec![false; nodes.len()],
+        nodes,
+        servers,
+    })
+}
+
+/// Starts `count` nodes from `template`: `node-1` on `first_port` (0 for a free one), the
+/// rest on free ports. All are spawned before any is waited for, so they start in parallel.
+///
+/// This is the only place that decides node ports, so putting a balancer on the public
+/// port later means calling it with `first_port = 0`.
+pub async fn start_nodes(
+    template: &NodeConfig,
+    count: usize,
+    first_port: u16,
+) -> anyhow::Result<Vec<NodeProcess>> {
+    let mut starting = Vec::with_capacity(count);
+    for i in 1..=count {
+        let port = if i == 1 { first_port } else { 0 };
+        let config = template.clone().id(format!("node-{i}")).port(port);
+        starting.push(NodeProcess::launch(config)?);
+    }
+    let mut nodes = Vec::with_capacity(count);
+    for node in starting {
+        nodes.push(node.ready().await?);
+    }
+    Ok(nodes)
+}
+
+/// Creates the `petmesh` database unless it exists, and returns its URL.
+async fn create_database(maintenance_url: &str) -> anyhow::Result<String> {
+    let mut conn = PgConnection::connect(maintenance_url)
+        .await
+        .with_context(|| format!("connecting to {maintenance_url}"))?;
+    match sqlx::query(&format!("create database {DATABASE}"))
+        .execute(&mut conn)
+        .await
+    {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(DUPLICATE_DATABASE) => {
+            eprintln!("petmesh-dev: database {DATABASE} exists, reusing it");
+        }
+        Err(e) => return Err(e).with_context(|| format!("creating database {DATABASE}")),
+    }
+    let _ = conn.close().await;
+    crate::database::database_url(maintenance_url, DATABASE)
+}
+
+/// Runs `petmesh-node <subcommand>` to completion with the cluster's configuration, its
+/// output shown on stderr prefixed with `[<subcommand>]`.
+async fn run_tool(template: &NodeConfig, subcommand: &str) -> anyhow::Result<()> {
+    let mut cmd = template.clone().id(subcommand).command(subcommand)?;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("running petmesh-node {subcommand}"))?;
+    let logs = LogTail::new(1);
+    let mut readers = Vec::new();
+    for output in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let prefix = subcommand.to_owned();
+        let reader = capture_lines(output, logs.clone(), move |line| {
+            eprintln!("[{prefix}] {}", log::render(line));
+        })
+        .context("starting an output reader")?;
+        readers.push(reader);
+    }
+    let status = wait_timeout_async(&mut child, TOOL_TIMEOUT).await?;
+    // Its last lines (often the error) should appear before whatever we print next.
+    for reader in &readers {
+        reader.wait(OUTPUT_DRAIN);
+    }
+    match status {
+        Some(status) if status.success() => Ok(()),
+        Some(status) => bail!("petmesh-node {subcommand} failed ({status})"),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("petmesh-node {subcommand} did not finish within {TOOL_TIMEOUT:?}")
+        }
+    }
+}
+
+/// Whether `petmesh-node --help` lists `name` as a subcommand.
+fn node_has_subcommand(name: &str) -> anyhow::Result<bool> {
+    let binary = node_binary()?;
+    let output = Command::new(&binary)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {} --help", binary.display()))?;
+    Ok(lists_subcommand(
+        &String::from_utf8_lossy(&output.stdout),
+        name,
+    ))
+}
+
+/// Whether clap-style help text has a line starting with `name` as a word (the
+/// `Commands:` section), which a mere mention elsewhere doesn't.
+fn lists_subcommand(help: &str, name: &str) -> bool {
+    help.lines().any(|line| {
+        line.trim_start()
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
+    })
+}
+
+/// The lines scripts and humans wait for, on stdout, ending with exactly `ready`.
+fn print_banner(nodes: &[NodeProcess]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if let Some(first) = nodes.first() {
+        writeln!(out, "petmesh is up: {}", first.base_url())?;
+    }
+    for node in nodes {
+        writeln!(out, "  {}  {}", node.id(), node.base_url())?;
+    }
+    writeln!(out, "ready")?;
+    out.flush()
+}
+
+// === impl LocalCluster ===
+
+impl LocalCluster {
+    /// Reports nodes that exit by themselves (and keeps going without them) until a
+    /// shutdown signal arrives, which it returns.
+    async fn watch(&mut self, signals: &mut ShutdownSignals) -> libc::c_int {
+        loop {
+            tokio::select! {
+                signal = signals.recv() => return signal,
+                _ = tokio::time::sleep(WATCH_INTERVAL) => self.report_exits(),
+            }
+        }
+    }
+
+    fn report_exits(&mut self) {
+        for (node, reported) in self.nodes.iter_mut().zip(&mut self.reported) {
+            if *reported {
+                continue;
+            }
+            match node.try_wait() {
+                Ok(Some(status)) => {
+                    *reported = true;
+                    eprintln!(
+                        "petmesh-dev: {} exited unexpectedly ({status}); the other nodes keep running",
+                        node.id()
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => eprintln!("petmesh-dev: {e:#}"),
+            }
+        }
+    }
+
+    /// 1. SIGTERM every node, so they all drain at once.
+    /// 2. Wait for them within one shared grace period (a further signal cuts it short).
+    /// 3. Kill what is left, then stop the servers.
+    async fn stop(mut self, signals: &mut ShutdownSignals) {
+        for node in &mut self.nodes {
+            if matches!(node.try_wait(), Ok(None)) {
+                if let Err(e) = node.signal(libc::SIGTERM) {
+                    eprintln!("petmesh-dev: {e:#}");
+                }
+            }
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        let mut hurry = false;
+        for (node, reported) in self.nodes.iter_mut().zip(&self.reported) {
+            if *reported {
+                continue;
+            }
+            let remaining = if hurry {
+                Duration::ZERO
+            } else {
+                deadline.saturating_duration_since(Instant::now())
+            };
+            let waited = tokio::select! {
+                waited = node.wait_exit(remaining) => waited,
+                _ = signals.recv() => {
+                    eprintln!("petmesh-dev: second signal, killing the remaining nodes");
+                    hurry = true;
+                    node.wait_exit(Duration::ZERO).await
+                }
+            };
+            match waited {
+                Ok(status) => eprintln!("petmesh-dev: {} stopped ({status})", node.id()),
+                Err(_) => {
+                    eprintln!(
+                        "petmesh-dev: {} did not stop in time, killing it",
+                        node.id()
+                    );
+                    if let Err(e) = node.kill() {
+                        eprintln!("petmesh-dev: {e:#}");
+                    }
+                }
+            }
+        }
+        self.nodes.clear();
+        if let Some(servers) = self.servers.take() {
+            drop(servers);
+            eprintln!("petmesh-dev: servers stopped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HELP: &str = "\
+The petmesh API node
+
+Usage: petmesh-node <COMMAND>
+
+Commands:
+  serve    Serve the API (the seed data is loaded by `seeded` fixtures)
+  migrate  Apply database migrations
+  help     Print this message
+";
+
+    #[test]
+    fn lists_subcommand_finds_only_real_subcommands() {
+        assert!(lists_subcommand(HELP, "serve"));
+        assert!(lists_subcommand(HELP, "migrate"));
+        assert!(!lists_subcommand(HELP, "seed"));
+        assert!(!lists_subcommand(HELP, "se"));
+        assert!(lists_subcommand(
+            &format!("{HELP}  seed     Load demo data\n"),
+            "seed"
+        ));
+    }
+}

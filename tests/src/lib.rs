@@ -1,0 +1,49 @@
+//! petmesh's real-process test harness: private servers, node processes, whole clusters.
+//!
+//! Cluster behaviour can only be tested with real processes, so this crate starts them and
+//! guarantees they stop. A tour, bottom up:
+//!
+//! - [`process`]: the rules for owning a child process (killed with us, reaped on drop,
+//!   output kept in a bounded [`LogTail`]).
+//! - [`servers`]: [`PostgresServer`] and [`RedisServer`], private instances on free loopback
+//!   ports in temporary directories.
+//! - [`database`]: [`TestDatabase`], a fresh migrated database per test, dropped after it.
+//! - [`node`]: [`NodeConfig`] and [`NodeProcess`], the `petmesh-node` binary configured
+//!   through its environment and ready once `/health/ready` says so.
+//! - [`cluster`]: [`TestCluster`], all of the above for one test, torn down in order.
+//! - [`client`]: [`ApiClient`] and [`TestResponse`] for requests and [`assert_error`] for
+//!   the common error body.
+//! - [`mod@eventually`]: [`assert_eventually!`] and [`eventually()`] for state that converges.
+//! - [`dev`]: the `petmesh-dev` subcommands the scripts use (`with-servers`, `cluster`).
+//!
+//! A test usually needs only:
+//!
+//! ```no_run
+//! use petmesh_tests::{assert_error, TestCluster};
+//!
+//! # async fn demo() -> anyhow::Result<()> {
+//! let cluster = TestCluster::start(2).await;
+//! let resp = cluster.client(1).get("/api/v1/pets/999999").await?;
+//! assert_error(&resp, 404);
+//! # Ok(()) }
+//! ```
+//!
+//! The node binary must be built first (`cargo build --workspace --bins`; `scripts/test`
+//! does it). Set `TEST_LOG=1` to see node logs live.
+
+pub mod client;
+pub mod cluster;
+pub mod database;
+pub mod dev;
+pub mod eventually;
+pub mod node;
+pub mod process;
+pub mod servers;
+
+pub use client::{assert_error, ApiClient, TestResponse, Tokens};
+pub use cluster::{TestCluster, TestClusterBuilder};
+pub use database::TestDatabase;
+pub use eventually::eventually;
+pub use node::{NodeConfig, NodeProcess, StartingNode};
+pub use process::LogTail;
+pub use servers::{PostgresServer, RedisServer};

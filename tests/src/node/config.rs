@@ -1,0 +1,308 @@
+//! How a node process is configured: the binary to run and the environment it gets.
+//!
+//! The node reads its configuration from layered files and environment variables
+//! (`PETMESH_NODE__SECTION__KEY`), so the harness configures it purely through the child's
+//! environment, the same way Helm and docker-compose do. Nothing here touches the harness's
+//! own environment.
+
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use rand::distributions::{Alphanumeric, DistString as _};
+
+use crate::process::kill_with_parent;
+
+/// The node binary's file name, as cargo builds it.
+const NODE_BIN: &str = "petmesh-node";
+
+/// Environment variable that overrides where the node binary is looked for.
+pub const NODE_BIN_ENV: &str = "PETMESH_NODE_BIN";
+
+/// Environment variable that, when set, makes node logs go to stderr live and keeps `RUST_LOG`.
+pub const TEST_LOG_ENV: &str = "TEST_LOG";
+
+/// Default deadline from spawn to `/health/ready` answering 200.
+const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything a node process is started with. Built with `new` plus builder methods; every
+/// setting not given has a default fit for tests.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Full URL of the node's database (`DATABASE_URL`).
+    pub(crate) database_url: String,
+    /// URL of the Redis server (`REDIS_URL`).
+    pub(crate) redis_url: String,
+    /// The cluster name, which is also the Redis key prefix. Default `test`.
+    pub(crate) cluster_name: String,
+    /// The node's id in the registry and in log prefixes. Default `node-1`.
+    pub(crate) node_id: String,
+    /// Secret the node signs access tokens with. Default: random, 48 characters.
+    pub(crate) jwt_secret: String,
+    /// Password of the bootstrap admin account, if there should be one.
+    pub(crate) admin_password: Option<String>,
+    /// Interface to listen on. Default 127.0.0.1.
+    pub(crate) host: String,
+    /// Port to listen on. Default 0: the node picks one and logs it.
+    pub(crate) port: u16,
+    /// `PETMESH_NODE__ENVIRONMENT`. Default `test`.
+    pub(crate) environment: String,
+    /// Whether to print the node's log lines to stderr as they arrive, prefixed with its id.
+    /// Default: only when `TEST_LOG` is set.
+    pub(crate) echo_logs: bool,
+    /// How long `NodeProcess::spawn` waits for readiness.
+    pub(crate) ready_timeout: Duration,
+    /// Extra variables, applied after the ones above, so they can override them too.
+    pub(crate) env: Vec<(String, String)>,
+    /// The binary to run; `None` means [`node_binary`] finds it.
+    pub(crate) binary: Option<PathBuf>,
+}
+
+// === impl NodeConfig ===
+
+impl NodeConfig {
+    /// A configuration for a node using the given database and Redis.
+    pub fn new(database_url: impl Into<String>, redis_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            redis_url: redis_url.into(),
+            cluster_name: "test".into(),
+            node_id: "node-1".into(),
+            jwt_secret: random_token(48),
+            admin_password: None,
+            host: "127.0.0.1".into(),
+            port: 0,
+            environment: "test".into(),
+            echo_logs: std::env::var_os(TEST_LOG_ENV).is_some(),
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            env: Vec::new(),
+            binary: None,
+        }
+    }
+
+    /// Sets the cluster name (and with it the Redis key prefix).
+    pub fn cluster(mut self, name: impl Into<String>) -> Self {
+        self.cluster_name = name.into();
+        self
+    }
+
+    /// Sets the node id.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.node_id = id.into();
+        self
+    }
+
+    /// Sets the JWT signing secret; nodes of one cluster must share it.
+    pub fn jwt_secret(mut self, secret: impl Into<String>) -> Self {
+        self.jwt_secret = secret.into();
+        self
+    }
+
+    /// Sets the bootstrap admin password (`PETMESH_ADMIN_PASSWORD`).
+    pub fn admin_password(mut self, password: impl Into<String>) -> Self {
+        self.admin_password = Some(password.into());
+        self
+    }
+
+    /// Sets the interface to listen on.
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = host.into();
+        self
+    }
+
+    /// Sets the port to listen on; 0 (the default) lets the node pick.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Sets the environment name (`test`, `development`, `production`).
+    pub fn environment(mut self, environment: impl Into<String>) -> Self {
+        self.environment = environment.into();
+        self
+    }
+
+    /// Prints log lines live to stderr, prefixed with the node id (or stops doing so).
+    pub fn echo_logs(mut self, echo: bool) -> Self {
+        self.echo_logs = echo;
+        self
+    }
+
+    /// Sets how long `NodeProcess::spawn` waits for readiness.
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Adds one environment variable, e.g. `PETMESH_NODE__AUTH__ACCESS_TOKEN_TTL_SECS`.
+    /// Later values win, and these win over the ones the other methods set.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Runs this binary instead of the one [`node_binary`] finds (a different build, or a
+    /// stand-in in the harness's own tests).
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = Some(path.into());
+        self
+    }
+
+    /// The node id this configuration starts.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// A command running `petmesh-node <subcommand>` with this configuration in its
+    /// environment, no stdin, and the kernel told to kill it if the harness dies.
+    /// stdout and stderr are left for the caller to set.
+    pub fn command(&self, subcommand: &str) -> anyhow::Result<Command> {
+        let binary = match &self.binary {
+            Some(path) => path.clone(),
+            None => node_binary()?,
+        };
+        let mut cmd = Command::new(binary);
+        // Own process group: a terminal's Ctrl-C goes to the harness, which stops nodes
+        // before the servers they depend on.
+        cmd.arg(subcommand).stdin(Stdio::null()).process_group(0);
+        for (key, value) in self.env_vars() {
+            cmd.env(key, value);
+        }
+        // A developer's RUST_LOG would otherwise change what tests see (and may drown the
+        // `listening` line); TEST_LOG=1 is the way to ask for more.
+        if std::env::var_os(TEST_LOG_ENV).is_none() {
+            cmd.env_remove("RUST_LOG");
+        }
+        kill_with_parent(&mut cmd, libc::SIGKILL);
+        Ok(cmd)
+    }
+
+    /// The variables `command` sets, in order.
+    fn env_vars(&self) -> Vec<(String, String)> {
+        let mut vars: Vec<(String, String)> = [
+            ("PETMESH_NODE__ENVIRONMENT", self.environment.as_str()),
+            ("PETMESH_NODE__SERVER__HOST", self.host.as_str()),
+            ("PETMESH_NODE__SERVER__PORT", &self.port.to_string()),
+            ("DATABASE_URL", self.database_url.as_str()),
+            ("REDIS_URL", self.redis_url.as_str()),
+            ("PETMESH_NODE__CLUSTER__NAME", self.cluster_name.as_str()),
+            ("PETMESH_NODE__NODE_ID", self.node_id.as_str()),
+            ("PETMESH_NODE__AUTH__JWT_SECRET", self.jwt_secret.as_str()),
+            ("PETMESH_NODE__LOG__FORMAT", "json"),
+            ("PETMESH_NODE__LOG__LEVEL", "info"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        if let Some(password) = &self.admin_password {
+            vars.push(("PETMESH_ADMIN_PASSWORD".into(), password.clone()));
+        }
+        vars.extend(self.env.iter().cloned());
+        vars
+    }
+}
+
+/// Finds the `petmesh-node` binary: `PETMESH_NODE_BIN` if set, else next to the running
+/// executable or one directory up.
+///
+/// Test executables live in `<target>/<profile>/deps/` and `petmesh-dev` in
+/// `<target>/<profile>/`, while the node binary is in `<target>/<profile>/`; cargo only sets
+/// `CARGO_BIN_EXE_*` for a package's own binaries, so this crate has to look for it.
+pub fn node_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(NODE_BIN_ENV) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!(
+                "{NODE_BIN_ENV} is set to {}, which is not a file",
+                path.display()
+            );
+        }
+        return Ok(path);
+    }
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(NODE_BIN))
+        .collect();
+    if let Some(found) = candidates.iter().find(|path| path.is_file()) {
+        return Ok(found.clone());
+    }
+    bail!(
+        "{NODE_BIN} not found (looked at {}); run `cargo build --workspace --bins` first, \
+         or point {NODE_BIN_ENV} at it",
+        candidates
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// A random alphanumeric string of `len` characters, for secrets and passwords.
+pub fn random_token(len: usize) -> String {
+    Alphanumeric.sample_string(&mut rand::thread_rng(), len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value<'a>(vars: &'a [(String, String)], key: &str) -> Option<&'a str> {
+        vars.iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn env_vars_carry_every_setting_and_extras_win() {
+        let config = NodeConfig::new("postgres://db/x", "redis://r:1")
+            .cluster("c1")
+            .id("node-7")
+            .jwt_secret("s3cret")
+            .admin_password("pw")
+            .port(8080)
+            .env("PETMESH_NODE__LOG__LEVEL", "debug")
+            .env("PETMESH_NODE__AUTH__ACCESS_TOKEN_TTL_SECS", "2");
+        let vars = config.env_vars();
+        assert_eq!(value(&vars, "DATABASE_URL"), Some("postgres://db/x"));
+        assert_eq!(value(&vars, "REDIS_URL"), Some("redis://r:1"));
+        assert_eq!(value(&vars, "PETMESH_NODE__CLUSTER__NAME"), Some("c1"));
+        assert_eq!(value(&vars, "PETMESH_NODE__NODE_ID"), Some("node-7"));
+        assert_eq!(
+            value(&vars, "PETMESH_NODE__AUTH__JWT_SECRET"),
+            Some("s3cret")
+        );
+        assert_eq!(value(&vars, "PETMESH_ADMIN_PASSWORD"), Some("pw"));
+        assert_eq!(
+            value(&vars, "PETMESH_NODE__SERVER__HOST"),
+            Some("127.0.0.1")
+        );
+        assert_eq!(value(&vars, "PETMESH_NODE__SERVER__PORT"), Some("8080"));
+        assert_eq!(value(&vars, "PETMESH_NODE__ENVIRONMENT"), Some("test"));
+        assert_eq!(value(&vars, "PETMESH_NODE__LOG__FORMAT"), Some("json"));
+        assert_eq!(value(&vars, "PETMESH_NODE__LOG__LEVEL"), Some("debug"));
+        assert_eq!(
+            value(&vars, "PETMESH_NODE__AUTH__ACCESS_TOKEN_TTL_SECS"),
+            Some("2")
+        );
+    }
+
+    #[test]
+    fn no_admin_password_unless_given() {
+        let vars = NodeConfig::new("a", "b").env_vars();
+        assert_eq!(value(&vars, "PETMESH_ADMIN_PASSWORD"), None);
+    }
+
+    #[test]
+    fn random_tokens_have_the_asked_length_and_differ() {
+        let a = random_token(48);
+        assert_eq!(a.len(), 48);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, random_token(48));
+    }
+}

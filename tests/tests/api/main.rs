@@ -1,0 +1,8 @@
+//! Integration tests of the node API: real PostgreSQL, real Redis, real `petmesh-node`
+//! processes on free loopback ports, driven over HTTP. One binary, one module per area.
+
+mod auth;
+mod errors;
+mod helpers;
+mod nodes;
+mod users;
