@@ -4,6 +4,8 @@
 
 pub mod auth;
 pub mod health;
+pub mod pets;
+pub mod store;
 pub mod users;
 
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use poem::{get, handler, web::Data, Endpoint, EndpointExt, Route};
 use poem_openapi::{ApiResponse, OpenApiService, Tags};
 
 use crate::{
-    error::render_errors, limits::Limits, metrics::RouteLabels, request_id::with_request_id,
+    error::render_errors, limits::Limits, request_id::with_request_id, routes::RouteTable,
     state::AppState,
 };
 
@@ -25,6 +27,10 @@ pub enum ApiTags {
     Users,
     /// Liveness, readiness and dependency health.
     Health,
+    /// The pet catalogue.
+    Pets,
+    /// Orders and inventory.
+    Store,
 }
 
 /// A success without a body.
@@ -36,9 +42,24 @@ pub enum NoContent {
 }
 
 /// The OpenAPI service of the node (also used to print the spec).
-pub fn service() -> OpenApiService<(health::HealthApi, auth::AuthApi, users::UsersApi), ()> {
+pub fn service() -> OpenApiService<
+    (
+        health::HealthApi,
+        auth::AuthApi,
+        users::UsersApi,
+        pets::PetsApi,
+        store::StoreApi,
+    ),
+    (),
+> {
     OpenApiService::new(
-        (health::HealthApi, auth::AuthApi, users::UsersApi),
+        (
+            health::HealthApi,
+            auth::AuthApi,
+            users::UsersApi,
+            pets::PetsApi,
+            store::StoreApi,
+        ),
         "petmesh",
         env!("CARGO_PKG_VERSION"),
     )
@@ -54,14 +75,8 @@ pub fn app(state: AppState, limits: Limits) -> impl Endpoint {
     let api = service();
     let spec: serde_json::Value =
         serde_json::from_str(&api.spec()).expect("the generated spec is JSON");
-    let labels = RouteLabels::new(
-        spec["paths"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(path, _)| path.as_str()),
-    );
-    let labels = Arc::new(labels);
+    let paths = spec["paths"].as_object().cloned().unwrap_or_default();
+    let table = Arc::new(RouteTable::from_paths(&paths));
     let routes = Route::new()
         .at("/openapi.json", api.spec_endpoint())
         .nest("/documentation", api.swagger_ui())
@@ -70,10 +85,16 @@ pub fn app(state: AppState, limits: Limits) -> impl Endpoint {
     let metrics = Arc::clone(&state.metrics);
     routes
         .around(move |ep, req| limits.apply(ep, req))
-        .around(render_errors)
+        .around({
+            let table = Arc::clone(&table);
+            move |ep, req| {
+                let table = Arc::clone(&table);
+                async move { render_errors(&table, ep, req).await }
+            }
+        })
         .around(move |ep, req| {
-            let (metrics, labels) = (Arc::clone(&metrics), Arc::clone(&labels));
-            async move { metrics.track(&labels, ep, req).await }
+            let (metrics, table) = (Arc::clone(&metrics), Arc::clone(&table));
+            async move { metrics.track(&table, ep, req).await }
         })
         .around(with_request_id)
         .data(state)

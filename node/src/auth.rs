@@ -20,7 +20,7 @@ use poem_openapi::{auth::Bearer, Enum, SecurityScheme};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{error::ApiError, state::AppState};
+use crate::{error::ApiError, state::AppState, text_enum::text_enum};
 
 /// What a user may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Enum)]
@@ -33,23 +33,7 @@ pub enum Role {
     Admin,
 }
 
-impl Role {
-    /// The database spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::User => "user",
-            Role::Admin => "admin",
-        }
-    }
-
-    /// Parses the database spelling.
-    pub fn from_db(value: &str) -> Self {
-        match value {
-            "admin" => Role::Admin,
-            _ => Role::User,
-        }
-    }
-}
+text_enum!(Role { User => "user", Admin => "admin" });
 
 /// The claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize)]

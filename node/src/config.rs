@@ -2,7 +2,12 @@
 //! optional YAML file, and can be overridden by `PETMESH_NODE__<SECTION>__<FIELD>`.
 //! `DATABASE_URL` and `REDIS_URL` are honoured when the prefixed variables are absent.
 
-use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
 
 use petmesh_shared::{
     config::{self as layered, ConfigProblem, Sources},
@@ -17,6 +22,11 @@ pub const ENV_PREFIX: &str = "PETMESH_NODE";
 /// The signing secret used when none is configured. It is public (it is in this file), so it is
 /// refused outside `development`.
 const DEVELOPMENT_JWT_SECRET: &str = "petmesh-development-secret-do-not-use-in-production";
+
+/// Default of `server.drain_delay_ms`. Balancers learn of `draining` over pub/sub within
+/// milliseconds; the delay covers a request they dispatched just before, which would otherwise
+/// meet a connection the node is closing.
+const DEFAULT_DRAIN_DELAY_MS: u64 = 0;
 
 /// Where the node runs; decides the log format default and whether unsafe defaults are allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -52,6 +62,12 @@ pub struct Settings {
     pub log: LogSettings,
     /// The first admin account.
     pub bootstrap: BootstrapSettings,
+    /// The durable job queue and its workers.
+    pub jobs: JobSettings,
+    /// The simulated payment gateway.
+    pub payments: PaymentSettings,
+    /// The Redis read cache.
+    pub cache: CacheSettings,
 }
 
 /// HTTP listener and request limits.
@@ -68,6 +84,9 @@ pub struct ServerSettings {
     pub request_timeout_secs: u64,
     /// On SIGTERM, how long in-flight requests may take before the node exits anyway.
     pub grace_period_secs: u64,
+    /// On SIGTERM, how long the node keeps accepting after announcing `draining`, so that
+    /// balancers have stopped sending before the listener and idle connections close.
+    pub drain_delay_ms: u64,
 }
 
 /// PostgreSQL connection pool.
@@ -102,6 +121,13 @@ pub struct RedisSettings {
 pub struct ClusterSettings {
     /// Prefixes every Redis key (`petmesh:{name}:`), so clusters can share one Redis.
     pub name: String,
+    /// `host:port` balancers reach this node at, as registered; empty means the bound address
+    /// with an unspecified IP (`0.0.0.0`, `::`) replaced by loopback.
+    pub advertise_addr: String,
+    /// Relative capacity for weighted strategies; at least 1.
+    pub weight: u32,
+    /// Failure domain (rack, zone) reported in the registry; empty when unknown.
+    pub zone: String,
 }
 
 /// Tokens and passwords.
@@ -141,6 +167,48 @@ pub struct BootstrapSettings {
     pub admin_password: Option<SecretString>,
 }
 
+/// The durable job queue (PostgreSQL) and the workers every node runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobSettings {
+    /// Jobs this node processes at once.
+    pub concurrency: usize,
+    /// How often an idle worker looks for due jobs (jobs enqueued on this node wake it at once).
+    pub poll_interval_ms: u64,
+    /// How long a claimed job stays leased to its node; renewed while it runs. A node that dies
+    /// loses its jobs to another node once the lease runs out.
+    pub lease_secs: u64,
+    /// Delay before the first retry; each retry doubles it (with jitter), up to the cap.
+    pub backoff_base_ms: u64,
+    /// Longest delay between retries.
+    pub backoff_cap_ms: u64,
+    /// Attempts before a job becomes a dead letter.
+    pub max_attempts: i32,
+    /// When more jobs than this are waiting, new orders get 503 with `Retry-After`.
+    pub max_queue_depth: i64,
+}
+
+/// The simulated payment gateway: `tok_ok` succeeds, `tok_declined` fails for good,
+/// `tok_flaky_<n>` fails `n` times then succeeds; orders without a token succeed with
+/// probability `success_rate`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentSettings {
+    /// Probability (0–1) that a payment without a token is approved.
+    pub success_rate: f64,
+    /// How long the gateway takes to answer.
+    pub simulated_latency_ms: u64,
+}
+
+/// The Redis read cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSettings {
+    /// How long a cached pet lives; also bounds staleness if Redis missed an update while it was
+    /// unreachable.
+    pub pet_ttl_secs: u64,
+}
+
 // === defaults ===
 
 impl Default for Settings {
@@ -155,6 +223,9 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             log: LogSettings::default(),
             bootstrap: BootstrapSettings::default(),
+            jobs: JobSettings::default(),
+            payments: PaymentSettings::default(),
+            cache: CacheSettings::default(),
         }
     }
 }
@@ -167,6 +238,7 @@ impl Default for ServerSettings {
             body_limit_bytes: 1024 * 1024,
             request_timeout_secs: 30,
             grace_period_secs: 10,
+            drain_delay_ms: DEFAULT_DRAIN_DELAY_MS,
         }
     }
 }
@@ -187,7 +259,7 @@ impl Default for RedisSettings {
         Self {
             url: "redis://127.0.0.1:6379".into(),
             pool_size: 32,
-            timeout_ms: 2000,
+            timeout_ms: 1000,
         }
     }
 }
@@ -196,6 +268,9 @@ impl Default for ClusterSettings {
     fn default() -> Self {
         Self {
             name: "default".into(),
+            advertise_addr: String::new(),
+            weight: 1,
+            zone: String::new(),
         }
     }
 }
@@ -208,6 +283,35 @@ impl Default for AuthSettings {
             access_token_ttl_secs: 3600,
             refresh_token_ttl_secs: 30 * 24 * 3600,
         }
+    }
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            poll_interval_ms: 500,
+            lease_secs: 30,
+            backoff_base_ms: 1000,
+            backoff_cap_ms: 60_000,
+            max_attempts: 5,
+            max_queue_depth: 10_000,
+        }
+    }
+}
+
+impl Default for PaymentSettings {
+    fn default() -> Self {
+        Self {
+            success_rate: 0.95,
+            simulated_latency_ms: 50,
+        }
+    }
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self { pet_ttl_secs: 60 }
     }
 }
 
@@ -301,6 +405,15 @@ impl Settings {
                 "must be non-empty without ':', spaces or braces",
             );
         }
+        if !self.cluster.advertise_addr.is_empty() && !is_host_port(&self.cluster.advertise_addr) {
+            problem(
+                "cluster.advertise_addr",
+                "must be `host:port` with a port from 1 to 65535, or empty for the bound address",
+            );
+        }
+        if self.cluster.weight == 0 {
+            problem("cluster.weight", "must be at least 1");
+        }
         if let Some(password) = &self.bootstrap.admin_password {
             if !(8..=128).contains(&password.expose_secret().chars().count()) {
                 problem(
@@ -308,6 +421,30 @@ impl Settings {
                     "must be 8–128 characters, like every password",
                 );
             }
+        }
+        if self.jobs.concurrency == 0 {
+            problem("jobs.concurrency", "must be at least 1");
+        }
+        if self.jobs.lease_secs == 0 {
+            problem("jobs.lease_secs", "must be at least 1");
+        }
+        if self.jobs.backoff_base_ms == 0 || self.jobs.backoff_cap_ms < self.jobs.backoff_base_ms {
+            problem(
+                "jobs.backoff_cap_ms",
+                "needs 0 < jobs.backoff_base_ms <= jobs.backoff_cap_ms",
+            );
+        }
+        if self.jobs.max_attempts < 1 {
+            problem("jobs.max_attempts", "must be at least 1");
+        }
+        if self.jobs.max_queue_depth < 1 {
+            problem("jobs.max_queue_depth", "must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.payments.success_rate) {
+            problem("payments.success_rate", "must be between 0 and 1");
+        }
+        if self.cache.pet_ttl_secs == 0 {
+            problem("cache.pet_ttl_secs", "must be at least 1");
         }
         if !telemetry::is_valid_level(&self.log.level) {
             problem(
@@ -331,6 +468,33 @@ impl Settings {
             _ => LogFormat::Json,
         })
     }
+}
+
+impl ClusterSettings {
+    /// The `host:port` registered for this node bound to `bound`: `advertise_addr` when set,
+    /// else `bound` with an unspecified IP replaced by loopback (a registry entry saying
+    /// `0.0.0.0` would send balancers nowhere).
+    pub fn advertised_addr(&self, bound: SocketAddr) -> String {
+        if !self.advertise_addr.is_empty() {
+            return self.advertise_addr.clone();
+        }
+        let ip = match bound.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        SocketAddr::new(ip, bound.port()).to_string()
+    }
+}
+
+/// Whether `value` is `host:port` with a non-empty host free of spaces and a port of 1–65535
+/// (`[::1]:80` included). Host names are allowed: they are resolved by the balancers.
+fn is_host_port(value: &str) -> bool {
+    value.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && !host.contains(char::is_whitespace)
+            && port.parse::<u16>().is_ok_and(|port| port != 0)
+    })
 }
 
 impl DatabaseSettings {
@@ -425,6 +589,45 @@ mod tests {
             settings,
             ["auth.jwt_secret", "auth.access_token_ttl_secs", "log.level"]
         );
+    }
+
+    #[test]
+    fn cluster_settings_are_validated_together() {
+        let problems = Settings::load(
+            None,
+            env(&[
+                ("PETMESH_NODE__AUTH__JWT_SECRET", SECRET),
+                ("PETMESH_NODE__CLUSTER__ADVERTISE_ADDR", "10.0.0.7"),
+                ("PETMESH_NODE__CLUSTER__WEIGHT", "0"),
+            ]),
+        )
+        .unwrap_err();
+        let settings: Vec<_> = problems.iter().map(|p| p.setting.as_str()).collect();
+        assert_eq!(settings, ["cluster.advertise_addr", "cluster.weight"]);
+        for bad in ["host:0", ":80", "a b:80", "host:http", "host:70000"] {
+            assert!(!is_host_port(bad), "{bad}");
+        }
+        for good in ["10.0.0.7:8080", "node-1.petmesh.svc:80", "[::1]:8080"] {
+            assert!(is_host_port(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn advertised_address_defaults_to_the_bound_one_made_reachable() {
+        let mut cluster = ClusterSettings::default();
+        let bound = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            cluster.advertised_addr(bound("0.0.0.0:8080")),
+            "127.0.0.1:8080"
+        );
+        assert_eq!(cluster.advertised_addr(bound("[::]:8080")), "[::1]:8080");
+        assert_eq!(cluster.advertised_addr(bound("10.1.2.3:9")), "10.1.2.3:9");
+        cluster.advertise_addr = "node-1.petmesh:8080".into();
+        assert_eq!(
+            cluster.advertised_addr(bound("0.0.0.0:8080")),
+            "node-1.petmesh:8080"
+        );
+        assert_eq!((cluster.weight, cluster.zone.as_str()), (1, ""));
     }
 
     #[test]

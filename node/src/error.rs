@@ -3,6 +3,8 @@
 //! missing token...) in the same `{"statusCode","error","message"}` body.
 
 use petmesh_shared::error_body::ErrorBody;
+
+use crate::routes::RouteTable;
 use poem::{
     http::{header, Method, StatusCode},
     Endpoint, IntoResponse, PathPattern, Request, Response,
@@ -32,6 +34,13 @@ pub enum ApiError {
     /// The request conflicts with existing data (duplicate, stale state).
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// `If-Match` names a version that is no longer current.
+    #[oai(status = 412)]
+    PreconditionFailed(Json<ErrorBody>),
+    /// The request is well-formed but cannot be processed (an idempotency key reused with a
+    /// different body).
+    #[oai(status = 422)]
+    UnprocessableEntity(Json<ErrorBody>),
     /// The request body is larger than the configured limit.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
@@ -43,7 +52,12 @@ pub enum ApiError {
     Internal(Json<ErrorBody>),
     /// A dependency (PostgreSQL, Redis) is unavailable or the node is overloaded; retry later.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(
+        Json<ErrorBody>,
+        /// Seconds to wait before retrying, when the node can tell.
+        #[oai(header = "Retry-After")]
+        Option<u64>,
+    ),
 }
 
 /// Shorthand for handler results.
@@ -75,9 +89,24 @@ impl ApiError {
         Self::Conflict(body(409, message))
     }
 
+    /// 412 with `message`.
+    pub fn precondition_failed(message: impl Into<String>) -> Self {
+        Self::PreconditionFailed(body(412, message))
+    }
+
+    /// 422 with `message`.
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::UnprocessableEntity(body(422, message))
+    }
+
     /// 503 with `message`.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::Unavailable(body(503, message))
+        Self::Unavailable(body(503, message), None)
+    }
+
+    /// 503 with `message` and `Retry-After: retry_after_secs`.
+    pub fn overloaded(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::Unavailable(body(503, message), Some(retry_after_secs))
     }
 
     /// 500 after logging `cause` with its whole chain; the client sees no detail.
@@ -111,6 +140,11 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
         match &err {
+            // SQLSTATE class 22, "data exception": the values sent were unacceptable to
+            // PostgreSQL (a NUL character in text, a number out of range). The client's fault.
+            sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("22")) => {
+                Self::bad_request(format!("invalid value: {}", db.message()))
+            }
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
@@ -174,7 +208,11 @@ impl<T> ResultExt<T> for Result<T, sqlx::Error> {
 
 /// Middleware: renders every `poem::Error` that is not already an [`ApiError`] response in the
 /// common error body, keeping the matched route for metrics.
-pub async fn render_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+pub async fn render_errors<E: Endpoint>(
+    routes: &RouteTable,
+    next: E,
+    req: Request,
+) -> poem::Result<Response> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let has_body = req
@@ -186,7 +224,15 @@ pub async fn render_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<R
         Ok(resp) => Ok(resp.into_response()),
         Err(err) if err.is_from_response() => Ok(err.into_response()),
         Err(err) => {
+            let allow = err
+                .data::<PathPattern>()
+                .filter(|_| err.status() == StatusCode::METHOD_NOT_ALLOWED)
+                .and_then(|pattern| routes.allowed(&pattern.0))
+                .and_then(|allow| header::HeaderValue::from_str(allow).ok());
             let mut resp = error_response(err, &method, &path);
+            if let Some(allow) = allow {
+                resp.headers_mut().insert(header::ALLOW, allow);
+            }
             // Rejected before the handler read the body (413, 415, ...): the unread bytes
             // make the connection unusable, so tell the client not to reuse it rather than
             // let its next request race the server's close.

@@ -8,15 +8,33 @@
 //! - [`error`]: `ApiError` and the rendering of every failure in the common error body.
 //! - [`auth`]: tokens, passwords, revocations and sessions.
 //! - [`users`]: the account model and its queries.
-//! - [`request_id`], [`metrics`], [`limits`]: cross-cutting middleware.
+//! - [`pets`]: the catalogue (with [`pets::listing`] for filters, sorts and cursors) and
+//!   [`cache`], the versioned Redis cache that keeps every node's reads fresh.
+//! - [`orders`]: orders with stock, idempotency and cancellation; [`jobs`] is the durable
+//!   PostgreSQL queue whose workers run [`payments`] against a simulated gateway.
+//! - [`events`]: the one publisher of domain events, called after commits.
+//! - [`seed`]: the demo catalogue.
+//! - [`membership`]: this node's entry in the Redis registry, from start to drain.
+//! - [`request_id`], [`metrics`], [`limits`]: cross-cutting middleware; [`routes`] is what
+//!   they know of the documented routes.
 
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod error;
+pub mod events;
+pub mod jobs;
 pub mod limits;
+pub mod membership;
 pub mod metrics;
+pub mod orders;
+pub mod payments;
+pub mod pets;
 pub mod request_id;
+pub mod routes;
+pub mod seed;
 pub mod startup;
 pub mod state;
+mod text_enum;
 pub mod users;

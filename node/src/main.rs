@@ -30,6 +30,8 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Load the demo catalogue (a few hundred pets) unless pets exist already.
+    Seed,
     /// Create an admin account, or reset the password and role of an existing one.
     CreateAdmin {
         /// Username of the admin (default: bootstrap.admin_username).
@@ -78,6 +80,14 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let db = settings.database.lazy_pool()?;
             MIGRATOR.run(&db).await.context("applying migrations")?;
             tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Seed => {
+            let db = settings.database.lazy_pool()?;
+            let inserted = petmesh_node::seed::seed(&db)
+                .await
+                .context("seeding the catalogue")?;
+            println!("seeded {inserted} pets");
             Ok(())
         }
         Command::CreateAdmin {

@@ -1,11 +1,16 @@
 //! Prometheus metrics of the node and the middleware that records every HTTP request by route
 //! template (never the raw path, so label cardinality stays bounded), method and status.
 
-use std::{collections::HashMap, time::Instant};
+pub mod store;
 
+use std::time::Instant;
+
+use self::store::StoreMetrics;
+use crate::routes::RouteTable;
 use poem::{Endpoint, IntoResponse, PathPattern, Request, Response};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// The node's registry and collectors. One per process, shared through `AppState`.
@@ -16,8 +21,17 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     /// `petmesh_node_http_request_duration_seconds{method,route,status}`.
     http_duration: HistogramVec,
-    /// `petmesh_node_http_requests_in_flight`.
+    /// `petmesh_node_http_requests_in_flight`; also reported in the registry entry.
     pub http_in_flight: IntGauge,
+    /// `petmesh_node_websocket_connections`: open WebSocket connections, reported in the
+    /// registry entry for least-connections balancing.
+    // TODO(realtime): incremented and decremented by the `/ws` handler once it exists; 0 until then.
+    pub ws_connections: IntGauge,
+    /// `petmesh_node_registry_heartbeat_failures_total`: registry writes that failed (Redis
+    /// unreachable); the entry expires after a few of them in a row.
+    pub registry_failures: IntCounter,
+    /// Orders, jobs, cache and events.
+    pub store: StoreMetrics,
 }
 
 impl Metrics {
@@ -49,12 +63,26 @@ impl Metrics {
         )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
+        let ws_connections = IntGauge::new(
+            "petmesh_node_websocket_connections",
+            "WebSocket connections open now.",
+        )?;
+        let registry_failures = IntCounter::new(
+            "petmesh_node_registry_heartbeat_failures_total",
+            "Registry heartbeats (and announcements) that could not be written to Redis.",
+        )?;
         registry.register(Box::new(http_in_flight.clone()))?;
+        registry.register(Box::new(ws_connections.clone()))?;
+        registry.register(Box::new(registry_failures.clone()))?;
+        let store = StoreMetrics::register(&registry)?;
         Ok(Self {
             registry,
             http_requests,
             http_duration,
             http_in_flight,
+            ws_connections,
+            registry_failures,
+            store,
         })
     }
 
@@ -70,7 +98,7 @@ impl Metrics {
     /// Middleware body: times the request and counts it under its route template.
     pub async fn track<E: Endpoint>(
         &self,
-        routes: &RouteLabels,
+        routes: &RouteTable,
         next: E,
         req: Request,
     ) -> poem::Result<Response> {
@@ -96,61 +124,5 @@ impl Metrics {
             .with_label_values(&labels)
             .observe(started.elapsed().as_secs_f64());
         result
-    }
-}
-
-/// Maps poem-openapi's internal route patterns (`/api/v1/users/:param0`) back to the documented
-/// templates (`/api/v1/users/{id}`), so dashboards use the names readers know from the API docs.
-#[derive(Debug, Default)]
-pub struct RouteLabels {
-    /// Internal pattern → documented template, for templates with path parameters.
-    documented: HashMap<String, String>,
-}
-
-impl RouteLabels {
-    /// Labels for the documented `paths` (the keys of the OpenAPI document's `paths`).
-    pub fn new<'a>(paths: impl IntoIterator<Item = &'a str>) -> Self {
-        let documented = paths
-            .into_iter()
-            .filter(|path| path.contains('{'))
-            .map(|path| (internal_pattern(path), path.to_owned()))
-            .collect();
-        Self { documented }
-    }
-
-    /// The label for a matched pattern.
-    pub fn label<'a>(&'a self, pattern: &'a str) -> &'a str {
-        self.documented.get(pattern).map_or(pattern, String::as_str)
-    }
-}
-
-/// poem-openapi numbers path parameters in order: `/a/{x}/b/{y}` is routed as
-/// `/a/:param0/b/:param1`.
-fn internal_pattern(documented: &str) -> String {
-    let mut next = 0;
-    documented
-        .split('/')
-        .map(|segment| {
-            if segment.starts_with('{') && segment.ends_with('}') {
-                next += 1;
-                format!(":param{}", next - 1)
-            } else {
-                segment.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn internal_patterns_map_back_to_documented_templates() {
-        let labels = RouteLabels::new(["/api/v1/users/{id}", "/a/{x}/b/{y}", "/health"]);
-        assert_eq!(labels.label("/api/v1/users/:param0"), "/api/v1/users/{id}");
-        assert_eq!(labels.label("/a/:param0/b/:param1"), "/a/{x}/b/{y}");
-        assert_eq!(labels.label("/health"), "/health");
     }
 }

@@ -11,7 +11,16 @@ use poem::{
 };
 use secrecy::ExposeSecret;
 
-use crate::{api, config::Settings, error::ApiError, limits::Limits, state::AppState, users};
+use crate::{
+    api,
+    config::Settings,
+    error::ApiError,
+    jobs::worker::Workers,
+    limits::Limits,
+    membership::{Membership, Registration},
+    state::AppState,
+    users,
+};
 
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -28,6 +37,11 @@ pub struct Application {
     limits: Limits,
     /// How long in-flight requests may take once shutdown begins.
     grace_period: Duration,
+    /// How long the node keeps accepting after announcing `draining`.
+    drain_delay: Duration,
+    /// This node's registry entry, written from the moment the node serves until it has
+    /// drained.
+    registration: Registration,
 }
 
 impl Application {
@@ -61,6 +75,8 @@ impl Application {
             .first()
             .and_then(|a| a.as_socket_addr().copied())
             .context("listener has no socket address")?;
+        let registration =
+            Registration::new(settings, &state, settings.cluster.advertised_addr(addr));
         Ok(Self {
             acceptor,
             addr,
@@ -70,6 +86,8 @@ impl Application {
                 request_timeout: Duration::from_secs(settings.server.request_timeout_secs),
             },
             grace_period: Duration::from_secs(settings.server.grace_period_secs),
+            drain_delay: Duration::from_millis(settings.server.drain_delay_ms),
+            registration,
         })
     }
 
@@ -78,25 +96,61 @@ impl Application {
         self.addr
     }
 
-    /// Serves until `shutdown` resolves, then turns not-ready and drains in-flight requests for
-    /// at most the grace period.
+    /// Registers in the cluster and serves until `shutdown` resolves, then drains:
+    /// 1. readiness turns 503 and the registry entry turns `draining` (announced at once, so
+    ///    balancers stop sending new work); then `server.drain_delay_ms` passes;
+    /// 2. the listener closes and in-flight requests finish, for at most the grace period;
+    /// 3. WebSocket clients are told to reconnect elsewhere (with the real-time API);
+    /// 4. the entry is deleted and `left` announced;
+    /// 5. this returns `Ok`, and `main` exits 0.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.addr, node_id = %self.state.node_id, "listening");
+        tracing::info!(
+            addr = %self.addr,
+            node_id = %self.state.node_id,
+            http_addr = %self.registration.info().http_addr,
+            "listening"
+        );
+        let mut membership = Membership::spawn(self.registration);
+        // Payment workers stop claiming as soon as draining starts and finish the job in hand.
+        let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
+        let workers =
+            Workers::new(self.state.clone(), self.state.jobs.clone()).spawn(workers_stopped);
+        let metrics = std::sync::Arc::clone(&self.state.metrics);
         let state = self.state.clone();
+        let drain_delay = self.drain_delay;
+        let draining = &mut membership;
         let signal = async move {
             shutdown.await;
+            // 1.
             state.start_draining();
+            let _ = stop_workers.send(true);
+            draining.drain().await;
+            tokio::time::sleep(drain_delay).await;
+            // 3. runs alongside 2: poem waits for every connection, upgraded ones included, so
+            // WebSockets must be asked to close as the listener closes, not after.
+            // TODO(realtime): close every WebSocket with 1012 after a `system:reconnect` event.
             tracing::info!("shutting down: draining in-flight requests");
         };
         let app = api::app(self.state, self.limits);
-        Server::new_with_acceptor(self.acceptor)
+        // 2.
+        let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, signal, Some(self.grace_period))
-            .await
-            .context("serving HTTP")?;
-        tracing::info!("drained, exiting");
+            .await;
+        for worker in workers {
+            // A worker still busy after the grace period loses its lease; another node retries.
+            let _ = tokio::time::timeout(self.grace_period, worker).await;
+        }
+        // 4.
+        membership.leave().await;
+        served.context("serving HTTP")?;
+        // Requests cut off by the grace period never reach the gauge's decrement.
+        match metrics.http_in_flight.get() {
+            0 => tracing::info!("drained, exiting"),
+            unfinished => tracing::warn!(unfinished, "grace period elapsed, exiting"),
+        }
         Ok(())
     }
 }

@@ -5,14 +5,17 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use petmesh_shared::registry::RedisKeys;
+use tokio::sync::Notify;
 
 use crate::{
     auth::{revocation::Revocations, tokens::TokenKeys},
-    config::Settings,
+    cache::PetCache,
+    config::{JobSettings, PaymentSettings, Settings},
+    events::Events,
     metrics::Metrics,
 };
 
@@ -35,6 +38,16 @@ pub struct AppState {
     pub node_id: Arc<str>,
     /// When the node started (for `/health`).
     pub started_at: Instant,
+    /// Versioned Redis cache of pets.
+    pub pet_cache: PetCache,
+    /// Publisher of domain events.
+    pub events: Events,
+    /// Queue settings orders consult (depth bound, attempts).
+    pub jobs: JobSettings,
+    /// The simulated payment gateway's settings.
+    pub payments: PaymentSettings,
+    /// Wakes this node's idle job workers when it enqueues a job.
+    pub job_wakeup: Arc<Notify>,
     /// Set when shutdown begins: `/health/ready` answers 503 so no new work arrives.
     draining: Arc<AtomicBool>,
 }
@@ -48,16 +61,39 @@ impl AppState {
     ) -> anyhow::Result<Self> {
         let keys = RedisKeys::new(&settings.cluster.name);
         let tokens = TokenKeys::new(&settings.auth);
-        let revocations = Revocations::new(redis.clone(), keys.clone(), tokens.access_ttl);
+        let metrics = Arc::new(Metrics::new()?);
+        let revocations = Revocations::new(
+            redis.clone(),
+            keys.clone(),
+            tokens.access_ttl,
+            metrics.store.revocation_checks_skipped.clone(),
+        );
+        let pet_cache = PetCache::new(
+            redis.clone(),
+            keys.clone(),
+            Duration::from_secs(settings.cache.pet_ttl_secs),
+            metrics.store.cache_requests.clone(),
+        );
+        let events = Events::new(
+            redis.clone(),
+            keys.clone(),
+            settings.node_id.clone(),
+            metrics.store.events_published.clone(),
+        );
         Ok(Self {
             db,
             redis,
             keys,
             tokens,
             revocations,
-            metrics: Arc::new(Metrics::new()?),
+            metrics,
             node_id: settings.node_id.as_str().into(),
             started_at: Instant::now(),
+            pet_cache,
+            events,
+            jobs: settings.jobs.clone(),
+            payments: settings.payments.clone(),
+            job_wakeup: Arc::new(Notify::new()),
             draining: Arc::new(AtomicBool::new(false)),
         })
     }

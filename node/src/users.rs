@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::{
     auth::{password, Role},
     error::{ApiError, ResultExt},
+    text_enum::text_enum,
 };
 
 /// Whether an account may log in.
@@ -23,19 +24,11 @@ pub enum UserStatus {
     Disabled,
 }
 
-impl UserStatus {
-    /// The database spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UserStatus::Active => "active",
-            UserStatus::Disabled => "disabled",
-        }
-    }
-}
+text_enum!(UserStatus { Active => "active", Disabled => "disabled" });
 
 /// A user as clients see it (never with the password hash).
 #[derive(Debug, Clone, Object, sqlx::FromRow)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub struct User {
     /// Server-assigned id.
     #[oai(read_only)]
@@ -68,28 +61,6 @@ pub struct User {
 /// Columns selected for [`User`].
 const USER_COLUMNS: &str =
     "user_id, username, email, first_name, last_name, phone, role, status, created_at, updated_at";
-
-impl TryFrom<String> for Role {
-    type Error = String;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        match value.as_str() {
-            "user" => Ok(Role::User),
-            "admin" => Ok(Role::Admin),
-            other => Err(format!("unknown role {other}")),
-        }
-    }
-}
-
-impl TryFrom<String> for UserStatus {
-    type Error = String;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        match value.as_str() {
-            "active" => Ok(UserStatus::Active),
-            "disabled" => Ok(UserStatus::Disabled),
-            other => Err(format!("unknown status {other}")),
-        }
-    }
-}
 
 /// What registration (or the admin bootstrap) stores.
 #[derive(Debug, Clone)]

@@ -2,6 +2,7 @@
 //!
 //! Code tour:
 //! - [`error_body`]: the one JSON error body every failure is reported in.
+//! - [`event`]: the envelope of domain events published cluster-wide.
 //! - [`registry`]: the Redis key layout (every key a node or balancer touches is named here).
 //! - [`config`]: layered configuration loading (defaults → file → environment) and the
 //!   one-line problem reports used when start-up is refused.
@@ -10,6 +11,7 @@
 
 pub mod config;
 pub mod error_body;
+pub mod event;
 pub mod registry;
 pub mod shutdown;
 pub mod telemetry;

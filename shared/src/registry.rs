@@ -1,6 +1,82 @@
-//! The Redis key layout, defined here and nowhere else.
+//! The cluster registry and the Redis key layout, defined here and nowhere else.
 //!
 //! Every key starts with `petmesh:{cluster}:` so that several clusters can share one Redis.
+//!
+//! Membership protocol (nodes write, balancers read):
+//! 1. A node writes its [`NodeInfo`] as JSON to [`RedisKeys::node`] with a TTL of
+//!    [`NODE_TTL_SECS`], adds its id to the set [`RedisKeys::nodes`], and publishes a
+//!    [`MembershipEvent`] on [`RedisKeys::membership_channel`].
+//! 2. It rewrites the entry every [`HEARTBEAT_INTERVAL_MS`] (fresh load figures, TTL renewed).
+//! 3. On shutdown it publishes `draining` (status [`NodeStatus::Draining`]), finishes its work,
+//!    then deletes its entry, removes its id from the set and publishes `left`.
+//! 4. A node that dies stops heartbeating; its entry expires. Readers treat ids in the set whose
+//!    entry is gone as departed (and may remove them from the set).
+
+use serde::{Deserialize, Serialize};
+
+/// How often a node refreshes its registry entry.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 1000;
+
+/// How long a registry entry lives without a refresh.
+pub const NODE_TTL_SECS: u64 = 5;
+
+/// Whether a node takes new work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    /// Serving and accepting new work.
+    Ready,
+    /// Shutting down: finishing in-flight work, must get no new work.
+    Draining,
+}
+
+/// One node's registry entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    /// Unique node id.
+    pub id: String,
+    /// Where the node's HTTP (and WebSocket) API is reachable, `host:port`.
+    pub http_addr: String,
+    /// Build version of the node.
+    pub version: String,
+    /// Relative capacity for weighted strategies (default 1).
+    pub weight: u32,
+    /// Failure domain (rack, zone); empty when unknown.
+    pub zone: String,
+    /// Ready or draining.
+    pub status: NodeStatus,
+    /// When the node started, Unix milliseconds.
+    pub started_at_ms: i64,
+    /// When this entry was written, Unix milliseconds.
+    pub updated_at_ms: i64,
+    /// HTTP requests being served at `updated_at_ms`.
+    pub in_flight: u64,
+    /// Open WebSocket connections at `updated_at_ms`.
+    pub ws_connections: u64,
+}
+
+/// What happened to a node, published on the membership channel as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MembershipKind {
+    /// The node registered and is ready.
+    Joined,
+    /// The node turned draining: send it no new work.
+    Draining,
+    /// The node deregistered.
+    Left,
+}
+
+/// A membership change announcement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MembershipEvent {
+    /// What happened.
+    pub kind: MembershipKind,
+    /// The node's entry as of the change.
+    pub node: NodeInfo,
+}
 
 /// Builds the Redis keys and channel names of one cluster.
 #[derive(Debug, Clone)]
@@ -22,13 +98,39 @@ impl RedisKeys {
         &self.prefix
     }
 
+    /// A node's registry entry (JSON [`NodeInfo`], with TTL).
+    pub fn node(&self, node_id: &str) -> String {
+        format!("{}registry:node:{node_id}", self.prefix)
+    }
+
+    /// The set of registered node ids (entries may have expired since; see the module doc).
+    pub fn nodes(&self) -> String {
+        format!("{}registry:nodes", self.prefix)
+    }
+
+    /// The pub/sub channel carrying [`MembershipEvent`]s.
+    pub fn membership_channel(&self) -> String {
+        format!("{}registry:events", self.prefix)
+    }
+
+    /// The pub/sub channel carrying the [`crate::event::EventEnvelope`]s of `topic`.
+    pub fn event_channel(&self, topic: &str) -> String {
+        format!("{}events:{topic}", self.prefix)
+    }
+
+    /// The cached copy of pet `pet_id` (`<version>|<json>`, empty JSON for a deleted pet).
+    pub fn pet_cache(&self, pet_id: i64) -> String {
+        format!("{}cache:pet:{pet_id}", self.prefix)
+    }
+
     /// Marks one access token (by its `jti`) as revoked; expires with the token.
     pub fn revoked_token(&self, jti: &str) -> String {
         format!("{}auth:revoked-jti:{jti}", self.prefix)
     }
 
     /// Holds the Unix time in milliseconds before which every access token of a user is revoked
-    /// (logout-all, role or status change); expires when the last such token would have.
+    /// (logout-all, role or status change, deletion); expires when the last such token would
+    /// have.
     pub fn sessions_revoked_before(&self, user_id: &str) -> String {
         format!("{}auth:revoked-before:{user_id}", self.prefix)
     }
@@ -46,8 +148,37 @@ mod tests {
             keys.sessions_revoked_before("u1"),
             "petmesh:blue:auth:revoked-before:u1"
         );
+        assert_eq!(keys.node("n1"), "petmesh:blue:registry:node:n1");
+        assert_eq!(keys.nodes(), "petmesh:blue:registry:nodes");
+        assert_eq!(keys.membership_channel(), "petmesh:blue:registry:events");
         assert!(RedisKeys::new("green")
             .revoked_token("j1")
             .starts_with("petmesh:green:"));
+    }
+
+    #[test]
+    fn node_info_is_camel_case_json() {
+        let info = NodeInfo {
+            id: "node-1".into(),
+            http_addr: "127.0.0.1:8080".into(),
+            version: "0.1.0".into(),
+            weight: 1,
+            zone: String::new(),
+            status: NodeStatus::Draining,
+            started_at_ms: 1,
+            updated_at_ms: 2,
+            in_flight: 3,
+            ws_connections: 4,
+        };
+        let json = serde_json::to_value(&info).unwrap();
+        assert_eq!(json["httpAddr"], "127.0.0.1:8080");
+        assert_eq!(json["status"], "draining");
+        let event = MembershipEvent {
+            kind: MembershipKind::Joined,
+            node: info,
+        };
+        let round: MembershipEvent =
+            serde_json::from_str(&serde_json::to_string(&event).unwrap()).unwrap();
+        assert_eq!(round, event);
     }
 }

@@ -1,6 +1,10 @@
-//! A whole test cluster: servers, a fresh database, N nodes, torn down in the right order.
+//! A whole test cluster: servers, a fresh database, N nodes and optionally a balancer in front
+//! of them, torn down in the right order.
 //!
-//! This is what a cluster-level test starts with (`TestCluster::start(3).await`). Isolation
+//! This is what a cluster-level test starts with (`TestCluster::start(3).await`, or
+//! `TestCluster::builder().nodes(3).balancer(true).start().await`). The balancer finds the
+//! nodes the way production does, through the Redis registry, so a node added later with
+//! [`TestCluster::spawn_node`] joins it by itself. Isolation
 //! between tests that run in parallel against one PostgreSQL and one Redis comes from two
 //! names: the database `test_<uuid>` and the cluster name `test_<uuid>`, which is the
 //! node's Redis key prefix (`petmesh:{cluster}:`). Redis keys are not deleted afterwards:
@@ -9,6 +13,7 @@
 use anyhow::Context as _;
 use sqlx::PgPool;
 
+use crate::balancer::{BalancerConfig, BalancerProcess};
 use crate::client::ApiClient;
 use crate::database::TestDatabase;
 use crate::node::{random_token, NodeConfig, NodeProcess};
@@ -22,10 +27,13 @@ const ADMIN_PASSWORD_LEN: usize = 24;
 
 /// A running cluster owned by one test.
 ///
-/// Field order is drop order, and it matters: nodes go first (they hold connections to the
-/// database and Redis), then the database (whose `DROP` needs the server), then the servers.
+/// Field order is drop order, and it matters: the balancer goes first (it talks to the nodes),
+/// then the nodes (they hold connections to the database and Redis), then the database (whose
+/// `DROP` needs the server), then the servers.
 #[derive(Debug)]
 pub struct TestCluster {
+    /// The balancer in front of the nodes, when the builder asked for one.
+    balancer: Option<BalancerProcess>,
     /// The running nodes, in spawn order; `node-1` is index 0.
     nodes: Vec<NodeProcess>,
     /// The cluster's database, dropped after the nodes are dead.
@@ -59,6 +67,10 @@ pub struct TestClusterBuilder {
     nodes: usize,
     /// Extra environment for every node, e.g. a short token lifetime.
     env: Vec<(String, String)>,
+    /// Whether to start a balancer in front of the nodes.
+    balancer: bool,
+    /// Extra environment for the balancer, e.g. a strategy.
+    balancer_env: Vec<(String, String)>,
 }
 
 /// A PostgreSQL and a Redis server owned by one cluster (or one `petmesh-dev` run).
@@ -87,6 +99,30 @@ impl TestCluster {
         TestClusterBuilder {
             nodes: 1,
             env: Vec::new(),
+            balancer: false,
+            balancer_env: Vec::new(),
+        }
+    }
+
+    /// The balancer; panics when the cluster was built without one.
+    pub fn balancer(&self) -> &BalancerProcess {
+        self.balancer
+            .as_ref()
+            .expect("this cluster has no balancer: build it with `.balancer(true)`")
+    }
+
+    /// The balancer, mutably: to stop it. Panics when there is none.
+    pub fn balancer_mut(&mut self) -> &mut BalancerProcess {
+        self.balancer
+            .as_mut()
+            .expect("this cluster has no balancer: build it with `.balancer(true)`")
+    }
+
+    /// A client for the cluster's entry point: the balancer when there is one, else node 0.
+    pub fn entry_client(&self) -> ApiClient {
+        match &self.balancer {
+            Some(balancer) => balancer.client(),
+            None => self.client(0),
         }
     }
 
@@ -153,6 +189,9 @@ impl TestCluster {
 
     /// Starts one more node with the cluster's configuration changed by `customize`
     /// (pass `|config| config` for none), waits until it is ready, and returns it.
+    ///
+    /// The node registers in the cluster's registry, which is how a balancer learns of it; this
+    /// does not wait for the balancer to route to it.
     pub async fn spawn_node(
         &mut self,
         customize: impl FnOnce(NodeConfig) -> NodeConfig,
@@ -181,6 +220,21 @@ impl TestClusterBuilder {
         self
     }
 
+    /// Starts a balancer in front of the nodes (or not), once they are all ready. It finds them
+    /// by itself; [`BalancerProcess::until_routing_to`] waits until it routes to them.
+    pub fn balancer(mut self, balancer: bool) -> Self {
+        self.balancer = balancer;
+        self
+    }
+
+    /// Adds an environment variable for the balancer and asks for one, e.g.
+    /// `.balancer_env("PETMESH_BALANCER__STRATEGY__HTTP", "round-robin")`.
+    pub fn balancer_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.balancer = true;
+        self.balancer_env.push((key.into(), value.into()));
+        self
+    }
+
     /// Starts the cluster; panics with the whole error chain if it can't.
     pub async fn start(self) -> TestCluster {
         match self.try_start().await {
@@ -204,6 +258,7 @@ impl TestClusterBuilder {
             |config, (key, value)| config.env(key.as_str(), value.as_str()),
         );
         let mut cluster = TestCluster {
+            balancer: None,
             nodes: Vec::with_capacity(self.nodes),
             database,
             template,
@@ -225,6 +280,13 @@ impl TestClusterBuilder {
         }
         for node in starting {
             cluster.nodes.push(node.ready().await?);
+        }
+        if self.balancer {
+            let config = self.balancer_env.iter().fold(
+                BalancerConfig::new(cluster.redis_url.as_str(), cluster.cluster_name.as_str()),
+                |config, (key, value)| config.env(key.as_str(), value.as_str()),
+            );
+            cluster.balancer = Some(BalancerProcess::spawn(config).await?);
         }
         Ok(cluster)
     }

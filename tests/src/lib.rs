@@ -4,12 +4,15 @@
 //! guarantees they stop. A tour, bottom up:
 //!
 //! - [`process`]: the rules for owning a child process (killed with us, reaped on drop,
-//!   output kept in a bounded [`LogTail`]).
+//!   output kept in a bounded [`LogTail`]), and [`OwnedProcess`], a petmesh binary run that
+//!   way and read through its JSON log.
 //! - [`servers`]: [`PostgresServer`] and [`RedisServer`], private instances on free loopback
 //!   ports in temporary directories.
 //! - [`database`]: [`TestDatabase`], a fresh migrated database per test, dropped after it.
 //! - [`node`]: [`NodeConfig`] and [`NodeProcess`], the `petmesh-node` binary configured
 //!   through its environment and ready once `/health/ready` says so.
+//! - [`balancer`]: [`BalancerConfig`] and [`BalancerProcess`], the `petmesh-balancer` binary
+//!   in front of the nodes, which it finds through Redis; ready once its admin `/health` says so.
 //! - [`cluster`]: [`TestCluster`], all of the above for one test, torn down in order.
 //! - [`client`]: [`ApiClient`] and [`TestResponse`] for requests and [`assert_error`] for
 //!   the common error body.
@@ -28,9 +31,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The node binary must be built first (`cargo build --workspace --bins`; `scripts/test`
-//! does it). Set `TEST_LOG=1` to see node logs live.
+//! The node and balancer binaries must be built first (`cargo build --workspace --bins`;
+//! `scripts/test` does it). Set `TEST_LOG=1` to see their logs live.
 
+pub mod balancer;
 pub mod client;
 pub mod cluster;
 pub mod database;
@@ -40,10 +44,11 @@ pub mod node;
 pub mod process;
 pub mod servers;
 
+pub use balancer::{BalancerConfig, BalancerProcess};
 pub use client::{assert_error, ApiClient, TestResponse, Tokens};
 pub use cluster::{TestCluster, TestClusterBuilder};
 pub use database::TestDatabase;
 pub use eventually::eventually;
 pub use node::{NodeConfig, NodeProcess, StartingNode};
-pub use process::LogTail;
+pub use process::{LogTail, OwnedProcess};
 pub use servers::{PostgresServer, RedisServer};

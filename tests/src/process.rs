@@ -15,13 +15,28 @@
 //! Caveat on (2): Linux delivers the parent-death signal when the *thread* that forked the
 //! child exits, not the process. Spawn children from a thread that lives as long as their owner
 //! (a test's own thread, a tokio worker), never from `spawn_blocking` or a short-lived thread.
+//!
+//! The petmesh binaries themselves (nodes, balancers) are run through [`owned_command`] and
+//! [`OwnedProcess`], which apply all of the above and read their JSON logs ([`log`]).
+
+pub mod log;
+mod owned;
+
+pub use owned::{connectable, OwnedProcess};
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, ExitStatus};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+/// Environment variable that, when set, makes the logs of nodes and balancers go to stderr
+/// live, and keeps `RUST_LOG`.
+pub const TEST_LOG_ENV: &str = "TEST_LOG";
 
 /// How often the wait helpers poll a child for exit.
 const WAIT_POLL: Duration = Duration::from_millis(10);
@@ -109,6 +124,59 @@ pub fn stop(
         return Ok(None);
     }
     child.wait().map(Some)
+}
+
+/// A command running `program` the way the harness runs every petmesh binary: no stdin, a
+/// process group of its own (so a terminal's Ctrl-C reaches only the harness, which stops
+/// processes in order), `RUST_LOG` removed unless `TEST_LOG` is set (a developer's `RUST_LOG`
+/// would change what tests see and may drown the `listening` line), and killed by the kernel
+/// if the harness dies. Arguments, environment and output are the caller's.
+pub fn owned_command(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.stdin(Stdio::null()).process_group(0);
+    if std::env::var_os(TEST_LOG_ENV).is_none() {
+        cmd.env_remove("RUST_LOG");
+    }
+    kill_with_parent(&mut cmd, libc::SIGKILL);
+    cmd
+}
+
+/// Finds a binary of the workspace: the path in `env_var` if set, else `file_name` next to
+/// the running executable or one directory up.
+///
+/// Test executables live in `<target>/<profile>/deps/` and `petmesh-dev` in
+/// `<target>/<profile>/`, while the binaries are in `<target>/<profile>/`; cargo only sets
+/// `CARGO_BIN_EXE_*` for a package's own binaries, so this crate has to look for them.
+pub fn find_binary(file_name: &str, env_var: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env_var) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!(
+                "{env_var} is set to {}, which is not a file",
+                path.display()
+            );
+        }
+        return Ok(path);
+    }
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(file_name))
+        .collect();
+    if let Some(found) = candidates.iter().find(|path| path.is_file()) {
+        return Ok(found.clone());
+    }
+    bail!(
+        "{file_name} not found (looked at {}); run `cargo build --workspace --bins` first, \
+         or point {env_var} at it",
+        candidates
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 // === impl LogTail ===

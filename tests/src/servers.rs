@@ -16,7 +16,9 @@ mod redis;
 pub use postgres::PostgresServer;
 pub use redis::RedisServer;
 
+use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -44,6 +46,35 @@ pub fn free_port() -> anyhow::Result<u16> {
         .local_addr()
         .context("reading the port of a fresh listener")?
         .port())
+}
+
+/// Starts a server on a free port with `start(port)`, trying a new port (up to
+/// [`START_ATTEMPTS`] in all) when an attempt fails and the log at `log_path` says the port
+/// was lost to another process (see [`free_port`]). Any other failure is returned at once.
+///
+/// `start` must leave nothing running when it fails: the next attempt reuses the log file.
+async fn start_on_free_port<T, Fut>(
+    name: &str,
+    log_path: &Path,
+    mut start: impl FnMut(u16) -> Fut,
+) -> anyhow::Result<T>
+where
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        let port = free_port()?;
+        match start(port).await {
+            Ok(server) => return Ok(server),
+            Err(e) if attempt < START_ATTEMPTS && lost_port_race(&read_log(log_path)) => {
+                eprintln!(
+                    "petmesh-tests: {name} lost port {port} to another process, retrying ({e:#})"
+                );
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Whether a server's log says it lost the race for its port (see [`free_port`]).
@@ -77,6 +108,39 @@ mod tests {
     fn log_tail_keeps_the_last_lines() {
         assert_eq!(log_tail("a\nb\nc\n", 2), "b\nc");
         assert_eq!(log_tail("a", 5), "a");
+    }
+
+    #[tokio::test]
+    async fn start_on_free_port_retries_only_a_lost_port_race() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        let mut ports = Vec::new();
+        let started = start_on_free_port("fake", &log, |port| {
+            ports.push(port);
+            let log = log.clone();
+            let attempt = ports.len();
+            async move {
+                if attempt < START_ATTEMPTS {
+                    std::fs::write(&log, "bind: Address already in use").unwrap();
+                    anyhow::bail!("attempt {attempt} lost its port");
+                }
+                Ok(port)
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(ports.len(), START_ATTEMPTS);
+        assert_eq!(started, *ports.last().unwrap());
+
+        std::fs::write(&log, "FATAL: data directory has wrong ownership").unwrap();
+        let mut attempts = 0;
+        let error = start_on_free_port("fake", &log, |_| {
+            attempts += 1;
+            async { anyhow::bail!("cannot start") as anyhow::Result<()> }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!((attempts, error.to_string().as_str()), (1, "cannot start"));
     }
 
     #[test]

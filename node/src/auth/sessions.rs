@@ -54,7 +54,7 @@ pub async fn login(state: &AppState, login: &str, password: &str) -> Result<Toke
         state,
         &mut tx,
         user_id,
-        Role::from_db(&role),
+        Role::try_from(role).map_err(anyhow::Error::msg)?,
         Uuid::new_v4(),
     )
     .await?;
@@ -92,7 +92,14 @@ pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<TokenPair,
         .bind(hash_refresh_token(refresh_token))
         .execute(&mut *tx)
         .await?;
-    let pair = issue_pair(state, &mut tx, user_id, Role::from_db(&role), family_id).await?;
+    let pair = issue_pair(
+        state,
+        &mut tx,
+        user_id,
+        Role::try_from(role).map_err(anyhow::Error::msg)?,
+        family_id,
+    )
+    .await?;
     tx.commit().await?;
     Ok(pair)
 }

@@ -1,10 +1,14 @@
 //! `petmesh-dev cluster`: a local cluster for humans, from one command.
 //!
 //! It starts the same pieces the tests do (private servers unless `DATABASE_URL` and
-//! `REDIS_URL` are given, nodes configured through their environment), but with a stable
-//! database (`petmesh`), a stable cluster name (`local`), a known port for the first node,
-//! and the nodes' logs rendered readably on stderr. It runs until SIGINT or SIGTERM, then
-//! drains the nodes before stopping the servers.
+//! `REDIS_URL` are given, nodes configured through their environment, a balancer in front of
+//! them that finds them through Redis), but with a stable database (`petmesh`), a stable
+//! cluster name (`local`), known ports for the balancer and its admin API, and the logs
+//! rendered readably on stderr. It runs until SIGINT or SIGTERM, then stops the balancer,
+//! drains the nodes, and stops the servers.
+//!
+//! Until `petmesh-balancer` has been built, the first node takes the balancer's port instead,
+//! so the entry URL stays the same.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -14,9 +18,10 @@ use anyhow::{bail, Context as _};
 use sqlx::{Connection as _, PgConnection};
 
 use super::{signal_name, ShutdownSignals};
+use crate::balancer::{balancer_binary, BalancerConfig, BalancerProcess};
 use crate::cluster::PrivateServers;
-use crate::node::{log, node_binary, random_token, NodeConfig, NodeProcess};
-use crate::process::{capture_lines, wait_timeout_async, LogTail};
+use crate::node::{node_binary, random_token, NodeConfig, NodeProcess};
+use crate::process::{capture_lines, log, wait_timeout_async, LogTail};
 
 /// The database the local cluster uses; kept when the servers come from the environment.
 const DATABASE: &str = "petmesh";
@@ -36,8 +41,11 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long to wait, once a tool has exited, for its last output lines.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 
-/// How long nodes get to drain after SIGTERM before they are killed.
+/// How long nodes (and the balancer) get to drain after SIGTERM before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// How long the balancer may take to route to every node once they are all ready.
+const BALANCED_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often running nodes are checked for an unexpected exit.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -51,10 +59,11 @@ pub struct ClusterArgs {
     /// How many nodes to start.
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
-    /// Port of the first node, the cluster's entry point; the others get free ports.
+    /// Port of the balancer, the cluster's entry point; its admin API listens on the next
+    /// port, the nodes on free ports. Without a balancer binary, the first node's port.
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Interface the nodes listen on.
+    /// Interface the balancer and the nodes listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// Don't run `petmesh-node seed`, even when the node has that subcommand.
@@ -62,8 +71,11 @@ pub struct ClusterArgs {
     pub no_seed: bool,
 }
 
-/// What runs while the cluster is up. Field order is drop order: nodes before servers.
+/// What runs while the cluster is up. Field order is drop order: the balancer, then the
+/// nodes, then the servers.
 struct LocalCluster {
+    /// The entry point; `None` when `petmesh-balancer` is not built yet.
+    balancer: Option<BalancerProcess>,
     /// The nodes, `node-1` first.
     nodes: Vec<NodeProcess>,
     /// Which nodes have already been reported as exited, so each is reported once.
@@ -87,7 +99,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<i32> {
             return Ok(128 + signal);
         }
     };
-    print_banner(&cluster.nodes).context("writing to stdout")?;
+    print_banner(cluster.balancer.as_ref(), &cluster.nodes).context("writing to stdout")?;
 
     let signal = cluster.watch(&mut signals).await;
     eprintln!(
@@ -115,7 +127,7 @@ async fn start(args: &ClusterArgs) -> anyhow::Result<LocalCluster> {
             password
         }
     };
-    let template = NodeConfig::new(database_url, redis_url)
+    let template = NodeConfig::new(database_url, redis_url.as_str())
         .cluster(CLUSTER_NAME)
         .environment(ENVIRONMENT)
         .jwt_secret(random_token(48))
@@ -127,19 +139,54 @@ async fn start(args: &ClusterArgs) -> anyhow::Result<LocalCluster> {
     if !args.no_seed && node_has_subcommand("seed")? {
         run_tool(&template, "seed").await?;
     }
-    let nodes = start_nodes(&template, args.nodes, args.port).await?;
+    let balancer_bin = match balancer_binary() {
+        Ok(path) => Some(path),
+        Err(e) => {
+            eprintln!(
+                "petmesh-dev: no balancer ({e:#}); node-1 takes port {} instead",
+                args.port
+            );
+            None
+        }
+    };
+    let first_port = if balancer_bin.is_some() { 0 } else { args.port };
+    let nodes = start_nodes(&template, args.nodes, first_port).await?;
+    let balancer = match balancer_bin {
+        Some(binary) => {
+            let config = BalancerConfig::new(redis_url, CLUSTER_NAME)
+                .host(args.host.as_str())
+                .ports(args.port, admin_port(args.port)?)
+                .echo_logs(true)
+                .binary(binary);
+            let balancer = BalancerProcess::spawn(config).await?;
+            let ids: Vec<&str> = nodes.iter().map(NodeProcess::id).collect();
+            balancer.until_routing_to(&ids, BALANCED_TIMEOUT).await?;
+            Some(balancer)
+        }
+        None => None,
+    };
     Ok(LocalCluster {
+        balancer,
         reported: vec![false; nodes.len()],
         nodes,
         servers,
     })
 }
 
+/// The admin port that goes with balancer port `port`: the next one (0 stays 0, a free one).
+fn admin_port(port: u16) -> anyhow::Result<u16> {
+    if port == 0 {
+        return Ok(0);
+    }
+    port.checked_add(1)
+        .context("--port must leave room for the admin API on the next port")
+}
+
 /// Starts `count` nodes from `template`: `node-1` on `first_port` (0 for a free one), the
 /// rest on free ports. All are spawned before any is waited for, so they start in parallel.
 ///
-/// This is the only place that decides node ports, so putting a balancer on the public
-/// port later means calling it with `first_port = 0`.
+/// This is the only place that decides node ports: with a balancer on the public port,
+/// `first_port` is 0.
 pub async fn start_nodes(
     template: &NodeConfig,
     count: usize,
@@ -247,11 +294,21 @@ fn lists_subcommand(help: &str, name: &str) -> bool {
     })
 }
 
-/// The lines scripts and humans wait for, on stdout, ending with exactly `ready`.
-fn print_banner(nodes: &[NodeProcess]) -> std::io::Result<()> {
+/// The lines scripts and humans wait for, on stdout, ending with exactly `ready`: the entry
+/// URL (the balancer, else the first node), the admin URL, then every node.
+fn print_banner(balancer: Option<&BalancerProcess>, nodes: &[NodeProcess]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    if let Some(first) = nodes.first() {
-        writeln!(out, "petmesh is up: {}", first.base_url())?;
+    match (balancer, nodes.first()) {
+        (Some(balancer), _) => {
+            writeln!(out, "petmesh is up: {}", balancer.base_url())?;
+            writeln!(
+                out,
+                "  admin   {}  (/admin/nodes, /metrics)",
+                balancer.admin_url()
+            )?;
+        }
+        (None, Some(first)) => writeln!(out, "petmesh is up: {}", first.base_url())?,
+        (None, None) => {}
     }
     for node in nodes {
         writeln!(out, "  {}  {}", node.id(), node.base_url())?;
@@ -275,6 +332,16 @@ impl LocalCluster {
     }
 
     fn report_exits(&mut self) {
+        if let Some(balancer) = &mut self.balancer {
+            match balancer.try_wait() {
+                Ok(Some(status)) => {
+                    eprintln!("petmesh-dev: the balancer exited unexpectedly ({status}); the nodes keep running");
+                    self.balancer = None;
+                }
+                Ok(None) => {}
+                Err(e) => eprintln!("petmesh-dev: {e:#}"),
+            }
+        }
         for (node, reported) in self.nodes.iter_mut().zip(&mut self.reported) {
             if *reported {
                 continue;
@@ -293,10 +360,31 @@ impl LocalCluster {
         }
     }
 
-    /// 1. SIGTERM every node, so they all drain at once.
-    /// 2. Wait for them within one shared grace period (a further signal cuts it short).
-    /// 3. Kill what is left, then stop the servers.
+    /// 1. SIGTERM the balancer and wait for it to finish what it is proxying.
+    /// 2. SIGTERM every node, so they all drain at once.
+    /// 3. Wait for them within one shared grace period (a further signal cuts it short).
+    /// 4. Kill what is left, then stop the servers.
     async fn stop(mut self, signals: &mut ShutdownSignals) {
+        let mut hurry = false;
+        if let Some(mut balancer) = self.balancer.take() {
+            let stopped = tokio::select! {
+                stopped = balancer.terminate(STOP_GRACE) => stopped,
+                _ = signals.recv() => {
+                    eprintln!("petmesh-dev: second signal, killing the balancer and the nodes");
+                    hurry = true;
+                    Err(anyhow::anyhow!("interrupted"))
+                }
+            };
+            match stopped {
+                Ok(status) => eprintln!("petmesh-dev: balancer stopped ({status})"),
+                Err(e) => {
+                    eprintln!("petmesh-dev: balancer did not stop in time, killing it ({e:#})");
+                    if let Err(e) = balancer.kill() {
+                        eprintln!("petmesh-dev: {e:#}");
+                    }
+                }
+            }
+        }
         for node in &mut self.nodes {
             if matches!(node.try_wait(), Ok(None)) {
                 if let Err(e) = node.signal(libc::SIGTERM) {
@@ -305,7 +393,6 @@ impl LocalCluster {
             }
         }
         let deadline = Instant::now() + STOP_GRACE;
-        let mut hurry = false;
         for (node, reported) in self.nodes.iter_mut().zip(&self.reported) {
             if *reported {
                 continue;

@@ -5,24 +5,20 @@
 //! environment, the same way Helm and docker-compose do. Nothing here touches the harness's
 //! own environment.
 
-use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
 use rand::distributions::{Alphanumeric, DistString as _};
 
-use crate::process::kill_with_parent;
+pub use crate::process::TEST_LOG_ENV;
+use crate::process::{find_binary, owned_command};
 
 /// The node binary's file name, as cargo builds it.
 const NODE_BIN: &str = "petmesh-node";
 
 /// Environment variable that overrides where the node binary is looked for.
 pub const NODE_BIN_ENV: &str = "PETMESH_NODE_BIN";
-
-/// Environment variable that, when set, makes node logs go to stderr live and keeps `RUST_LOG`.
-pub const TEST_LOG_ENV: &str = "TEST_LOG";
 
 /// Default deadline from spawn to `/health/ready` answering 200.
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -156,26 +152,15 @@ impl NodeConfig {
     }
 
     /// A command running `petmesh-node <subcommand>` with this configuration in its
-    /// environment, no stdin, and the kernel told to kill it if the harness dies.
-    /// stdout and stderr are left for the caller to set.
+    /// environment, set up by [`owned_command`] (no stdin, own process group, killed if the
+    /// harness dies). stdout and stderr are left for the caller to set.
     pub fn command(&self, subcommand: &str) -> anyhow::Result<Command> {
         let binary = match &self.binary {
             Some(path) => path.clone(),
             None => node_binary()?,
         };
-        let mut cmd = Command::new(binary);
-        // Own process group: a terminal's Ctrl-C goes to the harness, which stops nodes
-        // before the servers they depend on.
-        cmd.arg(subcommand).stdin(Stdio::null()).process_group(0);
-        for (key, value) in self.env_vars() {
-            cmd.env(key, value);
-        }
-        // A developer's RUST_LOG would otherwise change what tests see (and may drown the
-        // `listening` line); TEST_LOG=1 is the way to ask for more.
-        if std::env::var_os(TEST_LOG_ENV).is_none() {
-            cmd.env_remove("RUST_LOG");
-        }
-        kill_with_parent(&mut cmd, libc::SIGKILL);
+        let mut cmd = owned_command(&binary);
+        cmd.arg(subcommand).envs(self.env_vars());
         Ok(cmd)
     }
 
@@ -205,41 +190,9 @@ impl NodeConfig {
 }
 
 /// Finds the `petmesh-node` binary: `PETMESH_NODE_BIN` if set, else next to the running
-/// executable or one directory up.
-///
-/// Test executables live in `<target>/<profile>/deps/` and `petmesh-dev` in
-/// `<target>/<profile>/`, while the node binary is in `<target>/<profile>/`; cargo only sets
-/// `CARGO_BIN_EXE_*` for a package's own binaries, so this crate has to look for it.
+/// executable or one directory up (see [`find_binary`]).
 pub fn node_binary() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os(NODE_BIN_ENV) {
-        let path = PathBuf::from(path);
-        if !path.is_file() {
-            bail!(
-                "{NODE_BIN_ENV} is set to {}, which is not a file",
-                path.display()
-            );
-        }
-        return Ok(path);
-    }
-    let exe = std::env::current_exe().context("locating the running executable")?;
-    let candidates: Vec<PathBuf> = exe
-        .ancestors()
-        .skip(1)
-        .take(2)
-        .map(|dir| dir.join(NODE_BIN))
-        .collect();
-    if let Some(found) = candidates.iter().find(|path| path.is_file()) {
-        return Ok(found.clone());
-    }
-    bail!(
-        "{NODE_BIN} not found (looked at {}); run `cargo build --workspace --bins` first, \
-         or point {NODE_BIN_ENV} at it",
-        candidates
-            .iter()
-            .map(|path| path.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
+    find_binary(NODE_BIN, NODE_BIN_ENV)
 }
 
 /// A random alphanumeric string of `len` characters, for secrets and passwords.

@@ -16,9 +16,7 @@ use anyhow::{bail, Context as _};
 use sqlx::Connection as _;
 use tempfile::TempDir;
 
-use super::{
-    free_port, log_tail, lost_port_race, read_log, READY_POLL, READY_TIMEOUT, START_ATTEMPTS,
-};
+use super::{log_tail, read_log, start_on_free_port, READY_POLL, READY_TIMEOUT};
 use crate::process::{kill_with_parent, stop};
 
 /// Where Debian and Ubuntu install the server binaries, one directory per major version.
@@ -81,30 +79,24 @@ impl PostgresServer {
         initdb(&bin, dir.path(), run_as).await?;
 
         let log_path = dir.path().join("postgres.log");
-        for attempt in 1..=START_ATTEMPTS {
-            let port = free_port()?;
-            let mut child = spawn_postgres(&bin, dir.path(), &log_path, port, run_as)?;
-            match wait_ready(&mut child, port, &log_path).await {
-                Ok(()) => {
-                    return Ok(Self {
-                        child,
-                        port,
-                        log_path,
-                        dir,
-                    })
-                }
+        let (bin, data, log) = (&bin, dir.path(), &log_path);
+        let (child, port) = start_on_free_port("postgres", log, |port| async move {
+            let mut child = spawn_postgres(bin, data, log, port, run_as)?;
+            match wait_ready(&mut child, port, log).await {
+                Ok(()) => Ok((child, port)),
                 Err(e) => {
                     stop_postmaster(&mut child);
-                    if attempt == START_ATTEMPTS || !lost_port_race(&read_log(&log_path)) {
-                        return Err(e);
-                    }
-                    eprintln!(
-                        "petmesh-tests: postgres lost port {port} to another process, retrying"
-                    );
+                    Err(e)
                 }
             }
-        }
-        unreachable!("the last attempt returns");
+        })
+        .await?;
+        Ok(Self {
+            child,
+            port,
+            log_path,
+            dir,
+        })
     }
 
     /// The maintenance database URL: `postgres://postgres@127.0.0.1:PORT/postgres`.

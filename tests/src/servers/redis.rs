@@ -14,9 +14,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use super::{
-    free_port, log_tail, lost_port_race, read_log, READY_POLL, READY_TIMEOUT, START_ATTEMPTS,
-};
+use super::{log_tail, read_log, start_on_free_port, READY_POLL, READY_TIMEOUT};
 use crate::process::kill_with_parent;
 
 /// The server program, looked up on `PATH`.
@@ -47,29 +45,25 @@ impl RedisServer {
             .tempdir()
             .context("creating a temporary directory for Redis")?;
         let log_path = dir.path().join("redis.log");
-        for attempt in 1..=START_ATTEMPTS {
-            let port = free_port()?;
-            let mut child = spawn_redis(dir.path(), &log_path, port)?;
-            match wait_ready(&mut child, port, &log_path).await {
-                Ok(()) => {
-                    return Ok(Self {
-                        child,
-                        port,
-                        log_path,
-                        dir,
-                    })
-                }
+        let (work, log) = (dir.path(), &log_path);
+        let (child, port) = start_on_free_port("redis", log, |port| async move {
+            let mut child = spawn_redis(work, log, port)?;
+            match wait_ready(&mut child, port, log).await {
+                Ok(()) => Ok((child, port)),
                 Err(e) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    if attempt == START_ATTEMPTS || !lost_port_race(&read_log(&log_path)) {
-                        return Err(e);
-                    }
-                    eprintln!("petmesh-tests: redis lost port {port} to another process, retrying");
+                    Err(e)
                 }
             }
-        }
-        unreachable!("the last attempt returns");
+        })
+        .await?;
+        Ok(Self {
+            child,
+            port,
+            log_path,
+            dir,
+        })
     }
 
     /// The URL clients connect with: `redis://127.0.0.1:PORT`.

@@ -22,6 +22,27 @@ async fn every_bad_input_class_gets_its_status_and_the_error_format() {
         assert_error(&resp, 404);
         assert!(resp.body["message"].as_str().unwrap().contains(path));
     }
+    // 400, not 500: text PostgreSQL cannot store (a NUL character).
+    let nul = client
+        .register("nul\u{0}name", "nul@example.com", "password123")
+        .await
+        .unwrap();
+    assert_error(&nul, 400);
+    let nul = client
+        .post("/api/v1/auth/register", &serde_json::json!({"username": "nulname", "email": "nul@example.com", "password": "password123", "lastName": "a\u{0}b"}))
+        .await
+        .unwrap();
+    assert_error(&nul, 400);
+    // 405 names the allowed methods (RFC 9110).
+    let trace = client
+        .send(send(
+            Method::TRACE,
+            "/api/v1/users/00000000-0000-0000-0000-000000000000",
+        ))
+        .await
+        .unwrap();
+    assert_error(&trace, 405);
+    assert_eq!(trace.header("allow"), Some("DELETE, GET, HEAD, PUT"));
     // 405: known route, wrong method.
     assert_error(
         &client

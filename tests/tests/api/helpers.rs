@@ -47,3 +47,36 @@ pub async fn refresh(client: &ApiClient, refresh_token: &str) -> petmesh_tests::
         .await
         .unwrap()
 }
+
+/// Loads the demo catalogue into the cluster's database with `petmesh-node seed`.
+pub fn seed(cluster: &TestCluster) {
+    let output = cluster
+        .node_config()
+        .command("seed")
+        .unwrap()
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "seed failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Creates a pet as admin and returns its JSON.
+pub async fn create_pet(
+    admin: &ApiClient,
+    name: &str,
+    price: &str,
+    stock: i64,
+) -> serde_json::Value {
+    let resp = admin
+        .post(
+            "/api/v1/pets",
+            &json!({"name": name, "category": "dogs", "tags": ["test"], "price": price, "stock": stock}),
+        )
+        .await
+        .unwrap();
+    resp.assert_status(201);
+    resp.body
+}

@@ -3,6 +3,9 @@
 
 mod auth;
 mod errors;
+mod events;
 mod helpers;
 mod nodes;
+mod orders;
+mod pets;
 mod users;

@@ -1,25 +1,33 @@
-//! Reading the node's JSON log lines: finding the address it listens on, and rendering
-//! lines for humans.
+//! Reading the JSON log lines of the petmesh binaries: finding the addresses they listen on,
+//! and rendering lines for humans.
 //!
-//! The node logs one JSON object per line (tracing's JSON format with the event's fields
-//! flattened into the object). The harness learns the node's address from the log rather
-//! than choosing a port up front, because the node binding port 0 itself is the only way
-//! to get a port without a race.
+//! Nodes and balancers log one JSON object per line (tracing's JSON format with the event's
+//! fields flattened into the object). The harness learns their addresses from the log rather
+//! than choosing ports up front, because a process binding port 0 itself is the only way to
+//! get a port without a race. Both log one `listening` line once bound: a node with `addr`,
+//! a balancer with `addr` and `admin_addr`.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use serde_json::{Map, Value};
 
-/// The `message` of the line the node logs once its listener is bound.
+/// The `message` of the line a process logs once its listeners are bound.
 const LISTENING: &str = "listening";
 
-/// The address in a node's `listening` line, `None` for any other line.
-///
-/// Accepts the event's fields flattened (`{"message":"listening","addr":...}`, what the node
-/// emits) and nested (`{"fields":{"message":...,"addr":...}}`, tracing's default), so a
-/// change of log layout doesn't silently break every test.
+/// The address in a node's `listening` line (its `addr` field), `None` for any other line.
 pub fn listening_addr(line: &str) -> Option<SocketAddr> {
+    listening_field(line, "addr")
+}
+
+/// The address in field `field` of a `listening` line; `None` for any other line, and for a
+/// `listening` line whose field is missing or not a socket address (poem logs one too, with
+/// `socket://` in front, and it must not count).
+///
+/// Accepts the event's fields flattened (`{"message":"listening","addr":...}`, what our
+/// binaries emit) and nested (`{"fields":{"message":...,"addr":...}}`, tracing's default), so
+/// a change of log layout doesn't silently break every test.
+pub fn listening_field(line: &str, field: &str) -> Option<SocketAddr> {
     let object = parse(line)?;
     let fields = match object.get("fields") {
         Some(Value::Object(fields)) if fields.contains_key("message") => fields,
@@ -28,7 +36,7 @@ pub fn listening_addr(line: &str) -> Option<SocketAddr> {
     if fields.get("message")?.as_str()? != LISTENING {
         return None;
     }
-    fields.get("addr")?.as_str()?.parse().ok()
+    fields.get(field)?.as_str()?.parse().ok()
 }
 
 /// A JSON log line as `HH:MM:SS.mmm LEVEL target: message key=value ...`; any other line is
@@ -117,6 +125,20 @@ mod tests {
         ] {
             assert_eq!(listening_addr(line), None, "{line}");
         }
+    }
+
+    #[test]
+    fn listening_field_reads_any_named_address() {
+        let line = r#"{"level":"INFO","message":"listening","addr":"127.0.0.1:1","admin_addr":"127.0.0.1:2"}"#;
+        assert_eq!(
+            listening_field(line, "admin_addr"),
+            Some("127.0.0.1:2".parse().unwrap())
+        );
+        assert_eq!(
+            listening_field(line, "addr"),
+            Some("127.0.0.1:1".parse().unwrap())
+        );
+        assert_eq!(listening_field(LISTENING_LINE, "admin_addr"), None);
     }
 
     #[test]

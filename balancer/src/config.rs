@@ -1,0 +1,588 @@
+//! The balancer's settings: the operator manual in code. Every field has a default, can be set in
+//! the optional YAML file, and can be overridden by `PETMESH_BALANCER__<SECTION>__<FIELD>`.
+//! `REDIS_URL` is honoured when `PETMESH_BALANCER__REDIS__URL` is absent.
+//!
+//! Loading goes through [`petmesh_shared::config`], so a refused configuration is reported the
+//! same way as the node's: one line per problem naming the setting and its variable, exit 64.
+
+use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
+
+use petmesh_shared::{
+    config::{self as layered, ConfigProblem, Sources},
+    telemetry::{self, LogFormat},
+};
+use serde::Deserialize;
+
+use crate::{backend::Backend, selection::HashKey};
+
+/// Prefix of every balancer environment variable.
+pub const ENV_PREFIX: &str = "PETMESH_BALANCER";
+
+/// All balancer settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// The proxy listener (clients connect here).
+    pub listen: ListenSettings,
+    /// The admin listener (`/admin/nodes`, `/metrics`, `/health`, `/admin/sd`).
+    pub admin: ListenSettings,
+    /// Which cluster's registry to read.
+    pub cluster: ClusterSettings,
+    /// Redis, where the node registry lives.
+    pub redis: RedisSettings,
+    /// Where the node set comes from.
+    pub discovery: DiscoverySettings,
+    /// How a node is chosen for each request.
+    pub strategy: StrategySettings,
+    /// Active health probes.
+    pub health: HealthSettings,
+    /// The per-node circuit breaker.
+    pub breaker: BreakerSettings,
+    /// Retries of idempotent requests.
+    pub retry: RetrySettings,
+    /// Connection, size and time limits.
+    pub limits: LimitSettings,
+    /// When the fraction of healthy nodes drops below this, health is ignored and every
+    /// enabled node gets traffic again (so the few survivors are not overloaded).
+    pub panic_threshold: f64,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownSettings,
+    /// Event loops (one thread, runtime and listener each); 0 = one per CPU core.
+    pub workers: usize,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// A listening address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenSettings {
+    /// Address to bind.
+    pub host: IpAddr,
+    /// Port to bind; 0 picks a free one (logged in the `listening` line).
+    pub port: u16,
+}
+
+/// Which cluster this balancer fronts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Cluster name: the Redis key prefix `petmesh:{name}:` and the `cluster` SD label.
+    pub name: String,
+}
+
+/// Redis connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Connection URL (`REDIS_URL` also works).
+    pub url: String,
+    /// Bound on connecting to Redis and on each registry read.
+    pub timeout_ms: u64,
+}
+
+/// Where nodes come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoverySettings {
+    /// Comma-separated `[id=]host:port[@weight]`; when non-empty Redis is not used at all.
+    pub static_upstreams: String,
+    /// How often the whole registry is re-read, in addition to membership events.
+    pub resync_interval_ms: u64,
+}
+
+/// A selection strategy name, as written in the settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StrategyName {
+    /// Each node in turn.
+    RoundRobin,
+    /// Each node in proportion to its weight, interleaved (smooth).
+    WeightedRoundRobin,
+    /// The node with the fewest open requests (HTTP) or WebSockets (WS).
+    LeastConnections,
+    /// The less loaded of two random nodes.
+    PowerOfTwo,
+    /// A hash ring over `strategy.hash_key`, with bounded load.
+    ConsistentHash,
+    /// Uniformly random.
+    Random,
+}
+
+/// How nodes are chosen.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StrategySettings {
+    /// Strategy for plain HTTP requests.
+    pub http: StrategyName,
+    /// Strategy for WebSocket upgrades.
+    pub ws: StrategyName,
+    /// Key for `consistent-hash`: `jwt-sub`, `header:<name>`, `cookie:<name>` or `client-ip`.
+    /// Requests without the key fall back to the client IP.
+    pub hash_key: HashKey,
+    /// `consistent-hash` sends a key elsewhere when its node already carries more than this
+    /// factor times the mean load (≥ 1.0).
+    pub bounded_load_factor: f64,
+    /// Virtual nodes per unit of weight on the hash ring.
+    pub virtual_nodes: usize,
+}
+
+/// Active health probes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthSettings {
+    /// Time between two probes of a node.
+    pub interval_ms: u64,
+    /// A probe not answered within this counts as failed.
+    pub timeout_ms: u64,
+    /// Consecutive good probes that turn an unhealthy node healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failed probes that turn a healthy node unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Path probed with `GET`; 2xx means ready.
+    pub path: String,
+}
+
+/// The per-node circuit breaker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerSettings {
+    /// Consecutive failed requests that open the breaker.
+    pub consecutive_failures: u32,
+    /// How long the breaker stays open the first time.
+    pub backoff_initial_ms: u64,
+    /// The open time doubles on every failed half-open probe, up to this.
+    pub backoff_max_ms: u64,
+}
+
+/// Retries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Retries allowed as a fraction of the requests of the last 10 seconds.
+    pub budget_ratio: f64,
+    /// Retries always allowed per second regardless of traffic (split across workers).
+    pub min_per_second: u32,
+    /// Most nodes one request is tried on (1 = never retry).
+    pub max_attempts: u32,
+}
+
+/// Connection, size and time limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Open WebSockets allowed per client IP; the next one gets 429.
+    pub ws_per_ip: u32,
+    /// A client must send its request headers within this time (Slowloris guard).
+    pub header_read_timeout_ms: u64,
+    /// Largest request body; a larger `Content-Length` gets 413, a larger chunked body is cut.
+    pub max_body_bytes: u64,
+    /// Bound on opening a connection to a node.
+    pub connect_timeout_ms: u64,
+    /// Bound on a node's response headers after the request was sent; 504 beyond.
+    pub response_timeout_ms: u64,
+    /// Client connections open at once (all workers); further ones are closed at accept.
+    pub max_connections: usize,
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// After SIGTERM, how long in-flight requests and WebSocket tunnels may take.
+    pub grace_period_secs: u64,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `json` (default) or `pretty`.
+    pub format: LogFormat,
+    /// Filter directive, e.g. `info` or `petmesh_balancer=debug,info` (`RUST_LOG` wins).
+    pub level: String,
+}
+
+// === defaults ===
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: ListenSettings {
+                host: IpAddr::from([0, 0, 0, 0]),
+                port: 8080,
+            },
+            admin: ListenSettings {
+                host: IpAddr::from([0, 0, 0, 0]),
+                port: 8081,
+            },
+            cluster: ClusterSettings {
+                name: "default".into(),
+            },
+            redis: RedisSettings::default(),
+            discovery: DiscoverySettings::default(),
+            strategy: StrategySettings::default(),
+            health: HealthSettings::default(),
+            breaker: BreakerSettings::default(),
+            retry: RetrySettings::default(),
+            limits: LimitSettings::default(),
+            panic_threshold: 0.5,
+            shutdown: ShutdownSettings {
+                grace_period_secs: 10,
+            },
+            workers: 0,
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl Default for ListenSettings {
+    fn default() -> Self {
+        Settings::default().listen
+    }
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Settings::default().cluster
+    }
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Settings::default().shutdown
+    }
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            timeout_ms: 2000,
+        }
+    }
+}
+
+impl Default for DiscoverySettings {
+    fn default() -> Self {
+        Self {
+            static_upstreams: String::new(),
+            resync_interval_ms: 5000,
+        }
+    }
+}
+
+impl Default for StrategySettings {
+    fn default() -> Self {
+        Self {
+            http: StrategyName::RoundRobin,
+            ws: StrategyName::LeastConnections,
+            hash_key: HashKey::ClientIp,
+            bounded_load_factor: 1.25,
+            virtual_nodes: 160,
+        }
+    }
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            interval_ms: 1000,
+            timeout_ms: 500,
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+            path: "/health/ready".into(),
+        }
+    }
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            backoff_initial_ms: 1000,
+            backoff_max_ms: 30_000,
+        }
+    }
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            budget_ratio: 0.2,
+            min_per_second: 10,
+            max_attempts: 3,
+        }
+    }
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            ws_per_ip: 10,
+            header_read_timeout_ms: 10_000,
+            max_body_bytes: 10 * 1024 * 1024,
+            connect_timeout_ms: 1000,
+            response_timeout_ms: 30_000,
+            max_connections: 10_000,
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+// === impl Settings ===
+
+impl Settings {
+    /// Loads defaults → `file` → `env`, then validates. Reports every problem found.
+    pub fn load(
+        file: Option<&Path>,
+        env: HashMap<String, String>,
+    ) -> Result<Self, Vec<ConfigProblem>> {
+        let sources = Sources {
+            file,
+            env,
+            aliases: &[("REDIS_URL", "redis.url")],
+        };
+        let settings: Settings = layered::load(ENV_PREFIX, sources).map_err(|p| vec![p])?;
+        settings.validate()
+    }
+
+    /// Checks what types alone cannot, returning all problems at once.
+    pub fn validate(self) -> Result<Self, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let mut problem = |setting: &str, message: &str| {
+            problems.push(ConfigProblem::new(ENV_PREFIX, setting, message));
+        };
+        if self.cluster.name.is_empty() || self.cluster.name.contains([':', ' ', '{', '}']) {
+            problem(
+                "cluster.name",
+                "must be non-empty without ':', spaces or braces",
+            );
+        }
+        if let Err(message) = self.static_backends() {
+            problem("discovery.static_upstreams", &message);
+        }
+        let positive = [
+            (
+                "discovery.resync_interval_ms",
+                self.discovery.resync_interval_ms,
+            ),
+            ("health.interval_ms", self.health.interval_ms),
+            ("health.timeout_ms", self.health.timeout_ms),
+            (
+                "health.healthy_threshold",
+                self.health.healthy_threshold.into(),
+            ),
+            (
+                "health.unhealthy_threshold",
+                self.health.unhealthy_threshold.into(),
+            ),
+            (
+                "breaker.consecutive_failures",
+                self.breaker.consecutive_failures.into(),
+            ),
+            (
+                "breaker.backoff_initial_ms",
+                self.breaker.backoff_initial_ms,
+            ),
+            ("retry.max_attempts", self.retry.max_attempts.into()),
+            ("limits.ws_per_ip", self.limits.ws_per_ip.into()),
+            (
+                "limits.header_read_timeout_ms",
+                self.limits.header_read_timeout_ms,
+            ),
+            ("limits.max_body_bytes", self.limits.max_body_bytes),
+            ("limits.connect_timeout_ms", self.limits.connect_timeout_ms),
+            (
+                "limits.response_timeout_ms",
+                self.limits.response_timeout_ms,
+            ),
+            ("limits.max_connections", self.limits.max_connections as u64),
+            ("strategy.virtual_nodes", self.strategy.virtual_nodes as u64),
+            ("redis.timeout_ms", self.redis.timeout_ms),
+        ];
+        for (setting, value) in positive {
+            if value == 0 {
+                problem(setting, "must be at least 1");
+            }
+        }
+        if self.breaker.backoff_max_ms < self.breaker.backoff_initial_ms {
+            problem(
+                "breaker.backoff_max_ms",
+                "must not be below breaker.backoff_initial_ms",
+            );
+        }
+        let factor = self.strategy.bounded_load_factor;
+        if factor.is_nan() || factor < 1.0 {
+            problem("strategy.bounded_load_factor", "must be at least 1.0");
+        }
+        if !(0.0..=1.0).contains(&self.retry.budget_ratio) {
+            problem("retry.budget_ratio", "must be between 0.0 and 1.0");
+        }
+        if !(0.0..=1.0).contains(&self.panic_threshold) {
+            problem("panic_threshold", "must be between 0.0 and 1.0");
+        }
+        if !self.health.path.starts_with('/') {
+            problem("health.path", "must start with '/'");
+        }
+        if self.workers > 256 {
+            problem("workers", "must be at most 256 (0 = one per core)");
+        }
+        if self.static_backends().is_ok_and(|b| b.is_empty())
+            && !self.redis.url.starts_with("redis://")
+            && !self.redis.url.starts_with("rediss://")
+            && !self.redis.url.starts_with("unix://")
+        {
+            problem("redis.url", "must be a redis:// URL");
+        }
+        if !telemetry::is_valid_level(&self.log.level) {
+            problem(
+                "log.level",
+                "not a valid filter directive (try `info` or `petmesh_balancer=debug,info`)",
+            );
+        }
+        if problems.is_empty() {
+            Ok(self)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The static upstream list, parsed; empty when discovery is through Redis.
+    pub fn static_backends(&self) -> Result<Vec<Backend>, String> {
+        let mut backends: Vec<Backend> = Vec::new();
+        for item in self.discovery.static_upstreams.split(',') {
+            let item = item.trim();
+            if item.is_empty() {
+                continue;
+            }
+            let backend = Backend::parse(item)?;
+            if backends.iter().any(|b| b.id == backend.id) {
+                return Err(format!("node id `{}` appears twice", backend.id));
+            }
+            backends.push(backend);
+        }
+        Ok(backends)
+    }
+
+    /// Event loops to run: `workers`, or the number of cores when 0.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// The graceful-shutdown bound.
+    pub fn grace_period(&self) -> Duration {
+        Duration::from_secs(self.shutdown.grace_period_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_contract() {
+        let settings = Settings::load(None, env(&[])).unwrap();
+        assert_eq!(settings.listen.port, 8080);
+        assert_eq!(settings.admin.port, 8081);
+        assert_eq!(settings.cluster.name, "default");
+        assert_eq!(settings.strategy.http, StrategyName::RoundRobin);
+        assert_eq!(settings.strategy.ws, StrategyName::LeastConnections);
+        assert_eq!(settings.limits.ws_per_ip, 10);
+        assert_eq!(settings.health.path, "/health/ready");
+        assert!(settings.worker_count() >= 1);
+    }
+
+    #[test]
+    fn nested_variables_and_redis_url_alias_are_honoured() {
+        let settings = Settings::load(
+            None,
+            env(&[
+                ("REDIS_URL", "redis://10.0.0.1:6379"),
+                ("PETMESH_BALANCER__STRATEGY__HTTP", "consistent-hash"),
+                ("PETMESH_BALANCER__STRATEGY__HASH_KEY", "header:x-user"),
+                ("PETMESH_BALANCER__LISTEN__PORT", "0"),
+                ("PETMESH_BALANCER__PANIC_THRESHOLD", "0.3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.redis.url, "redis://10.0.0.1:6379");
+        assert_eq!(settings.strategy.http, StrategyName::ConsistentHash);
+        assert_eq!(settings.strategy.hash_key, HashKey::Header("x-user".into()));
+        assert_eq!(settings.listen.port, 0);
+        assert_eq!(settings.panic_threshold, 0.3);
+    }
+
+    #[test]
+    fn static_upstreams_accept_ids_and_weights() {
+        let settings = Settings::load(
+            None,
+            env(&[(
+                "PETMESH_BALANCER__DISCOVERY__STATIC_UPSTREAMS",
+                "127.0.0.1:9001, b=127.0.0.1:9002@3",
+            )]),
+        )
+        .unwrap();
+        let backends = settings.static_backends().unwrap();
+        assert_eq!(backends[0].id, "127.0.0.1:9001");
+        assert_eq!(backends[0].weight, 1);
+        assert_eq!(backends[1].id, "b");
+        assert_eq!(backends[1].weight, 3);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let problems = Settings::load(
+            None,
+            env(&[
+                ("PETMESH_BALANCER__DISCOVERY__STATIC_UPSTREAMS", "nonsense"),
+                ("PETMESH_BALANCER__RETRY__MAX_ATTEMPTS", "0"),
+                ("PETMESH_BALANCER__STRATEGY__BOUNDED_LOAD_FACTOR", "0.5"),
+                ("PETMESH_BALANCER__PANIC_THRESHOLD", "2"),
+            ]),
+        )
+        .unwrap_err();
+        let settings: Vec<&str> = problems.iter().map(|p| p.setting.as_str()).collect();
+        assert_eq!(
+            settings,
+            [
+                "discovery.static_upstreams",
+                "retry.max_attempts",
+                "strategy.bounded_load_factor",
+                "panic_threshold"
+            ]
+        );
+        assert_eq!(problems[1].env_var, "PETMESH_BALANCER__RETRY__MAX_ATTEMPTS");
+    }
+
+    #[test]
+    fn unknown_strategy_or_hash_key_names_the_setting() {
+        let problems = Settings::load(None, env(&[("PETMESH_BALANCER__STRATEGY__WS", "fastest")]))
+            .unwrap_err();
+        assert_eq!(problems[0].setting, "strategy.ws");
+        let problems = Settings::load(
+            None,
+            env(&[("PETMESH_BALANCER__STRATEGY__HASH_KEY", "header:")]),
+        )
+        .unwrap_err();
+        assert_eq!(problems[0].setting, "strategy.hash_key");
+    }
+}

@@ -1,0 +1,34 @@
+//! petmesh-balancer: the HTTP and WebSocket load balancer in front of the petmesh nodes.
+//!
+//! Code tour, in reading order:
+//! - [`config`]: the settings (operator manual) and their validation.
+//! - [`startup`]: [`Application`]: binds, reads the node set, runs until told to stop.
+//! - [`worker`]: one event loop per core (own listener, snapshot, upstream pool, retry budget).
+//! - [`proxy`]: the request path; [`proxy::http`] rewrites messages, [`proxy::ws`] splices
+//!   WebSockets.
+//! - [`error`]: [`ProxyError`](error::ProxyError) and the one status mapping.
+//! - [`backend`]: nodes and the membership the workers snapshot.
+//! - [`selection`]: the strategies, one per file.
+//! - [`health`], [`breaker`], [`retry`]: when a node is skipped and when a request is retried.
+//! - [`discovery`] and [`background`]: where nodes come from and the loops that apply it.
+//! - [`admin`] and [`metrics`]: what operators see.
+//! - [`state`]: what all threads share.
+
+pub mod admin;
+pub mod backend;
+pub mod background;
+pub mod breaker;
+pub mod config;
+pub mod discovery;
+pub mod error;
+pub mod health;
+pub mod metrics;
+pub mod proxy;
+pub mod retry;
+pub mod selection;
+pub mod startup;
+pub mod state;
+pub mod worker;
+
+pub use config::Settings;
+pub use startup::Application;

@@ -1,0 +1,58 @@
+//! `petmesh-balancer`: thin entry point. Parses the command line, loads and validates the
+//! settings (refusing to start with one line per problem, exit 64), installs telemetry, and
+//! serves until SIGTERM or Ctrl-C.
+//!
+//! The main runtime is current-thread: it only runs the control plane (discovery, health
+//! probes, admin API); the data path runs on the worker threads the application starts.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use petmesh_balancer::{Application, Settings};
+use petmesh_shared::{config::EX_USAGE, shutdown, telemetry};
+
+/// The petmesh load balancer.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Optional YAML settings file; `PETMESH_BALANCER__*` variables override it.
+    #[arg(long, global = true, env = "PETMESH_BALANCER_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Proxy HTTP and WebSocket traffic to the nodes until SIGTERM or Ctrl-C, then drain and exit.
+    Serve,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref(), std::env::vars().collect()) {
+        Ok(settings) => settings,
+        Err(problems) => {
+            for problem in problems {
+                eprintln!("{problem}");
+            }
+            return ExitCode::from(EX_USAGE as u8);
+        }
+    };
+    telemetry::init(settings.log.format, &settings.log.level);
+    let Command::Serve = cli.command;
+    let result = async {
+        let app = Application::build(settings).await?;
+        app.run_until_stopped(shutdown::signal()).await
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "petmesh-balancer failed");
+            eprintln!("petmesh-balancer: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Prometheus metrics, served as text on the admin port.
+//!
+//! Per-node series (`node` label) are created when a node joins and their handles are kept in
+//! the node's [`NodeStats`](crate::backend::NodeStats), so the data path never looks a label up:
+//! it bumps an atomic. Series of a departed node are removed once nothing references it.
+
+use prometheus::{
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the balancer exports, registered in one private registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` encodes.
+    registry: Registry,
+    /// Requests forwarded to a node (every attempt), by node.
+    pub upstream_requests: IntCounterVec,
+    /// Failed attempts (connect errors, timeouts, 502/503/504), by node.
+    pub upstream_errors: IntCounterVec,
+    /// Time to the node's response headers, by node.
+    pub upstream_latency: HistogramVec,
+    /// HTTP requests currently open at a node, by node.
+    pub upstream_in_flight: IntGaugeVec,
+    /// Open WebSocket tunnels, by node.
+    pub websocket_connections: IntGaugeVec,
+    /// Nodes picked first by a strategy, by strategy, traffic (`http`/`ws`) and node.
+    pub picks: IntCounterVec,
+    /// Retries sent to another node.
+    pub retries: IntCounter,
+    /// Retries refused because the retry budget was spent.
+    pub retries_budget_exhausted: IntCounter,
+    /// Breaker state changes, by node and new state.
+    pub breaker_transitions: IntCounterVec,
+    /// Health verdict changes, by node and new verdict.
+    pub health_transitions: IntCounterVec,
+    /// Responses the balancer generated itself, by error kind.
+    pub proxy_errors: IntCounterVec,
+    /// Client connections currently open.
+    pub client_connections: IntGauge,
+    /// Client connections closed at accept because `limits.max_connections` was reached.
+    pub client_connections_refused: IntCounter,
+    /// 1 while the panic threshold is crossed (health ignored), else 0.
+    pub panic_mode: IntGauge,
+    /// Nodes known, by state (`ready`, `draining`, `unhealthy`).
+    pub nodes: IntGaugeVec,
+    /// Failed discovery rounds (Redis unreachable, bad entries).
+    pub discovery_failures: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let node = &["node"];
+        let m = Self {
+            upstream_requests: IntCounterVec::new(
+                opts("upstream_requests_total", "Requests forwarded to a node."),
+                node,
+            )
+            .unwrap(),
+            upstream_errors: IntCounterVec::new(
+                opts(
+                    "upstream_errors_total",
+                    "Failed attempts at a node (connect errors, timeouts, 502/503/504).",
+                ),
+                node,
+            )
+            .unwrap(),
+            upstream_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "petmesh_balancer_upstream_request_duration_seconds",
+                    "Time from sending a request to a node to its response headers.",
+                )
+                .buckets(exponential_buckets(0.0005, 2.0, 16).unwrap()),
+                node,
+            )
+            .unwrap(),
+            upstream_in_flight: IntGaugeVec::new(
+                opts("upstream_in_flight", "HTTP requests open at a node."),
+                node,
+            )
+            .unwrap(),
+            websocket_connections: IntGaugeVec::new(
+                opts("websocket_connections", "Open WebSocket tunnels to a node."),
+                node,
+            )
+            .unwrap(),
+            picks: IntCounterVec::new(
+                opts(
+                    "picks_total",
+                    "Nodes chosen first by a strategy, by strategy, traffic and node.",
+                ),
+                &["strategy", "traffic", "node"],
+            )
+            .unwrap(),
+            retries: IntCounter::with_opts(opts(
+                "retries_total",
+                "Requests retried on another node.",
+            ))
+            .unwrap(),
+            retries_budget_exhausted: IntCounter::with_opts(opts(
+                "retries_budget_exhausted_total",
+                "Retries refused because the retry budget was spent.",
+            ))
+            .unwrap(),
+            breaker_transitions: IntCounterVec::new(
+                opts(
+                    "breaker_transitions_total",
+                    "Circuit breaker state changes, by node and new state.",
+                ),
+                &["node", "state"],
+            )
+            .unwrap(),
+            health_transitions: IntCounterVec::new(
+                opts(
+                    "health_transitions_total",
+                    "Health verdict changes, by node and new verdict.",
+                ),
+                &["node", "healthy"],
+            )
+            .unwrap(),
+            proxy_errors: IntCounterVec::new(
+                opts(
+                    "proxy_errors_total",
+                    "Responses generated by the balancer itself, by kind.",
+                ),
+                &["kind"],
+            )
+            .unwrap(),
+            client_connections: IntGauge::with_opts(opts(
+                "client_connections",
+                "Client connections open.",
+            ))
+            .unwrap(),
+            client_connections_refused: IntCounter::with_opts(opts(
+                "client_connections_refused_total",
+                "Client connections closed at accept (limits.max_connections).",
+            ))
+            .unwrap(),
+            panic_mode: IntGauge::with_opts(opts(
+                "panic_mode",
+                "1 while too few nodes are healthy and health is ignored.",
+            ))
+            .unwrap(),
+            nodes: IntGaugeVec::new(opts("nodes", "Known nodes by state."), &["state"]).unwrap(),
+            discovery_failures: IntCounter::with_opts(opts(
+                "discovery_failures_total",
+                "Failed discovery rounds.",
+            ))
+            .unwrap(),
+            registry,
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.upstream_requests.clone()),
+            Box::new(m.upstream_errors.clone()),
+            Box::new(m.upstream_latency.clone()),
+            Box::new(m.upstream_in_flight.clone()),
+            Box::new(m.websocket_connections.clone()),
+            Box::new(m.picks.clone()),
+            Box::new(m.retries.clone()),
+            Box::new(m.retries_budget_exhausted.clone()),
+            Box::new(m.breaker_transitions.clone()),
+            Box::new(m.health_transitions.clone()),
+            Box::new(m.proxy_errors.clone()),
+            Box::new(m.client_connections.clone()),
+            Box::new(m.client_connections_refused.clone()),
+            Box::new(m.panic_mode.clone()),
+            Box::new(m.nodes.clone()),
+            Box::new(m.discovery_failures.clone()),
+        ];
+        for collector in collectors {
+            m.registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+
+    /// Drops every per-node series of `node` (it left and nothing references it any more).
+    pub fn forget_node(&self, node: &str, strategies: &[(&str, &str)]) {
+        let _ = self.upstream_requests.remove_label_values(&[node]);
+        let _ = self.upstream_errors.remove_label_values(&[node]);
+        let _ = self.upstream_latency.remove_label_values(&[node]);
+        let _ = self.upstream_in_flight.remove_label_values(&[node]);
+        let _ = self.websocket_connections.remove_label_values(&[node]);
+        for (strategy, traffic) in strategies {
+            let _ = self.picks.remove_label_values(&[strategy, traffic, node]);
+        }
+        for state in ["closed", "open", "half_open"] {
+            let _ = self.breaker_transitions.remove_label_values(&[node, state]);
+        }
+        for healthy in ["true", "false"] {
+            let _ = self
+                .health_transitions
+                .remove_label_values(&[node, healthy]);
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Options for `petmesh_balancer_<name>`.
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(format!("petmesh_balancer_{name}"), help)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_carries_the_component_prefix() {
+        let metrics = Metrics::new();
+        metrics.upstream_requests.with_label_values(&["n1"]).inc();
+        metrics
+            .proxy_errors
+            .with_label_values(&["no_healthy_node"])
+            .inc();
+        let text = metrics.encode();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("petmesh_balancer_"), "{line}");
+        }
+        assert!(text.contains("petmesh_balancer_upstream_requests_total{node=\"n1\"} 1"));
+        metrics.forget_node("n1", &[]);
+        assert!(!metrics.encode().contains("node=\"n1\""));
+    }
+}

@@ -1,0 +1,239 @@
+//! WebSocket: the Upgrade request is forwarded to a node chosen by `strategy.ws`; when the node
+//! answers 101, both upgraded connections are spliced byte for byte until either side closes.
+//!
+//! The balancer does not parse WebSocket frames: the node speaks the protocol, the balancer
+//! only counts tunnels (per node, for least-connections and metrics; per client IP, for the
+//! limit). A tunnel holds its node's `Arc<NodeState>`, so its count stays right and the tunnel
+//! stays open when the node set changes or the node leaves it.
+
+use std::{net::SocketAddr, rc::Rc, sync::Arc, time::Duration};
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+use super::{http::NODE_HEADER, prepare_head, Client, RequestBody, ResponseBody};
+use crate::{
+    backend::{NodeState, Traffic},
+    error::{ErrorKind, ProxyError},
+    state::WsSlot,
+    worker::{OpenGuard, Worker},
+};
+
+/// Whether `request` asks to become a WebSocket.
+pub fn is_upgrade<B>(request: &Request<B>) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        request
+            .headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
+}
+
+/// Forwards an Upgrade request and, on 101, starts the tunnel.
+pub async fn forward(
+    worker: &Rc<Worker>,
+    mut request: Request<Incoming>,
+    client: &Client,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if *worker.shutdown.borrow() {
+        return Err(ProxyError::new(ErrorKind::ShuttingDown));
+    }
+    let slot = worker
+        .state
+        .acquire_ws_slot(client.addr.ip())
+        .ok_or_else(|| ProxyError::new(ErrorKind::TooManyWebSockets))?;
+    let client_upgrade = hyper::upgrade::on(&mut request);
+    let (mut parts, _body) = request.into_parts();
+    prepare_head(worker, &mut parts, client, true);
+    let snapshot = worker.snapshot();
+    let order = snapshot.order(&worker.state, Traffic::Ws, &parts.headers, client.addr);
+    let Some(&first) = order.first() else {
+        return Err(ProxyError::new(ErrorKind::NoHealthyNode));
+    };
+    snapshot.nodes[first].stats.picks[1].inc();
+    let limits = &worker.state.settings.limits;
+    let max_attempts = (worker.state.settings.retry.max_attempts as usize).min(order.len());
+    let mut last = ProxyError::new(ErrorKind::NoHealthyNode);
+    // Only connect failures are retried: nothing reached the node, and a handshake has no body.
+    for &index in order.iter().take(max_attempts) {
+        let node = snapshot.nodes[index].clone();
+        let mut upstream_request = Request::new(RequestBody::Empty);
+        *upstream_request.method_mut() = parts.method.clone();
+        *upstream_request.uri_mut() = parts.uri.clone();
+        *upstream_request.headers_mut() = parts.headers.clone();
+        if !upstream_request.headers().contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(&node.backend.addr) {
+                upstream_request.headers_mut().insert(header::HOST, host);
+            }
+        }
+        node.stats.requests.inc();
+        let mut response = match handshake(&node, upstream_request, limits).await {
+            Ok(response) => response,
+            Err(err) => {
+                node.breaker.record(false);
+                node.stats.errors.inc();
+                let retryable = err.retryable;
+                last = err;
+                if retryable {
+                    continue;
+                }
+                return Err(last);
+            }
+        };
+        node.breaker
+            .record(response.status() != StatusCode::BAD_GATEWAY);
+        let mut headers = std::mem::take(response.headers_mut());
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        super::http::remove_hop_by_hop(&mut headers, switching);
+        headers.insert(NODE_HEADER, node.id_header.clone());
+        let status = response.status();
+        if switching {
+            node.stats.ws_connections.inc();
+            let node_upgrade = hyper::upgrade::on(&mut response);
+            let tunnel = Tunnel {
+                node,
+                _slot: slot,
+                _open: worker.track(),
+            };
+            tokio::task::spawn_local(tunnel.run(client_upgrade, node_upgrade, client.addr));
+            let mut reply = Response::new(ResponseBody::empty());
+            *reply.status_mut() = status;
+            *reply.headers_mut() = headers;
+            return Ok(reply);
+        }
+        // The node refused the upgrade (401, 404, ...): pass its answer on.
+        let (mut parts, body) = response.into_parts();
+        parts.headers = headers;
+        return Ok(Response::from_parts(
+            parts,
+            ResponseBody::upstream(body, Box::new(NoOp)),
+        ));
+    }
+    Err(last)
+}
+
+/// Opens a fresh connection (tunnels are never pooled) and sends the handshake.
+async fn handshake(
+    node: &NodeState,
+    request: Request<RequestBody>,
+    limits: &crate::config::LimitSettings,
+) -> Result<Response<Incoming>, ProxyError> {
+    let connect = Duration::from_millis(limits.connect_timeout_ms);
+    let stream = match tokio::time::timeout(connect, TcpStream::connect(node.sock_addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => return Err(ProxyError::because(ErrorKind::ConnectFailed, err)),
+        Err(_) => return Err(ProxyError::new(ErrorKind::ConnectTimedOut)),
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|err| ProxyError::because(ErrorKind::ConnectFailed, err))?;
+    tokio::task::spawn_local(async move {
+        let _ = connection.with_upgrades().await;
+    });
+    let timeout = Duration::from_millis(limits.response_timeout_ms);
+    match tokio::time::timeout(timeout, sender.send_request(request)).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(err)) => Err(ProxyError::because(ErrorKind::UpstreamFailed, err)),
+        Err(_) => Err(ProxyError::new(ErrorKind::ResponseTimedOut)),
+    }
+}
+
+/// An open tunnel: counted on its node, its client's IP and its worker until it ends.
+struct Tunnel {
+    /// The node, kept alive (and counted) even if it leaves the set.
+    node: Arc<NodeState>,
+    /// The client IP's WebSocket slot, released when the tunnel ends.
+    _slot: WsSlot,
+    /// Keeps the worker's shutdown waiting for this tunnel (up to the grace period).
+    _open: OpenGuard,
+}
+
+impl Tunnel {
+    async fn run(
+        self,
+        client: hyper::upgrade::OnUpgrade,
+        node: hyper::upgrade::OnUpgrade,
+        peer: SocketAddr,
+    ) {
+        match tokio::try_join!(client, node) {
+            Ok((client, node)) => {
+                let (up, down) = splice(TokioIo::new(client), TokioIo::new(node)).await;
+                tracing::debug!(node = %self.node.id(), client = %peer, up, down, "websocket closed");
+            }
+            Err(err) => {
+                tracing::warn!(node = %self.node.id(), client = %peer, error = %err, "websocket upgrade failed");
+            }
+        }
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.node.stats.ws_connections.dec();
+    }
+}
+
+/// Copies bytes both ways until either side closes, then closes the other side too, and
+/// returns the bytes copied (client → node, node → client).
+///
+/// Not `copy_bidirectional`: that keeps a half-closed connection open until the other side
+/// closes as well, but a WebSocket has no use for half-close. After the close handshake the
+/// server closes TCP, and a client that never closes its end would pin the tunnel (and its
+/// counts) forever.
+async fn splice<C, N>(client: C, node: N) -> (u64, u64)
+where
+    C: AsyncRead + AsyncWrite,
+    N: AsyncRead + AsyncWrite,
+{
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut node_read, mut node_write) = tokio::io::split(node);
+    let mut up = 0;
+    let mut down = 0;
+    {
+        let upstream = copy_counting(&mut client_read, &mut node_write, &mut up);
+        let downstream = copy_counting(&mut node_read, &mut client_write, &mut down);
+        tokio::pin!(upstream, downstream);
+        tokio::select! {
+            _ = &mut upstream => {}
+            _ = &mut downstream => {}
+        }
+    }
+    let _ = tokio::join!(node_write.shutdown(), client_write.shutdown());
+    (up, down)
+}
+
+/// `tokio::io::copy` that reports progress in `count` even when cancelled.
+async fn copy_counting<R, W>(reader: &mut R, writer: &mut W, count: &mut u64)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if writer.write_all(&buf[..n]).await.is_err() || writer.flush().await.is_err() {
+            return;
+        }
+        *count += n as u64;
+    }
+}
+
+/// Nothing to do when a refused handshake's body ends (its connection is not pooled).
+struct NoOp;
+
+impl super::http::BodyDone for NoOp {
+    fn done(self: Box<Self>, _complete: bool) {}
+}

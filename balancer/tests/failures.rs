@@ -1,0 +1,188 @@
+//! Failures: dead, failing, slow and unhealthy nodes; limits.
+
+use std::time::Duration;
+
+use crate::support::{client, eventually, settings, spread, MockBackend, Mode, TestBalancer};
+
+/// The `/admin/nodes` row of `id`.
+async fn node_row(balancer: &TestBalancer, id: &str) -> serde_json::Value {
+    let nodes = balancer.admin_json("/admin/nodes").await;
+    nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == id)
+        .cloned()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_nodes_down_gets_503_in_the_error_format_with_retry_after() {
+    let a = MockBackend::start("a").await;
+    let b = MockBackend::start("b").await;
+    let balancer = TestBalancer::start(settings(&[&a, &b])).await;
+    a.kill();
+    b.kill();
+
+    let response = client().get(balancer.url("/pets")).send().await.unwrap();
+
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("x-petmesh-proxy-error"));
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["statusCode"], 503);
+    assert_eq!(body["error"], "Service Unavailable");
+    assert!(body["message"].as_str().unwrap().len() > 10);
+    // Once the probes agree the nodes are marked unhealthy; with every node down the panic
+    // threshold keeps routing to all of them, so the answer stays a 503.
+    eventually("nodes marked unhealthy", || async {
+        let nodes = balancer.admin_json("/admin/nodes").await;
+        let unhealthy = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["healthy"] == false);
+        unhealthy.then_some(()).ok_or(nodes.to_string())
+    })
+    .await;
+    let response = client().get(balancer.url("/pets")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gets_are_retried_and_none_fail_when_a_node_is_killed_mid_run() {
+    let a = MockBackend::start("a").await;
+    let b = MockBackend::start("b").await;
+    let c = MockBackend::start("c").await;
+    let balancer = TestBalancer::start(settings(&[&a, &b, &c])).await;
+    let client = client();
+
+    let before = spread(&client, &balancer.url("/pets"), 150).await;
+    assert_eq!(before.len(), 3);
+    b.kill();
+    // `spread` asserts that every response is a 200.
+    let after = spread(&client, &balancer.url("/pets"), 300).await;
+    let served_by_b = after.get("b").copied().unwrap_or(0);
+    assert_eq!(served_by_b, 0, "{after:?}");
+    assert_eq!(after.values().sum::<usize>(), 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_node_is_retried_elsewhere_and_its_breaker_opens() {
+    let a = MockBackend::start("a").await;
+    let b = MockBackend::start("b").await;
+    let mut settings = settings(&[&a, &b]);
+    settings.breaker.consecutive_failures = 3;
+    settings.breaker.backoff_initial_ms = 60_000;
+    settings.breaker.backoff_max_ms = 60_000;
+    let balancer = TestBalancer::start(settings).await;
+    a.set_mode(Mode::Fail(503));
+
+    let counts = spread(&client(), &balancer.url("/pets"), 20).await;
+
+    assert_eq!(
+        counts.get("a"),
+        None,
+        "a's 503s were retried on b: {counts:?}"
+    );
+    assert_eq!(node_row(&balancer, "a").await["breaker"], "open");
+    let tried_on_a = a.requests();
+    spread(&client(), &balancer.url("/pets"), 20).await;
+    assert_eq!(a.requests(), tried_on_a, "an open breaker gets no traffic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_is_not_retried_after_the_node_answered() {
+    let a = MockBackend::start("a").await;
+    let balancer = TestBalancer::start(settings(&[&a])).await;
+    a.set_mode(Mode::Fail(503));
+
+    let response = client()
+        .post(balancer.url("/orders"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response.headers()["x-petmesh-node"],
+        "a",
+        "the node's own answer"
+    );
+    assert!(!response.headers().contains_key("x-petmesh-proxy-error"));
+    assert_eq!(a.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_node_gets_504_after_the_response_timeout() {
+    let a = MockBackend::start("a").await;
+    let mut settings = settings(&[&a]);
+    settings.limits.response_timeout_ms = 300;
+    let balancer = TestBalancer::start(settings).await;
+    a.set_mode(Mode::Slow(Duration::from_secs(5)));
+
+    let started = std::time::Instant::now();
+    let response = client().get(balancer.url("/pets")).send().await.unwrap();
+
+    assert_eq!(response.status(), 504);
+    assert_eq!(
+        response.headers()["x-petmesh-proxy-error"],
+        "response_timed_out"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["statusCode"], 504);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unready_node_is_skipped_until_it_is_ready_again() {
+    let a = MockBackend::start("a").await;
+    let b = MockBackend::start("b").await;
+    let balancer = TestBalancer::start(settings(&[&a, &b])).await;
+    let client = client();
+
+    a.set_ready(false);
+    eventually("a unhealthy", || async {
+        let row = node_row(&balancer, "a").await;
+        (row["healthy"] == false)
+            .then_some(())
+            .ok_or(row.to_string())
+    })
+    .await;
+    let counts = spread(&client, &balancer.url("/pets"), 20).await;
+    assert_eq!(counts.get("a"), None, "{counts:?}");
+
+    a.set_ready(true);
+    eventually("a healthy", || async {
+        let row = node_row(&balancer, "a").await;
+        (row["healthy"] == true)
+            .then_some(())
+            .ok_or(row.to_string())
+    })
+    .await;
+    let counts = spread(&client, &balancer.url("/pets"), 20).await;
+    assert_eq!(counts.get("a"), Some(&10), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_gets_413() {
+    let a = MockBackend::start("a").await;
+    let mut settings = settings(&[&a]);
+    settings.limits.max_body_bytes = 16;
+    let balancer = TestBalancer::start(settings).await;
+
+    let response = client()
+        .post(balancer.url("/pets"))
+        .body(vec![b'x'; 100])
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        response.headers()["x-petmesh-proxy-error"],
+        "body_too_large"
+    );
+    assert_eq!(a.requests(), 0);
+}

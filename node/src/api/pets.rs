@@ -1,0 +1,237 @@
+//! `/api/v1/pets`: the catalogue. Everyone logged in reads; admins write, conditionally on
+//! `If-Match` so that two admins never silently overwrite each other.
+
+use poem::web::Data;
+use poem_openapi::{
+    param::{Header, Path, Query},
+    payload::Json,
+    ApiResponse, OpenApi,
+};
+use rust_decimal::Decimal;
+
+use super::{ApiTags, NoContent};
+use crate::{
+    auth::BearerAuth,
+    error::{ApiError, ApiResult},
+    pets::{
+        self, expected_version,
+        listing::{self, PetFilter, PetList, PetPage, PetSort, SortOrder},
+        Pet, PetInput, PetPatch, PetStatus,
+    },
+    state::AppState,
+};
+
+/// The catalogue.
+pub struct PetsApi;
+
+/// A pet with its ETag.
+#[derive(ApiResponse)]
+pub enum PetResponse {
+    /// The pet.
+    #[oai(status = 200)]
+    Ok(
+        Json<Pet>,
+        /// `"<version>"`; send it back in `If-Match` to update conditionally.
+        #[oai(header = "ETag")]
+        String,
+    ),
+}
+
+/// A created pet with its ETag.
+#[derive(ApiResponse)]
+pub enum PetCreated {
+    /// The pet was added.
+    #[oai(status = 201)]
+    Created(
+        Json<Pet>,
+        /// `"<version>"`.
+        #[oai(header = "ETag")]
+        String,
+    ),
+}
+
+fn with_etag(pet: Pet) -> PetResponse {
+    let etag = pet.etag();
+    PetResponse::Ok(Json(pet), etag)
+}
+
+fn default_limit() -> i64 {
+    20
+}
+
+fn default_sort() -> PetSort {
+    PetSort::CreatedAt
+}
+
+fn default_order() -> SortOrder {
+    SortOrder::Asc
+}
+
+#[OpenApi(prefix_path = "/api/v1/pets", tag = "ApiTags::Pets")]
+impl PetsApi {
+    /// Lists pets with filters, sorting and pagination (offset or cursor), with the total.
+    #[allow(clippy::too_many_arguments)]
+    #[oai(path = "/", method = "get")]
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        _auth: BearerAuth,
+        /// Any of these statuses (repeat the parameter for several).
+        #[oai(default)]
+        status: Query<Vec<PetStatus>>,
+        /// Exact category.
+        #[oai(validator(min_length = 1, max_length = 50))]
+        category: Query<Option<String>>,
+        /// Pets with this tag.
+        #[oai(validator(min_length = 1, max_length = 30))]
+        tag: Query<Option<String>>,
+        /// Name contains this (ignoring case).
+        #[oai(validator(min_length = 1, max_length = 100))]
+        name: Query<Option<String>>,
+        /// Lowest price.
+        #[oai(name = "minPrice")]
+        min_price: Query<Option<Decimal>>,
+        /// Highest price.
+        #[oai(name = "maxPrice")]
+        max_price: Query<Option<Decimal>>,
+        /// `name`, `price` or `createdAt` (default).
+        #[oai(default = "default_sort")]
+        sort: Query<PetSort>,
+        /// `asc` (default) or `desc`.
+        #[oai(default = "default_order")]
+        order: Query<SortOrder>,
+        /// Page size, 1–100 (default 20).
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "100"))
+        )]
+        limit: Query<i64>,
+        /// Rows to skip (offset pagination).
+        #[oai(default, validator(minimum(value = "0")))]
+        offset: Query<i64>,
+        /// `nextCursor` of the previous page (cursor pagination; don't combine with offset).
+        #[oai(validator(max_length = 512))]
+        cursor: Query<Option<String>>,
+    ) -> ApiResult<Json<PetList>> {
+        let filter = PetFilter {
+            statuses: status.0,
+            category: category.0,
+            tag: tag.0,
+            name: name.0,
+            min_price: min_price.0,
+            max_price: max_price.0,
+        };
+        let page = PetPage {
+            sort: sort.0,
+            order: order.0,
+            limit: limit.0,
+            offset: offset.0,
+            cursor: cursor.0,
+        };
+        Ok(Json(listing::list(&state.db, &filter, &page).await?))
+    }
+
+    /// Pets with any of the given statuses, by id (the classic pet-store call).
+    #[oai(path = "/findByStatus", method = "get")]
+    async fn find_by_status(
+        &self,
+        state: Data<&AppState>,
+        _auth: BearerAuth,
+        /// One or more statuses (repeat the parameter).
+        status: Query<Vec<PetStatus>>,
+    ) -> ApiResult<Json<Vec<Pet>>> {
+        if status.0.is_empty() {
+            return Err(ApiError::bad_request("give at least one `status`"));
+        }
+        let statuses: Vec<&str> = status.0.iter().map(|s| s.as_str()).collect();
+        let found = sqlx::query_as::<_, Pet>(&format!(
+            "select {} from pet where status = any($1) order by pet_id",
+            pets::PET_COLUMNS
+        ))
+        .bind(statuses)
+        .fetch_all(&state.db)
+        .await?;
+        Ok(Json(found))
+    }
+
+    /// One pet, with its ETag.
+    #[oai(path = "/:id", method = "get")]
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        _auth: BearerAuth,
+        id: Path<i64>,
+    ) -> ApiResult<PetResponse> {
+        Ok(with_etag(pets::get(&state, id.0).await?))
+    }
+
+    /// Adds a pet (admins).
+    #[oai(path = "/", method = "post")]
+    async fn create(
+        &self,
+        state: Data<&AppState>,
+        auth: BearerAuth,
+        body: Json<PetInput>,
+    ) -> ApiResult<PetCreated> {
+        auth.0.require_admin()?;
+        let pet = pets::create(&state, body.0).await?;
+        let etag = pet.etag();
+        Ok(PetCreated::Created(Json(pet), etag))
+    }
+
+    /// Replaces a pet (admins). With `If-Match`, only if the pet is still at that version (412
+    /// otherwise).
+    #[oai(path = "/:id", method = "put")]
+    async fn replace(
+        &self,
+        state: Data<&AppState>,
+        auth: BearerAuth,
+        id: Path<i64>,
+        /// The ETag the change is based on.
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
+        body: Json<PetInput>,
+    ) -> ApiResult<PetResponse> {
+        auth.0.require_admin()?;
+        let expected = expected_version(if_match.0.as_deref())?;
+        Ok(with_etag(
+            pets::update(&state, id.0, body.0.into(), expected).await?,
+        ))
+    }
+
+    /// Changes some fields of a pet (admins); `If-Match` as for PUT.
+    #[oai(path = "/:id", method = "patch")]
+    async fn patch(
+        &self,
+        state: Data<&AppState>,
+        auth: BearerAuth,
+        id: Path<i64>,
+        /// The ETag the change is based on.
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
+        body: Json<PetPatch>,
+    ) -> ApiResult<PetResponse> {
+        auth.0.require_admin()?;
+        let expected = expected_version(if_match.0.as_deref())?;
+        Ok(with_etag(
+            pets::update(&state, id.0, body.0, expected).await?,
+        ))
+    }
+
+    /// Deletes a pet (admins); `If-Match` as for PUT. Its orders keep their copy of it.
+    #[oai(path = "/:id", method = "delete")]
+    async fn delete(
+        &self,
+        state: Data<&AppState>,
+        auth: BearerAuth,
+        id: Path<i64>,
+        /// The ETag the deletion is based on.
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
+    ) -> ApiResult<NoContent> {
+        auth.0.require_admin()?;
+        let expected = expected_version(if_match.0.as_deref())?;
+        pets::delete(&state, id.0, expected).await?;
+        Ok(NoContent::Done)
+    }
+}

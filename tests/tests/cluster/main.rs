@@ -1,0 +1,15 @@
+//! Cluster integration tests: real Redis, PostgreSQL, `petmesh-node` and `petmesh-balancer`
+//! processes on free loopback ports (issue 4, membership and balancing).
+//!
+//! - [`membership`]: a node's own registry entry, from start to drain, read straight from Redis.
+//! - [`discovery`]: the balancer following the registry: new nodes, departed ones.
+//! - [`failover`]: nodes dying under load, and no node left at all.
+//! - [`draining`]: a SIGTERMed node finishing its work while getting none.
+//! - [`strategies`]: how requests spread across real nodes.
+
+mod discovery;
+mod draining;
+mod failover;
+mod membership;
+mod strategies;
+mod support;
