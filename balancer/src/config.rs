@@ -173,7 +173,9 @@ pub struct RetrySettings {
 pub struct LimitSettings {
     /// Open WebSockets allowed per client IP; the next one gets 429.
     pub ws_per_ip: u32,
-    /// A client must send its request headers within this time (Slowloris guard).
+    /// A client must send its request headers within this time (Slowloris guard); the clock
+    /// runs while a keep-alive connection waits for its next request, so it is also the idle
+    /// timeout of client connections.
     pub header_read_timeout_ms: u64,
     /// Largest request body; a larger `Content-Length` gets 413, a larger chunked body is cut.
     pub max_body_bytes: u64,
