@@ -13,7 +13,7 @@ use std::{sync::LazyLock, time::Duration};
 use petmesh_shared::registry::RedisKeys;
 use prometheus::IntCounterVec;
 
-use crate::pets::Pet;
+use crate::{pets::Pet, state::Redis};
 
 /// Stores ARGV[2] at KEYS[1] with version ARGV[1] unless the cached version is the same or newer.
 static STORE_IF_NEWER: LazyLock<redis::Script> = LazyLock::new(|| {
@@ -45,7 +45,7 @@ pub enum Cached {
 #[derive(Clone)]
 pub struct PetCache {
     /// Shared Redis pool.
-    redis: deadpool_redis::Pool,
+    redis: Redis,
     /// Key layout.
     keys: RedisKeys,
     /// Entry lifetime.
@@ -56,12 +56,7 @@ pub struct PetCache {
 
 impl PetCache {
     /// A cache whose entries live `ttl`.
-    pub fn new(
-        redis: deadpool_redis::Pool,
-        keys: RedisKeys,
-        ttl: Duration,
-        requests: IntCounterVec,
-    ) -> Self {
+    pub fn new(redis: Redis, keys: RedisKeys, ttl: Duration, requests: IntCounterVec) -> Self {
         Self {
             redis,
             keys,
@@ -73,7 +68,7 @@ impl PetCache {
     /// The cached pet, if any. Errors count as misses: the database answers instead.
     pub async fn get(&self, pet_id: i64) -> Cached {
         let result: anyhow::Result<Option<String>> = async {
-            let mut conn = self.redis.get().await?;
+            let mut conn = self.redis.clone();
             Ok(redis::cmd("GET")
                 .arg(self.keys.pet_cache(pet_id))
                 .query_async(&mut conn)
@@ -116,7 +111,7 @@ impl PetCache {
 
     async fn store_raw(&self, pet_id: i64, version: i32, json: &str) {
         let result: anyhow::Result<()> = async {
-            let mut conn = self.redis.get().await?;
+            let mut conn = self.redis.clone();
             STORE_IF_NEWER
                 .key(self.keys.pet_cache(pet_id))
                 .arg(version)

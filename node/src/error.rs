@@ -157,13 +157,6 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-impl From<deadpool_redis::PoolError> for ApiError {
-    fn from(err: deadpool_redis::PoolError) -> Self {
-        tracing::warn!(error = %error_chain(&err), "redis unavailable");
-        Self::unavailable("redis unavailable, retry later")
-    }
-}
-
 impl From<redis::RedisError> for ApiError {
     fn from(err: redis::RedisError) -> Self {
         if err.is_io_error()

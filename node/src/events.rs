@@ -6,11 +6,13 @@ use petmesh_shared::{event::EventEnvelope, registry::RedisKeys};
 use prometheus::IntCounterVec;
 use serde::Serialize;
 
+use crate::state::Redis;
+
 /// Publishes events on the cluster's Redis channels.
 #[derive(Clone)]
 pub struct Events {
     /// Shared Redis pool.
-    redis: deadpool_redis::Pool,
+    redis: Redis,
     /// Channel names.
     keys: RedisKeys,
     /// The publishing node, recorded in each envelope.
@@ -21,12 +23,7 @@ pub struct Events {
 
 impl Events {
     /// A publisher over `redis`, counting into `published`.
-    pub fn new(
-        redis: deadpool_redis::Pool,
-        keys: RedisKeys,
-        node_id: String,
-        published: IntCounterVec,
-    ) -> Self {
+    pub fn new(redis: Redis, keys: RedisKeys, node_id: String, published: IntCounterVec) -> Self {
         Self {
             redis,
             keys,
@@ -61,7 +58,7 @@ impl Events {
     }
 
     async fn send(&self, envelope: &EventEnvelope) -> anyhow::Result<()> {
-        let mut conn = self.redis.get().await?;
+        let mut conn = self.redis.clone();
         let body = serde_json::to_string(envelope)?;
         redis::cmd("PUBLISH")
             .arg(self.keys.event_channel(&envelope.topic))

@@ -31,7 +31,7 @@ use petmesh_shared::registry::{
 };
 use tokio::{sync::watch, task::JoinHandle};
 
-use crate::{config::Settings, metrics::Metrics, state::AppState};
+use crate::{config::Settings, metrics::Metrics, state::AppState, state::Redis};
 
 /// After the first warning of a registry outage, how long until the next one.
 pub const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(30);
@@ -50,7 +50,7 @@ pub enum Phase {
 /// The registration task: owns this node's registry entry from start to exit.
 pub struct Registration {
     /// The handlers' Redis pool; the registry adds about one write per second to it.
-    redis: deadpool_redis::Pool,
+    redis: Redis,
     /// The cluster's key layout.
     keys: RedisKeys,
     /// The entry as last written. Id, address, version, weight, zone and start time are fixed;
@@ -172,7 +172,7 @@ impl Registration {
     async fn write(&mut self) -> anyhow::Result<()> {
         let key = self.keys.node(&self.info.id);
         let entry = serde_json::to_string(&self.info).context("encoding the registry entry")?;
-        let mut conn = self.redis.get().await?;
+        let mut conn = self.redis.clone();
         let (existed,): (bool,) = redis::pipe()
             .atomic()
             .exists(&key)
@@ -217,7 +217,7 @@ impl Registration {
         };
         let result = tokio::time::timeout(self.timeout, async {
             let message = serde_json::to_string(&event).context("encoding the announcement")?;
-            let mut conn = self.redis.get().await?;
+            let mut conn = self.redis.clone();
             redis::pipe()
                 .atomic()
                 .del(self.keys.node(&self.info.id))

@@ -54,7 +54,7 @@ impl Application {
             .context("database.url is not a valid PostgreSQL URL")?;
         let redis = settings
             .redis
-            .pool()
+            .connect()
             .context("redis.url is not a valid Redis URL")?;
         if settings.database.migrate_on_start {
             MIGRATOR.run(&db).await.context("applying migrations")?;

@@ -19,13 +19,16 @@ use crate::{
     metrics::Metrics,
 };
 
+/// The node's Redis connection (see [`crate::config::RedisSettings::connect`]); clones share it.
+pub type Redis = redis::aio::ConnectionManager;
+
 /// Shared by every request.
 #[derive(Clone)]
 pub struct AppState {
     /// PostgreSQL pool: the source of truth.
     pub db: sqlx::PgPool,
-    /// Redis pool: revocations, cache, pub/sub publishing.
-    pub redis: deadpool_redis::Pool,
+    /// Redis: revocations, cache, events, registry (one shared multiplexed connection).
+    pub redis: Redis,
     /// The cluster's Redis key layout.
     pub keys: RedisKeys,
     /// Access token signing and verification.
@@ -54,11 +57,7 @@ pub struct AppState {
 
 impl AppState {
     /// Builds the state from settings and already created pools.
-    pub fn new(
-        settings: &Settings,
-        db: sqlx::PgPool,
-        redis: deadpool_redis::Pool,
-    ) -> anyhow::Result<Self> {
+    pub fn new(settings: &Settings, db: sqlx::PgPool, redis: Redis) -> anyhow::Result<Self> {
         let keys = RedisKeys::new(&settings.cluster.name);
         let tokens = TokenKeys::new(&settings.auth);
         let metrics = Arc::new(Metrics::new()?);

@@ -139,7 +139,7 @@ async fn check_all(state: &AppState) -> BTreeMap<String, DependencyHealth> {
                 .map_err(|e| e.to_string())
         }),
         timed(async {
-            let mut conn = state.redis.get().await.map_err(|e| e.to_string())?;
+            let mut conn = state.redis.clone();
             redis::cmd("PING")
                 .query_async::<String>(&mut conn)
                 .await

@@ -17,13 +17,13 @@ use petmesh_shared::registry::RedisKeys;
 use uuid::Uuid;
 
 use super::{tokens::issued_at_millis, Claims};
-use crate::error::ApiError;
+use crate::{error::ApiError, state::Redis};
 
 /// Reads and writes revocations in Redis.
 #[derive(Clone)]
 pub struct Revocations {
     /// Shared Redis pool.
-    redis: deadpool_redis::Pool,
+    redis: Redis,
     /// The cluster's key layout.
     keys: RedisKeys,
     /// How long a user cutoff must live: the access token lifetime plus skew.
@@ -35,7 +35,7 @@ pub struct Revocations {
 impl Revocations {
     /// A store over `redis` for tokens that live at most `access_ttl`.
     pub fn new(
-        redis: deadpool_redis::Pool,
+        redis: Redis,
         keys: RedisKeys,
         access_ttl: Duration,
         skipped: prometheus::IntCounter,
@@ -52,7 +52,7 @@ impl Revocations {
     /// module doc).
     pub async fn ensure_not_revoked(&self, claims: &Claims) -> Result<(), ApiError> {
         let lookup: anyhow::Result<(Option<String>, Option<i64>)> = async {
-            let mut conn = self.redis.get().await?;
+            let mut conn = self.redis.clone();
             Ok(redis::cmd("MGET")
                 .arg(self.keys.revoked_token(&claims.jti.to_string()))
                 .arg(self.keys.sessions_revoked_before(&claims.sub.to_string()))
@@ -92,7 +92,7 @@ impl Revocations {
             }
         }
         if any {
-            let mut conn = self.redis.get().await?;
+            let mut conn = self.redis.clone();
             pipe.query_async::<()>(&mut conn).await?;
         }
         Ok(())
@@ -101,7 +101,7 @@ impl Revocations {
     /// Revokes every access token of `user_id` issued up to now.
     pub async fn revoke_user_sessions(&self, user_id: Uuid) -> Result<(), ApiError> {
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let mut conn = self.redis.get().await?;
+        let mut conn = self.redis.clone();
         redis::cmd("SET")
             .arg(self.keys.sessions_revoked_before(&user_id.to_string()))
             .arg(now_ms)
