@@ -204,6 +204,18 @@ impl NodeState {
         !self.is_draining() && self.health.is_healthy() && self.breaker.permits()
     }
 
+    /// A connect to the node failed (`reason`): marks it unhealthy at once, until the probes
+    /// see it ready again (why: [`crate::health`]). Logs and counts the flip.
+    pub fn mark_unreachable(&self, metrics: &Metrics, reason: &dyn std::fmt::Display) {
+        if self.health.mark_down() {
+            tracing::warn!(node = %self.id(), reason = %reason, "node unhealthy: connect failed");
+            metrics
+                .health_transitions
+                .with_label_values(&[self.id(), "false"])
+                .inc();
+        }
+    }
+
     /// Whether the node currently looks unhealthy (probe verdict or open breaker).
     pub fn looks_unhealthy(&self) -> bool {
         !self.health.is_healthy() || self.breaker.state() == BreakerState::Open

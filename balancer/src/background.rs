@@ -172,14 +172,16 @@ pub async fn run_health(state: Arc<BalancerState>, mut shutdown: watch::Receiver
     let mut panicking = false;
     loop {
         let nodes = state.membership.current();
+        let started: Vec<u64> = nodes.iter().map(|n| n.health.probe_started()).collect();
         let results = futures_util::future::join_all(
             nodes
                 .iter()
                 .map(|node| check.check(&node.backend.addr, node.sock_addr)),
         )
         .await;
-        for (node, result) in nodes.iter().zip(results) {
+        for ((node, result), started) in nodes.iter().zip(results).zip(started) {
             let flipped = node.health.observe(
+                started,
                 result.is_ok(),
                 settings.healthy_threshold,
                 settings.unhealthy_threshold,

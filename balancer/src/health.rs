@@ -1,5 +1,20 @@
-//! Active health: the probes' verdict on each node, flipped only after N consecutive opposite
-//! results so one lost probe doesn't take a node out (or one lucky probe bring it back).
+//! Health: the probes' verdict on each node, flipped only after N consecutive opposite results
+//! so one lost probe doesn't take a node out (or one lucky probe bring it back), plus one
+//! passive shortcut: a failed connect takes the node out at once ([`Health::mark_down`]).
+//!
+//! Why the shortcut, and why only down: after a node dies the probes need
+//! `unhealthy_threshold` intervals (2 s by default) to agree, while the breaker, which opens
+//! within a few failed attempts, goes half-open after `breaker.backoff_initial_ms` and lets a
+//! *client* request through as the trial, so a dead node kept getting requests after the 1 s
+//! the balancer promises. A refused or timed-out connect is as conclusive as a failed probe (the
+//! probe is a connect too) and is seen within milliseconds of the death, by whichever request
+//! needs a new connection first. Marking the node unhealthy then takes it out of every
+//! worker's candidate list, breaker or not. Only probes bring it back (`healthy_threshold`
+//! good ones in a row), so no client request is ever the trial for a node that was
+//! unreachable; the breaker's half-open trial stays for nodes that accept connections but
+//! answer badly (502/503/504, timeouts), where a real request is the only meaningful test.
+//! A probe already under way when the node was marked down cannot count towards bringing it
+//! back ([`Health::probe_started`]).
 //!
 //! `healthy` (this module) is kept apart from `draining` (what the node announced about itself):
 //! a draining node may be perfectly healthy, and an unhealthy node may not know it is.
@@ -8,7 +23,7 @@
 pub mod http;
 
 use std::sync::{
-    atomic::{AtomicBool, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
     Mutex,
 };
 
@@ -19,8 +34,10 @@ pub use self::http::HttpHealthCheck;
 pub struct Health {
     /// The verdict the data path reads (one relaxed load per request).
     healthy: AtomicBool,
-    /// Consecutive probe results that contradict the verdict; only the prober writes it.
+    /// Consecutive probe results that contradict the verdict.
     streak: Mutex<u32>,
+    /// Passive mark-downs so far; a good probe started before the latest one is ignored.
+    downs: AtomicU64,
 }
 
 impl Health {
@@ -29,6 +46,7 @@ impl Health {
         Self {
             healthy: AtomicBool::new(true),
             streak: Mutex::new(0),
+            downs: AtomicU64::new(0),
         }
     }
 
@@ -37,19 +55,40 @@ impl Health {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Records one probe result. Returns the new verdict when it flipped.
+    /// Marks the node unhealthy at once (a connect to it failed). Returns whether it was
+    /// healthy until now.
+    pub fn mark_down(&self) -> bool {
+        let mut streak = self.streak.lock().unwrap_or_else(|e| e.into_inner());
+        *streak = 0;
+        self.downs.fetch_add(1, Ordering::Relaxed);
+        self.healthy.swap(false, Ordering::Relaxed)
+    }
+
+    /// To be called before a probe starts; its result is then given to [`Health::observe`].
+    pub fn probe_started(&self) -> u64 {
+        self.downs.load(Ordering::Relaxed)
+    }
+
+    /// Records the result of a probe that started at `started` ([`Health::probe_started`]).
+    /// Returns the new verdict when it flipped.
     ///
-    /// 1. A result agreeing with the verdict resets the streak.
-    /// 2. A disagreeing result extends it.
-    /// 3. When the streak reaches the threshold for the opposite verdict, the verdict flips and
+    /// 1. A good result from a probe that started before the latest [`Health::mark_down`] is
+    ///    ignored: it may have connected just before the node died.
+    /// 2. A result agreeing with the verdict resets the streak.
+    /// 3. A disagreeing result extends it.
+    /// 4. When the streak reaches the threshold for the opposite verdict, the verdict flips and
     ///    the streak starts over.
     pub fn observe(
         &self,
+        started: u64,
         ok: bool,
         healthy_threshold: u32,
         unhealthy_threshold: u32,
     ) -> Option<bool> {
         let mut streak = self.streak.lock().unwrap_or_else(|e| e.into_inner());
+        if ok && self.downs.load(Ordering::Relaxed) != started {
+            return None;
+        }
         let healthy = self.is_healthy();
         if ok == healthy {
             *streak = 0;
@@ -84,28 +123,45 @@ mod tests {
     #[test]
     fn unhealthy_only_after_threshold_consecutive_failures() {
         let health = Health::new();
-        assert_eq!(health.observe(false, 2, 3), None);
-        assert_eq!(health.observe(false, 2, 3), None);
+        assert_eq!(health.observe(0, false, 2, 3), None);
+        assert_eq!(health.observe(0, false, 2, 3), None);
         assert_eq!(
-            health.observe(true, 2, 3),
+            health.observe(0, true, 2, 3),
             None,
             "an agreeing result resets the streak"
         );
-        assert_eq!(health.observe(false, 2, 3), None);
-        assert_eq!(health.observe(false, 2, 3), None);
-        assert_eq!(health.observe(false, 2, 3), Some(false));
+        assert_eq!(health.observe(0, false, 2, 3), None);
+        assert_eq!(health.observe(0, false, 2, 3), None);
+        assert_eq!(health.observe(0, false, 2, 3), Some(false));
         assert!(!health.is_healthy());
     }
 
     #[test]
     fn healthy_again_after_threshold_consecutive_successes() {
         let health = Health::new();
-        health.observe(false, 2, 1);
+        health.observe(0, false, 2, 1);
         assert!(!health.is_healthy());
-        assert_eq!(health.observe(true, 2, 1), None);
-        assert_eq!(health.observe(false, 2, 1), None);
-        assert_eq!(health.observe(true, 2, 1), None);
-        assert_eq!(health.observe(true, 2, 1), Some(true));
+        assert_eq!(health.observe(0, true, 2, 1), None);
+        assert_eq!(health.observe(0, false, 2, 1), None);
+        assert_eq!(health.observe(0, true, 2, 1), None);
+        assert_eq!(health.observe(0, true, 2, 1), Some(true));
+        assert!(health.is_healthy());
+    }
+
+    #[test]
+    fn marked_down_at_once_and_back_only_after_probes_started_since() {
+        let health = Health::new();
+        let before = health.probe_started();
+        assert!(health.mark_down());
+        assert!(!health.is_healthy());
+        assert!(!health.mark_down(), "already down");
+        // Probes that started before the mark-down don't count, however many.
+        for _ in 0..3 {
+            assert_eq!(health.observe(before, true, 2, 2), None);
+        }
+        let since = health.probe_started();
+        assert_eq!(health.observe(since, true, 2, 2), None);
+        assert_eq!(health.observe(since, true, 2, 2), Some(true));
         assert!(health.is_healthy());
     }
 }

@@ -238,7 +238,13 @@ async fn attempt_once(
                 Ok(()) => sender,
                 Err(_) => continue,
             },
-            None => match connect(node, Duration::from_millis(limits.connect_timeout_ms)).await {
+            None => match connect(
+                worker,
+                node,
+                Duration::from_millis(limits.connect_timeout_ms),
+            )
+            .await
+            {
                 Ok(sender) => sender,
                 Err(err) => {
                     node.breaker.record(false);
@@ -288,17 +294,44 @@ async fn attempt_once(
     Ok(Response::from_parts(parts, body))
 }
 
+/// Opens a TCP connection to `node`, bounded by `timeout`. A refused, unreachable or
+/// timed-out connect marks the node unhealthy at once (see [`crate::health`] for why); a
+/// failure that says nothing about the node (no local port left) does not.
+pub(crate) async fn connect_tcp(
+    worker: &Worker,
+    node: &NodeState,
+    timeout: Duration,
+) -> Result<TcpStream, ProxyError> {
+    let err = match tokio::time::timeout(timeout, TcpStream::connect(node.sock_addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            return Ok(stream);
+        }
+        Ok(Err(err)) => {
+            let local = matches!(
+                err.kind(),
+                std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::AddrInUse
+            );
+            if !local {
+                node.mark_unreachable(&worker.state.metrics, &err);
+            }
+            ProxyError::because(ErrorKind::ConnectFailed, err)
+        }
+        Err(_) => {
+            node.mark_unreachable(&worker.state.metrics, &"connect timed out");
+            ProxyError::new(ErrorKind::ConnectTimedOut)
+        }
+    };
+    Err(err)
+}
+
 /// Opens a keep-alive connection to `node`, bounded by `timeout`.
 async fn connect(
+    worker: &Worker,
     node: &NodeState,
     timeout: Duration,
 ) -> Result<SendRequest<RequestBody>, ProxyError> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(node.sock_addr)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(err)) => return Err(ProxyError::because(ErrorKind::ConnectFailed, err)),
-        Err(_) => return Err(ProxyError::new(ErrorKind::ConnectTimedOut)),
-    };
-    let _ = stream.set_nodelay(true);
+    let stream = connect_tcp(worker, node, timeout).await?;
     let (sender, connection) = hyper::client::conn::http1::Builder::new()
         .writev(false)
         .handshake(TokioIo::new(stream))

@@ -68,6 +68,67 @@ async fn gets_are_retried_and_none_fail_when_a_node_is_killed_mid_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_out_at_the_first_refused_connect_and_back_once_probes_see_it() {
+    let a = MockBackend::start("a").await;
+    let b = MockBackend::start("b").await;
+    let mut settings = settings(&[&a, &b]);
+    // The probes alone would never mark `a` down, and its breaker would be half-open (letting
+    // a trial request through) 100 ms after opening: only the refused connect can keep it out.
+    settings.health.unhealthy_threshold = 1_000;
+    settings.breaker.consecutive_failures = 1;
+    settings.breaker.backoff_initial_ms = 100;
+    settings.breaker.backoff_max_ms = 100;
+    let balancer = TestBalancer::start(settings).await;
+    let client = client();
+    let url = balancer.url("/pets");
+    assert_eq!(spread(&client, &url, 20).await.len(), 2);
+
+    let addr = a.addr;
+    a.kill();
+    drop(a);
+    // The mock's tasks end asynchronously: wait until its address refuses connections.
+    eventually("a's listener gone", || async move {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(_) => Err("still accepting".to_owned()),
+            Err(_) => Ok(()),
+        }
+    })
+    .await;
+    // `spread` asserts that every response is a 200 (the attempts on `a` are retried on `b`).
+    // The first of them that needs a new connection to `a` is refused: `a` is out.
+    let row = eventually("a unhealthy", || async {
+        spread(&client, &url, 2).await;
+        let row = node_row(&balancer, "a").await;
+        (row["healthy"] == false)
+            .then_some(row.clone())
+            .ok_or(row.to_string())
+    })
+    .await;
+    let attempts = row["requests"].clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = spread(&client, &url, 40).await;
+    assert_eq!(later.get("a"), None, "{later:?}");
+    assert_eq!(
+        node_row(&balancer, "a").await["requests"],
+        attempts,
+        "no attempt on the dead node after the breaker's backoff"
+    );
+
+    // Back on the same address: taken back once the probes see it ready.
+    let a = MockBackend::start_at("a", addr).await;
+    eventually("a healthy again", || async {
+        let row = node_row(&balancer, "a").await;
+        (row["healthy"] == true)
+            .then_some(())
+            .ok_or(row.to_string())
+    })
+    .await;
+    let back = spread(&client, &url, 20).await;
+    assert!(back.get("a").is_some_and(|&n| n >= 5), "{back:?}");
+    assert!(a.requests() >= 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_node_is_retried_elsewhere_and_its_breaker_opens() {
     let a = MockBackend::start("a").await;
     let b = MockBackend::start("b").await;

@@ -113,6 +113,20 @@ impl MockBackend {
     /// Starts a backend with id `id` on a free loopback port.
     pub async fn start(id: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve_on(id, listener)
+    }
+
+    /// Starts a backend with id `id` on `addr`, e.g. where a killed one listened (waits for
+    /// the old listener to be gone).
+    pub async fn start_at(id: &str, addr: SocketAddr) -> Self {
+        let listener = eventually("the address is free again", || async move {
+            TcpListener::bind(addr).await.map_err(|e| e.to_string())
+        })
+        .await;
+        Self::serve_on(id, listener)
+    }
+
+    fn serve_on(id: &str, listener: TcpListener) -> Self {
         let addr = listener.local_addr().unwrap();
         let control = Arc::new(Control {
             id: id.to_owned(),

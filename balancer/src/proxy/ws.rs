@@ -11,10 +11,7 @@ use std::{net::SocketAddr, rc::Rc, sync::Arc, time::Duration};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::{http::NODE_HEADER, prepare_head, Client, RequestBody, ResponseBody};
 use crate::{
@@ -76,7 +73,7 @@ pub async fn forward(
             }
         }
         node.stats.requests.inc();
-        let mut response = match handshake(&node, upstream_request, limits).await {
+        let mut response = match handshake(worker, &node, upstream_request, limits).await {
             Ok(response) => response,
             Err(err) => {
                 node.breaker.record(false);
@@ -123,17 +120,13 @@ pub async fn forward(
 
 /// Opens a fresh connection (tunnels are never pooled) and sends the handshake.
 async fn handshake(
+    worker: &Worker,
     node: &NodeState,
     request: Request<RequestBody>,
     limits: &crate::config::LimitSettings,
 ) -> Result<Response<Incoming>, ProxyError> {
     let connect = Duration::from_millis(limits.connect_timeout_ms);
-    let stream = match tokio::time::timeout(connect, TcpStream::connect(node.sock_addr)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(err)) => return Err(ProxyError::because(ErrorKind::ConnectFailed, err)),
-        Err(_) => return Err(ProxyError::new(ErrorKind::ConnectTimedOut)),
-    };
-    let _ = stream.set_nodelay(true);
+    let stream = super::connect_tcp(worker, node, connect).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|err| ProxyError::because(ErrorKind::ConnectFailed, err))?;
