@@ -9,7 +9,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use petmesh_balancer::{Application, Settings};
-use petmesh_shared::{config::EX_USAGE, shutdown, telemetry};
+use petmesh_shared::{config, shutdown, telemetry};
 
 /// The petmesh load balancer.
 #[derive(Debug, Parser)]
@@ -33,12 +33,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref(), std::env::vars().collect()) {
         Ok(settings) => settings,
-        Err(problems) => {
-            for problem in problems {
-                eprintln!("{problem}");
-            }
-            return ExitCode::from(EX_USAGE as u8);
-        }
+        Err(problems) => return config::refuse(&problems),
     };
     telemetry::init(settings.log.format, &settings.log.level);
     let Command::Serve = cli.command;

@@ -10,7 +10,7 @@ use petmesh_node::{
     startup::{Application, MIGRATOR},
     users,
 };
-use petmesh_shared::{config::EX_USAGE, shutdown, telemetry};
+use petmesh_shared::{config, shutdown, telemetry};
 use secrecy::ExposeSecret;
 
 /// The petmesh API node.
@@ -52,12 +52,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref(), std::env::vars().collect()) {
         Ok(settings) => settings,
-        Err(problems) => {
-            for problem in problems {
-                eprintln!("{problem}");
-            }
-            return ExitCode::from(EX_USAGE as u8);
-        }
+        Err(problems) => return config::refuse(&problems),
     };
     telemetry::init(settings.log_format(), &settings.log.level);
     match run(cli.command, settings).await {

@@ -94,7 +94,7 @@ pub struct PlaceOrder {
     pub payment_token: Option<String>,
 }
 
-/// Why placing an order did not insert one.
+/// What inserting an order came to.
 enum Placement {
     /// Inserted; the stored response.
     Created(Order),

@@ -116,8 +116,7 @@ impl Application {
         let mut membership = Membership::spawn(self.registration);
         // Payment workers stop claiming as soon as draining starts and finish the job in hand.
         let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
-        let workers =
-            Workers::new(self.state.clone(), self.state.jobs.clone()).spawn(workers_stopped);
+        let workers = Workers::new(self.state.clone()).spawn(workers_stopped);
         let metrics = std::sync::Arc::clone(&self.state.metrics);
         let state = self.state.clone();
         let drain_delay = self.drain_delay;

@@ -45,7 +45,8 @@ pub struct AppState {
     pub pet_cache: PetCache,
     /// Publisher of domain events.
     pub events: Events,
-    /// Queue settings orders consult (depth bound, attempts).
+    /// Queue settings: the workers' concurrency, lease and backoff, and what orders consult
+    /// (depth bound, attempts).
     pub jobs: JobSettings,
     /// The simulated payment gateway's settings.
     pub payments: PaymentSettings,

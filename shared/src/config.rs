@@ -12,6 +12,15 @@ use serde::de::DeserializeOwned;
 /// Exit code for refused configuration (`EX_USAGE` from sysexits.h).
 pub const EX_USAGE: i32 = 64;
 
+/// Refuses start-up: prints each problem on its own line to stderr and returns the exit code
+/// for `main` (`EX_USAGE`).
+pub fn refuse(problems: &[ConfigProblem]) -> std::process::ExitCode {
+    for problem in problems {
+        eprintln!("{problem}");
+    }
+    std::process::ExitCode::from(EX_USAGE as u8)
+}
+
 /// One thing wrong with a configuration, naming the setting and the variable that sets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {

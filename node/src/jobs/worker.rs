@@ -7,34 +7,28 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::{watch, Notify};
 
 use super::{claim, renew, Backoff, Job};
-use crate::{config::JobSettings, payments, state::AppState};
+use crate::{payments, state::AppState};
 
 /// The workers of one node.
 pub struct Workers {
     /// Shared handler state (database, metrics, events).
     state: AppState,
-    /// Queue settings.
-    settings: JobSettings,
     /// Wakes idle workers when this node enqueues a job.
     wakeup: Arc<Notify>,
 }
 
 impl Workers {
-    /// Workers over `state`.
-    pub fn new(state: AppState, settings: JobSettings) -> Self {
+    /// Workers over `state`, configured by its `jobs` settings.
+    pub fn new(state: AppState) -> Self {
         let wakeup = Arc::clone(&state.job_wakeup);
-        Self {
-            state,
-            settings,
-            wakeup,
-        }
+        Self { state, wakeup }
     }
 
     /// Spawns the workers; they stop claiming when `shutdown` turns true and finish the job in
     /// hand. The returned handles complete when they have stopped.
     pub fn spawn(self, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
         let this = Arc::new(self);
-        (0..this.settings.concurrency)
+        (0..this.state.jobs.concurrency)
             .map(|_| {
                 let (this, shutdown) = (Arc::clone(&this), shutdown.clone());
                 tokio::spawn(async move { this.run(shutdown).await })
@@ -43,8 +37,8 @@ impl Workers {
     }
 
     async fn run(&self, mut shutdown: watch::Receiver<bool>) {
-        let lease = Duration::from_secs(self.settings.lease_secs);
-        let poll = Duration::from_millis(self.settings.poll_interval_ms);
+        let lease = Duration::from_secs(self.state.jobs.lease_secs);
+        let poll = Duration::from_millis(self.state.jobs.poll_interval_ms);
         while !*shutdown.borrow() {
             match claim(&self.state.db, &self.state.node_id, lease).await {
                 Ok(Some(job)) => self.run_job(job, lease).await,
@@ -86,8 +80,8 @@ impl Workers {
             }
         });
         let backoff = Backoff {
-            base: Duration::from_millis(self.settings.backoff_base_ms),
-            cap: Duration::from_millis(self.settings.backoff_cap_ms),
+            base: Duration::from_millis(self.state.jobs.backoff_base_ms),
+            cap: Duration::from_millis(self.state.jobs.backoff_cap_ms),
         };
         if let Err(err) = payments::run(&self.state, &job, &backoff).await {
             // The lease runs out and the job is retried, here or on another node.
