@@ -9,7 +9,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue};
+use http::{
+    header::{self, Entry},
+    HeaderMap, HeaderName, HeaderValue,
+};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -39,31 +42,49 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Whether `name` is always hop-by-hop (`Upgrade` included).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::UPGRADE || HOP_BY_HOP.contains(name)
+}
+
 /// Removes the hop-by-hop headers: the fixed list, `Upgrade`, and every header `Connection`
 /// names. With `keep_upgrade` (a WebSocket handshake) `Upgrade` and `Connection: upgrade` are
 /// passed on, because the upgrade is what the next hop must see.
+///
+/// Runs twice per proxied request, so it looks at the names present once and removes only
+/// those: most requests carry no hop-by-hop header at all, and removing an absent one still
+/// costs a hash lookup.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        if !(keep_upgrade && name == header::UPGRADE) {
-            headers.remove(name);
-        }
+    // Headers named in `Connection` can only be present when `Connection` is.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
     }
-    for name in HOP_BY_HOP {
+    let keep = |name: &HeaderName| keep_upgrade && name == header::UPGRADE;
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name) && !keep(name))
+        .cloned()
+        .collect();
+    doomed.extend(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            // The usual tokens name no header to remove (or one already doomed); skipping
+            // them saves parsing a header name on most responses.
+            .filter(|token| {
+                !(token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close"))
+            })
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .filter(|name| !keep(name)),
+    );
+    for name in doomed {
         headers.remove(name);
     }
-    if keep_upgrade {
-        if headers.contains_key(header::UPGRADE) {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-    } else {
-        headers.remove(header::UPGRADE);
+    if keep_upgrade && headers.contains_key(header::UPGRADE) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 
@@ -105,35 +126,34 @@ pub fn add_forwarding(
     new_id: impl FnOnce() -> HeaderValue,
 ) {
     append_element(headers, X_FORWARDED_FOR, &client.xff);
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
+    headers
+        .entry(X_FORWARDED_PROTO)
+        .or_insert_with(|| HeaderValue::from_static("http"));
     append_element(headers, header::FORWARDED, &client.forwarded);
-    if !headers.contains_key(&REQUEST_ID) {
-        headers.insert(REQUEST_ID, new_id());
-    }
+    headers.entry(REQUEST_ID).or_insert_with(new_id);
 }
 
-/// Sets `name` to `element`, or appends `, element` to the value already there.
+/// Sets `name` to `element`, or appends `, element` to the value already there (one lookup).
 fn append_element(headers: &mut HeaderMap, name: HeaderName, element: &HeaderValue) {
-    let prior = headers
-        .get(&name)
-        .map(|v| v.as_bytes())
-        .filter(|v| !v.trim_ascii().is_empty());
-    let value = match prior {
-        None => element.clone(),
-        Some(prior) => {
-            let mut joined = Vec::with_capacity(prior.len() + 2 + element.len());
-            joined.extend_from_slice(prior);
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(element.as_bytes());
-            match HeaderValue::from_bytes(&joined) {
-                Ok(value) => value,
-                Err(_) => element.clone(),
-            }
+    match headers.entry(name) {
+        Entry::Vacant(vacant) => {
+            vacant.insert(element.clone());
         }
-    };
-    headers.insert(name, value);
+        Entry::Occupied(mut occupied) => {
+            let prior = occupied.get().as_bytes();
+            let value = if prior.trim_ascii().is_empty() {
+                element.clone()
+            } else {
+                let mut joined = Vec::with_capacity(prior.len() + 2 + element.len());
+                joined.extend_from_slice(prior);
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(element.as_bytes());
+                HeaderValue::from_bytes(&joined).unwrap_or_else(|_| element.clone())
+            };
+            // `insert` replaces every value: repeated headers become one list.
+            occupied.insert(value);
+        }
+    }
 }
 
 // === RequestBody ===
