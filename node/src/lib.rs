@@ -12,6 +12,8 @@
 //!   [`cache`], the versioned Redis cache that keeps every node's reads fresh.
 //! - [`orders`]: orders with stock, idempotency and cancellation; [`jobs`] is the durable
 //!   PostgreSQL queue whose workers run [`payments`] against a simulated gateway.
+//! - [`subscribers`]: custom WebSocket event names registered by admins, and the lookup the
+//!   WebSocket layer uses to recognise them.
 //! - [`events`]: the one publisher of domain events, called after commits.
 //! - [`seed`]: the demo catalogue.
 //! - [`membership`]: this node's entry in the Redis registry, from start to drain.
@@ -36,5 +38,6 @@ pub mod routes;
 pub mod seed;
 pub mod startup;
 pub mod state;
+pub mod subscribers;
 mod text_enum;
 pub mod users;
