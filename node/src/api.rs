@@ -6,6 +6,7 @@ pub mod auth;
 pub mod health;
 pub mod pets;
 pub mod store;
+pub mod subscribers;
 pub mod users;
 
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub enum ApiTags {
     Pets,
     /// Orders and inventory.
     Store,
+    /// Custom WebSocket events (admins).
+    Subscribers,
 }
 
 /// A success without a body.
@@ -49,6 +52,7 @@ pub fn service() -> OpenApiService<
         users::UsersApi,
         pets::PetsApi,
         store::StoreApi,
+        subscribers::SubscribersApi,
     ),
     (),
 > {
@@ -59,6 +63,7 @@ pub fn service() -> OpenApiService<
             users::UsersApi,
             pets::PetsApi,
             store::StoreApi,
+            subscribers::SubscribersApi,
         ),
         "petmesh",
         env!("CARGO_PKG_VERSION"),
