@@ -8,4 +8,5 @@ mod helpers;
 mod nodes;
 mod orders;
 mod pets;
+mod subscribers;
 mod users;
