@@ -86,6 +86,7 @@ pub fn app(state: AppState, limits: Limits) -> impl Endpoint {
         .at("/openapi.json", api.spec_endpoint())
         .nest("/documentation", api.swagger_ui())
         .at("/metrics", get(serve_metrics))
+        .at("/ws", crate::realtime::websocket)
         .nest("/", api);
     let metrics = Arc::clone(&state.metrics);
     routes

@@ -68,6 +68,8 @@ pub struct Settings {
     pub payments: PaymentSettings,
     /// The Redis read cache.
     pub cache: CacheSettings,
+    /// The WebSocket endpoint and cluster broadcasts.
+    pub realtime: RealtimeSettings,
 }
 
 /// HTTP listener and request limits.
@@ -207,6 +209,32 @@ pub struct CacheSettings {
     pub pet_ttl_secs: u64,
 }
 
+/// The WebSocket endpoint (`/ws`) and the per-topic event history in Redis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RealtimeSettings {
+    /// Events kept per topic in its Redis stream for recovery after a reconnect.
+    pub history_len: u64,
+    /// A topic's history (and its offset counter) expires after this long without events.
+    pub history_ttl_secs: u64,
+    /// Frames queued for one connection before it counts as a slow consumer (closed 1013).
+    pub send_queue: usize,
+    /// Largest frame a client may send; bigger ones close the connection (1009).
+    pub max_frame_bytes: usize,
+    /// Time a connection has to authenticate before it is closed (4401).
+    pub auth_timeout_ms: u64,
+    /// The server pings a connection it has not heard from for this long.
+    pub ping_interval_secs: u64,
+    /// A connection silent (no frame, no pong) for this long is closed (1001).
+    pub idle_timeout_secs: u64,
+    /// Requests a connection may send per minute (token bucket refill).
+    pub rate_per_minute: u32,
+    /// Requests a connection may send in a burst (token bucket size).
+    pub rate_burst: u32,
+    /// Longest a request may take before it is answered with a `TIMEOUT` error.
+    pub request_timeout_ms: u64,
+}
+
 // === defaults ===
 
 impl Default for Settings {
@@ -224,6 +252,7 @@ impl Default for Settings {
             jobs: JobSettings::default(),
             payments: PaymentSettings::default(),
             cache: CacheSettings::default(),
+            realtime: RealtimeSettings::default(),
         }
     }
 }
@@ -302,6 +331,23 @@ impl Default for PaymentSettings {
         Self {
             success_rate: 0.95,
             simulated_latency_ms: 50,
+        }
+    }
+}
+
+impl Default for RealtimeSettings {
+    fn default() -> Self {
+        Self {
+            history_len: 10_000,
+            history_ttl_secs: 86_400,
+            send_queue: 256,
+            max_frame_bytes: 64 * 1024,
+            auth_timeout_ms: 10_000,
+            ping_interval_secs: 25,
+            idle_timeout_secs: 60,
+            rate_per_minute: 100,
+            rate_burst: 20,
+            request_timeout_ms: 10_000,
         }
     }
 }
@@ -440,6 +486,28 @@ impl Settings {
         if self.cache.pet_ttl_secs == 0 {
             problem("cache.pet_ttl_secs", "must be at least 1");
         }
+        let rt = &self.realtime;
+        for (name, value) in [
+            ("realtime.history_len", rt.history_len),
+            ("realtime.history_ttl_secs", rt.history_ttl_secs),
+            ("realtime.send_queue", rt.send_queue as u64),
+            ("realtime.max_frame_bytes", rt.max_frame_bytes as u64),
+            ("realtime.auth_timeout_ms", rt.auth_timeout_ms),
+            ("realtime.ping_interval_secs", rt.ping_interval_secs),
+            ("realtime.rate_per_minute", u64::from(rt.rate_per_minute)),
+            ("realtime.rate_burst", u64::from(rt.rate_burst)),
+            ("realtime.request_timeout_ms", rt.request_timeout_ms),
+        ] {
+            if value == 0 {
+                problem(name, "must be at least 1");
+            }
+        }
+        if rt.idle_timeout_secs <= rt.ping_interval_secs {
+            problem(
+                "realtime.idle_timeout_secs",
+                "must be longer than realtime.ping_interval_secs (a ping needs time to be answered)",
+            );
+        }
         if !telemetry::is_valid_level(&self.log.level) {
             problem(
                 "log.level",
@@ -507,6 +575,11 @@ impl DatabaseSettings {
 }
 
 impl RedisSettings {
+    /// A client for connections of their own (the WebSocket hub's pub/sub subscription).
+    pub fn client(&self) -> anyhow::Result<redis::Client> {
+        Ok(redis::Client::open(self.url.expose_secret())?)
+    }
+
     /// The node's Redis connection: one multiplexed connection shared by every request (commands
     /// from concurrent requests are pipelined on it), connected lazily and re-established in the
     /// background, with every command bounded by `timeout_ms`. A pool of connections would cost a
@@ -514,7 +587,7 @@ impl RedisSettings {
     /// request's time.
     pub fn connect(&self) -> anyhow::Result<crate::state::Redis> {
         let timeout = Some(Duration::from_millis(self.timeout_ms));
-        let client = redis::Client::open(self.url.expose_secret())?;
+        let client = self.client()?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout)

@@ -109,6 +109,23 @@ impl ApiError {
         Self::Unavailable(body(503, message), Some(retry_after_secs))
     }
 
+    /// The body every variant carries (what the WebSocket protocol reports as its error).
+    pub fn body(&self) -> &ErrorBody {
+        match self {
+            Self::BadRequest(body)
+            | Self::Unauthorized(body, _)
+            | Self::Forbidden(body)
+            | Self::NotFound(body)
+            | Self::Conflict(body)
+            | Self::PreconditionFailed(body)
+            | Self::UnprocessableEntity(body)
+            | Self::PayloadTooLarge(body)
+            | Self::UnsupportedMediaType(body)
+            | Self::Internal(body)
+            | Self::Unavailable(body, _) => &body.0,
+        }
+    }
+
     /// 500 after logging `cause` with its whole chain; the client sees no detail.
     pub fn internal(cause: &(dyn std::error::Error + 'static)) -> Self {
         tracing::error!(error = %error_chain(cause), "internal error");

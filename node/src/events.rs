@@ -1,20 +1,21 @@
 //! The one publisher of domain events. Services call [`Events::publish`] after their
-//! transaction commits, so subscribers never hear of a change that did not happen; every node
-//! fans the events out to its own WebSocket connections (real-time issue).
+//! transaction commits, so subscribers never hear of a change that did not happen. Each event
+//! goes through the topic's [`log::EventLog`] (offset, history, pub/sub in one script), and
+//! every node fans it out to its own WebSocket connections ([`crate::realtime`]).
 
-use petmesh_shared::{event::EventEnvelope, registry::RedisKeys};
+pub mod log;
+
+use petmesh_shared::event::EventEnvelope;
 use prometheus::IntCounterVec;
 use serde::Serialize;
 
-use crate::state::Redis;
+use self::log::{EventLog, Offset};
 
-/// Publishes events on the cluster's Redis channels.
+/// Publishes events on the cluster's per-topic logs.
 #[derive(Clone)]
 pub struct Events {
-    /// Shared Redis pool.
-    redis: Redis,
-    /// Channel names.
-    keys: RedisKeys,
+    /// The per-topic logs in Redis.
+    log: EventLog,
     /// The publishing node, recorded in each envelope.
     node_id: String,
     /// `petmesh_node_events_published_total{event,result}`.
@@ -22,14 +23,18 @@ pub struct Events {
 }
 
 impl Events {
-    /// A publisher over `redis`, counting into `published`.
-    pub fn new(redis: Redis, keys: RedisKeys, node_id: String, published: IntCounterVec) -> Self {
+    /// A publisher appending to `log`, counting into `published`.
+    pub fn new(log: EventLog, node_id: String, published: IntCounterVec) -> Self {
         Self {
-            redis,
-            keys,
+            log,
             node_id,
             published,
         }
+    }
+
+    /// The per-topic logs (for recovery reads).
+    pub fn log(&self) -> &EventLog {
+        &self.log
     }
 
     /// Publishes `event` about `payload` on `topic`. The change is already committed, so a Redis
@@ -41,30 +46,45 @@ impl Events {
         payload: &impl Serialize,
         owner: Option<String>,
     ) {
-        let envelope = EventEnvelope {
-            event: event.to_owned(),
-            topic: topic.to_owned(),
-            payload: serde_json::to_value(payload).expect("domain payloads serialise"),
+        let envelope = self.envelope(
+            event,
+            topic,
+            serde_json::to_value(payload).expect("domain payloads serialise"),
             owner,
-            timestamp: chrono::Utc::now().timestamp_millis(),
-            node_id: self.node_id.clone(),
-        };
-        let result = self.send(&envelope).await;
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        self.published.with_label_values(&[event, outcome]).inc();
-        if let Err(err) = result {
+            None,
+        );
+        if let Err(err) = self.publish_envelope(&envelope).await {
             tracing::warn!(event, error = %err, "publishing a domain event failed");
         }
     }
 
-    async fn send(&self, envelope: &EventEnvelope) -> anyhow::Result<()> {
-        let mut conn = self.redis.clone();
-        let body = serde_json::to_string(envelope)?;
-        redis::cmd("PUBLISH")
-            .arg(self.keys.event_channel(&envelope.topic))
-            .arg(body)
-            .query_async::<i64>(&mut conn)
-            .await?;
-        Ok(())
+    /// An envelope stamped with this node and the current time.
+    pub fn envelope(
+        &self,
+        event: &str,
+        topic: &str,
+        payload: serde_json::Value,
+        owner: Option<String>,
+        origin: Option<String>,
+    ) -> EventEnvelope {
+        EventEnvelope {
+            event: event.to_owned(),
+            topic: topic.to_owned(),
+            payload,
+            owner,
+            timestamp: chrono::Utc::now().timestamp_millis(),
+            node_id: self.node_id.clone(),
+            origin,
+        }
+    }
+
+    /// Appends `envelope` to its topic's log and publishes it, counting the outcome.
+    pub async fn publish_envelope(&self, envelope: &EventEnvelope) -> anyhow::Result<Offset> {
+        let result = self.log.append(envelope).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.published
+            .with_label_values(&[envelope.event.as_str(), outcome])
+            .inc();
+        result
     }
 }

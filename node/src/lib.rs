@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod orders;
 pub mod payments;
 pub mod pets;
+pub mod realtime;
 pub mod request_id;
 pub mod routes;
 pub mod seed;

@@ -1,11 +1,12 @@
 //! Prometheus metrics of the node and the middleware that records every HTTP request by route
 //! template (never the raw path, so label cardinality stays bounded), method and status.
 
+pub mod realtime;
 pub mod store;
 
 use std::time::Instant;
 
-use self::store::StoreMetrics;
+use self::{realtime::RealtimeMetrics, store::StoreMetrics};
 use crate::routes::RouteTable;
 use poem::{Endpoint, IntoResponse, PathPattern, Request, Response};
 use prometheus::{
@@ -25,13 +26,14 @@ pub struct Metrics {
     pub http_in_flight: IntGauge,
     /// `petmesh_node_websocket_connections`: open WebSocket connections, reported in the
     /// registry entry for least-connections balancing.
-    // TODO(realtime): incremented and decremented by the `/ws` handler once it exists; 0 until then.
     pub ws_connections: IntGauge,
     /// `petmesh_node_registry_heartbeat_failures_total`: registry writes that failed (Redis
     /// unreachable); the entry expires after a few of them in a row.
     pub registry_failures: IntCounter,
     /// Orders, jobs, cache and events.
     pub store: StoreMetrics,
+    /// WebSocket connections, messages and broadcasts.
+    pub realtime: RealtimeMetrics,
 }
 
 impl Metrics {
@@ -75,6 +77,7 @@ impl Metrics {
         registry.register(Box::new(ws_connections.clone()))?;
         registry.register(Box::new(registry_failures.clone()))?;
         let store = StoreMetrics::register(&registry)?;
+        let realtime = RealtimeMetrics::register(&registry)?;
         Ok(Self {
             registry,
             http_requests,
@@ -83,6 +86,7 @@ impl Metrics {
             ws_connections,
             registry_failures,
             store,
+            realtime,
         })
     }
 

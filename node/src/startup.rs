@@ -100,7 +100,8 @@ impl Application {
     /// 1. readiness turns 503 and the registry entry turns `draining` (announced at once, so
     ///    balancers stop sending new work); then `server.drain_delay_ms` passes;
     /// 2. the listener closes and in-flight requests finish, for at most the grace period;
-    /// 3. WebSocket clients are told to reconnect elsewhere (with the real-time API);
+    /// 3. WebSocket clients get `system:reconnect` and close 1012, so they reconnect elsewhere
+    ///    (through the balancer) and resume from their offsets;
     /// 4. the entry is deleted and `left` announced;
     /// 5. this returns `Ok`, and `main` exits 0.
     pub async fn run_until_stopped(
@@ -117,6 +118,8 @@ impl Application {
         // Payment workers stop claiming as soon as draining starts and finish the job in hand.
         let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
         let workers = Workers::new(self.state.clone()).spawn(workers_stopped);
+        let connections = self.state.hub.clone();
+        let feed = tokio::spawn(self.state.hub.clone().run());
         let metrics = std::sync::Arc::clone(&self.state.metrics);
         let state = self.state.clone();
         let drain_delay = self.drain_delay;
@@ -130,8 +133,11 @@ impl Application {
             tokio::time::sleep(drain_delay).await;
             // 3. runs alongside 2: poem waits for every connection, upgraded ones included, so
             // WebSockets must be asked to close as the listener closes, not after.
-            // TODO(realtime): close every WebSocket with 1012 after a `system:reconnect` event.
-            tracing::info!("shutting down: draining in-flight requests");
+            let told = state.hub.close_all_for_restart();
+            tracing::info!(
+                websockets = told,
+                "shutting down: draining in-flight requests"
+            );
         };
         let app = api::app(self.state, self.limits);
         // 2.
@@ -142,6 +148,14 @@ impl Application {
             // A worker still busy after the grace period loses its lease; another node retries.
             let _ = tokio::time::timeout(self.grace_period, worker).await;
         }
+        let left = connections.wait_closed(self.grace_period).await;
+        if left > 0 {
+            tracing::warn!(
+                websockets = left,
+                "grace period elapsed with WebSockets still open"
+            );
+        }
+        feed.abort();
         // 4.
         membership.leave().await;
         served.context("serving HTTP")?;

@@ -15,8 +15,9 @@ use crate::{
     auth::{revocation::Revocations, tokens::TokenKeys},
     cache::PetCache,
     config::{JobSettings, PaymentSettings, Settings},
-    events::Events,
+    events::{log::EventLog, Events},
     metrics::Metrics,
+    realtime::hub::Hub,
 };
 
 /// The node's Redis connection (see [`crate::config::RedisSettings::connect`]); clones share it.
@@ -50,6 +51,8 @@ pub struct AppState {
     pub jobs: JobSettings,
     /// The simulated payment gateway's settings.
     pub payments: PaymentSettings,
+    /// This node's WebSocket connections and the cluster event feed.
+    pub hub: Hub,
     /// Wakes this node's idle job workers when it enqueues a job.
     pub job_wakeup: Arc<Notify>,
     /// Set when shutdown begins: `/health/ready` answers 503 so no new work arrives.
@@ -74,9 +77,22 @@ impl AppState {
             Duration::from_secs(settings.cache.pet_ttl_secs),
             metrics.store.cache_requests.clone(),
         );
-        let events = Events::new(
+        let log = EventLog::new(
             redis.clone(),
             keys.clone(),
+            settings.realtime.history_len,
+            settings.realtime.history_ttl_secs,
+        );
+        let hub = Hub::new(
+            settings.redis.client()?,
+            keys.clone(),
+            log.clone(),
+            settings.node_id.as_str().into(),
+            settings.realtime.clone(),
+            Arc::clone(&metrics),
+        );
+        let events = Events::new(
+            log,
             settings.node_id.clone(),
             metrics.store.events_published.clone(),
         );
@@ -93,6 +109,7 @@ impl AppState {
             events,
             jobs: settings.jobs.clone(),
             payments: settings.payments.clone(),
+            hub,
             job_wakeup: Arc::new(Notify::new()),
             draining: Arc::new(AtomicBool::new(false)),
         })

@@ -20,4 +20,8 @@ pub struct EventEnvelope {
     pub timestamp: i64,
     /// The node that made the change.
     pub node_id: String,
+    /// The WebSocket connection (`<node id>/<connection id>`) that caused the event, which
+    /// does not receive it back (custom events re-broadcast to a room's other members).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }

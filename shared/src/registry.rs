@@ -118,6 +118,23 @@ impl RedisKeys {
         format!("{}events:{topic}", self.prefix)
     }
 
+    /// The offset counter of `topic`: a hash with `epoch` (random, new whenever the history
+    /// is lost) and `seq` (the last offset given out).
+    pub fn topic_offsets(&self, topic: &str) -> String {
+        format!("{}events:offsets:{topic}", self.prefix)
+    }
+
+    /// The bounded history of `topic`: a stream whose entry ids are `<seq>-0`.
+    pub fn topic_history(&self, topic: &str) -> String {
+        format!("{}events:history:{topic}", self.prefix)
+    }
+
+    /// The pub/sub channel on which revocations are announced, so every node closes the
+    /// WebSocket connections of revoked sessions at once.
+    pub fn revocation_channel(&self) -> String {
+        format!("{}auth:revocations", self.prefix)
+    }
+
     /// The cached copy of pet `pet_id` (`<version>|<json>`, empty JSON for a deleted pet).
     pub fn pet_cache(&self, pet_id: i64) -> String {
         format!("{}cache:pet:{pet_id}", self.prefix)
@@ -151,6 +168,16 @@ mod tests {
         assert_eq!(keys.node("n1"), "petmesh:blue:registry:node:n1");
         assert_eq!(keys.nodes(), "petmesh:blue:registry:nodes");
         assert_eq!(keys.membership_channel(), "petmesh:blue:registry:events");
+        assert_eq!(keys.event_channel("pets"), "petmesh:blue:events:pets");
+        assert_eq!(
+            keys.topic_offsets("room:r1"),
+            "petmesh:blue:events:offsets:room:r1"
+        );
+        assert_eq!(
+            keys.topic_history("room:r1"),
+            "petmesh:blue:events:history:room:r1"
+        );
+        assert_eq!(keys.revocation_channel(), "petmesh:blue:auth:revocations");
         assert!(RedisKeys::new("green")
             .revoked_token("j1")
             .starts_with("petmesh:green:"));

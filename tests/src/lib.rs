@@ -16,6 +16,7 @@
 //! - [`cluster`]: [`TestCluster`], all of the above for one test, torn down in order.
 //! - [`client`]: [`ApiClient`] and [`TestResponse`] for requests and [`assert_error`] for
 //!   the common error body.
+//! - [`ws`]: [`WsClient`], a client of the WebSocket protocol.
 //! - [`mod@eventually`]: [`assert_eventually!`] and [`eventually()`] for state that converges.
 //! - [`dev`]: the `petmesh-dev` subcommands the scripts use (`with-servers`, `cluster`).
 //!
@@ -43,6 +44,7 @@ pub mod eventually;
 pub mod node;
 pub mod process;
 pub mod servers;
+pub mod ws;
 
 pub use balancer::{BalancerConfig, BalancerProcess};
 pub use client::{assert_error, ApiClient, TestResponse, Tokens};
@@ -52,3 +54,4 @@ pub use eventually::eventually;
 pub use node::{NodeConfig, NodeProcess, StartingNode};
 pub use process::{LogTail, OwnedProcess};
 pub use servers::{PostgresServer, RedisServer};
+pub use ws::{WsClient, WsResponse};

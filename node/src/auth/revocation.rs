@@ -10,14 +10,46 @@
 //! skipped, and each skip is logged and counted (`petmesh_node_revocation_checks_skipped_total`),
 //! so a revoked token works at most until Redis returns or the token expires. Revoking (logout)
 //! does need Redis and fails with 503 while it is down.
+//!
+//! Every revocation is also announced on the revocation channel ([`RevocationNotice`]) in the
+//! same round trip, so each node closes the WebSocket connections of the revoked sessions at
+//! once (after an `auth:revoked` event) instead of waiting for their next request.
 
 use std::time::Duration;
 
 use petmesh_shared::registry::RedisKeys;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{tokens::issued_at_millis, Claims};
 use crate::{error::ApiError, state::Redis};
+
+/// What a revocation announcement says: these token ids, or every token of a user issued up to
+/// a time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevocationNotice {
+    /// Revoked token ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jtis: Vec<Uuid>,
+    /// The user whose tokens issued up to `before_ms` are revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<Uuid>,
+    /// Unix milliseconds; tokens of `user_id` issued at or before it are revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_ms: Option<i64>,
+}
+
+impl RevocationNotice {
+    /// Whether the token with `claims` is among those revoked.
+    pub fn revokes(&self, claims: &Claims) -> bool {
+        self.jtis.contains(&claims.jti)
+            || (self.user_id == Some(claims.sub)
+                && self
+                    .before_ms
+                    .is_some_and(|before| issued_at_millis(claims) <= before))
+    }
+}
 
 /// Reads and writes revocations in Redis.
 #[derive(Clone)]
@@ -81,17 +113,18 @@ impl Revocations {
     pub async fn revoke_tokens(&self, tokens: &[(Uuid, i64)]) -> Result<(), ApiError> {
         let now = chrono::Utc::now().timestamp();
         let mut pipe = redis::pipe();
-        let mut any = false;
+        let mut notice = RevocationNotice::default();
         for (jti, expires_at) in tokens {
             // Expired tokens are already refused; keep the key a little past expiry for skew.
             let ttl = expires_at - now + 60;
             if ttl > 0 {
                 pipe.set_ex(self.keys.revoked_token(&jti.to_string()), 1, ttl as u64)
                     .ignore();
-                any = true;
+                notice.jtis.push(*jti);
             }
         }
-        if any {
+        if !notice.jtis.is_empty() {
+            self.announce(&mut pipe, &notice);
             let mut conn = self.redis.clone();
             pipe.query_async::<()>(&mut conn).await?;
         }
@@ -101,14 +134,31 @@ impl Revocations {
     /// Revokes every access token of `user_id` issued up to now.
     pub async fn revoke_user_sessions(&self, user_id: Uuid) -> Result<(), ApiError> {
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let mut conn = self.redis.clone();
-        redis::cmd("SET")
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
             .arg(self.keys.sessions_revoked_before(&user_id.to_string()))
             .arg(now_ms)
             .arg("EX")
             .arg(self.cutoff_ttl.as_secs())
-            .query_async::<()>(&mut conn)
-            .await?;
+            .ignore();
+        self.announce(
+            &mut pipe,
+            &RevocationNotice {
+                user_id: Some(user_id),
+                before_ms: Some(now_ms),
+                ..Default::default()
+            },
+        );
+        let mut conn = self.redis.clone();
+        pipe.query_async::<()>(&mut conn).await?;
         Ok(())
+    }
+
+    /// Adds the announcement of `notice` to `pipe`.
+    fn announce(&self, pipe: &mut redis::Pipeline, notice: &RevocationNotice) {
+        pipe.cmd("PUBLISH")
+            .arg(self.keys.revocation_channel())
+            .arg(serde_json::to_string(notice).expect("notices serialise"))
+            .ignore();
     }
 }

@@ -1,4 +1,5 @@
-//! Domain events: each pet and order change is published once to Redis, after it committed.
+//! Domain events: each pet and order change is published once to Redis, after it committed,
+//! with the next offset of its topic.
 
 use futures_util::StreamExt;
 use petmesh_tests::TestCluster;
@@ -61,8 +62,12 @@ async fn every_pet_and_order_change_is_published_exactly_once() {
             .await
             .unwrap_or_else(|_| panic!("events so far: {seen:?}"))
             .expect("subscription open");
-        let envelope: Value =
-            serde_json::from_str(&message.get_payload::<String>().unwrap()).unwrap();
+        // `<epoch> <seq> <envelope JSON>`
+        let text = message.get_payload::<String>().unwrap();
+        let mut parts = text.splitn(3, ' ');
+        let (epoch, seq) = (parts.next().unwrap(), parts.next().unwrap());
+        let mut envelope: Value = serde_json::from_str(parts.next().unwrap()).unwrap();
+        envelope["offset"] = json!(format!("{epoch}:{seq}"));
         let event = envelope["event"].as_str().unwrap().to_owned();
         let channel = message.get_channel_name().to_owned();
         if event == "pet:created" && envelope["payload"]["name"] == "Marker" {
@@ -97,6 +102,29 @@ async fn every_pet_and_order_change_is_published_exactly_once() {
         assert_eq!(channel, &format!("{prefix}{topic}"));
         assert_eq!(envelope["topic"], topic);
         assert!(envelope["timestamp"].as_i64().unwrap() > 0);
+    }
+    // Offsets of a topic follow each other, without gaps, in one epoch.
+    for topic in ["pets", "orders"] {
+        let offsets: Vec<(String, u64)> = seen
+            .iter()
+            .filter(|(_, _, envelope)| envelope["topic"] == topic)
+            .map(|(_, _, envelope)| {
+                let (epoch, seq) = envelope["offset"]
+                    .as_str()
+                    .unwrap()
+                    .split_once(':')
+                    .unwrap();
+                (epoch.to_owned(), seq.parse().unwrap())
+            })
+            .collect();
+        for pair in offsets.windows(2) {
+            assert_eq!(pair[0].0, pair[1].0, "one epoch per topic");
+            assert_eq!(
+                pair[0].1 + 1,
+                pair[1].1,
+                "consecutive offsets on {topic}: {offsets:?}"
+            );
+        }
     }
     assert_eq!(seen[1].2["payload"]["name"], "Herald II");
     assert_eq!(seen[2].2["payload"]["stock"], 2, "the order took one unit");

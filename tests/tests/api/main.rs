@@ -8,5 +8,6 @@ mod helpers;
 mod nodes;
 mod orders;
 mod pets;
+mod realtime;
 mod subscribers;
 mod users;

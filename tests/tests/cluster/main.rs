@@ -6,10 +6,12 @@
 //! - [`failover`]: nodes dying under load, and no node left at all.
 //! - [`draining`]: a SIGTERMed node finishing its work while getting none.
 //! - [`strategies`]: how requests spread across real nodes.
+//! - [`realtime`]: WebSocket clients surviving the loss or drain of their node.
 
 mod discovery;
 mod draining;
 mod failover;
 mod membership;
+mod realtime;
 mod strategies;
 mod support;

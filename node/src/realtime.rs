@@ -1,0 +1,130 @@
+//! Real-time: the WebSocket endpoint `/ws`, its JSON protocol, and the cluster-wide delivery of
+//! events to the connections of every node.
+//!
+//! - [`protocol`]: frames in and out, error codes.
+//! - [`topic`]: what can be subscribed to, which log it reads, who may see what.
+//! - [`hub`]: this node's connections and subscriptions, and the Redis pub/sub feed (fan-out,
+//!   gap filling, revocations, deadlines).
+//! - [`connection`]: one connection's reader and writer.
+//! - [`actions`]: what each request does.
+//!
+//! Events come from [`crate::events`]: one atomic Redis script per event assigns the topic's
+//! next offset, appends to its bounded history and publishes it; every node delivers it to its
+//! own matching connections, and a reconnecting client resumes from its last offsets.
+
+pub mod actions;
+pub mod connection;
+pub mod hub;
+pub mod protocol;
+pub mod topic;
+
+use poem::{
+    handler,
+    http::{header, HeaderMap, Method, StatusCode},
+    web::Data,
+    Request, Response,
+};
+use tokio_tungstenite::{
+    tungstenite::{handshake::derive_accept_key, protocol::Role, protocol::WebSocketConfig},
+    WebSocketStream,
+};
+
+use self::hub::Session;
+use crate::{error::ApiError, state::AppState};
+
+/// `GET /ws`: upgrades to a WebSocket. A token in `Authorization: Bearer` or the `token` query
+/// parameter authenticates the connection at once (an invalid one is refused with 401);
+/// without one the client has `realtime.auth_timeout_ms` to send `auth:login`.
+#[handler]
+pub async fn websocket(req: &Request, Data(state): Data<&AppState>) -> poem::Result<Response> {
+    if req.method() != Method::GET {
+        return Err(ApiError::bad_request("a WebSocket handshake is a GET request").into());
+    }
+    let key = handshake_key(req.headers())?;
+    if state.is_draining() {
+        return Err(ApiError::unavailable("node is shutting down; connect to another node").into());
+    }
+    let session = match token_of(req) {
+        None => None,
+        Some(token) => {
+            let claims = state.tokens.verify(&token).map_err(|reason| {
+                ApiError::unauthorized(format!("invalid access token: {reason}"))
+            })?;
+            state.revocations.ensure_not_revoked(&claims).await?;
+            Some(Session { claims })
+        }
+    };
+    let upgrade = req
+        .take_upgrade()
+        .map_err(|_| ApiError::bad_request("the connection cannot be upgraded"))?;
+    let settings = state.hub.settings();
+    // Small buffers: an idle connection should cost a few KiB, not the 128 KiB defaults.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(settings.max_frame_bytes.max(64 * 1024) * 4)
+        .max_message_size(Some(settings.max_frame_bytes))
+        .max_frame_size(Some(settings.max_frame_bytes));
+    let state = state.clone();
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let socket = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(config)).await;
+        connection::serve(state, socket, session).await;
+    });
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            derive_accept_key(key.as_bytes()),
+        )
+        .finish())
+}
+
+/// The `Sec-WebSocket-Key` of a valid handshake, or why the request is not one.
+fn handshake_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value
+                .to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return Err(ApiError::bad_request(
+            "this endpoint speaks WebSocket: send Upgrade: websocket and Connection: Upgrade",
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err(ApiError::bad_request("Sec-WebSocket-Version must be 13"));
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|key| !key.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::bad_request("Sec-WebSocket-Key is missing"))
+}
+
+/// The access token from `Authorization: Bearer` or the `token` query parameter.
+fn token_of(req: &Request) -> Option<String> {
+    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned());
+    }
+    req.uri().query().and_then(|query| {
+        query.split('&').find_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            (name == "token").then(|| value.to_owned())
+        })
+    })
+}

@@ -1,0 +1,375 @@
+//! What each request action does. Resource actions call the same service functions as REST,
+//! so they follow the same rules and publish the same events.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::{
+    connection::Conn,
+    hub::{require_session, Joined, Session},
+    protocol::{field, string_field, ErrorCode, WsError},
+    topic::{room_log, Audience, Topic},
+};
+use crate::events::log::Offset;
+
+/// Most topics one `subscribe` may name.
+const MAX_TOPICS: usize = 50;
+
+/// Longest room message.
+const MAX_MESSAGE_CHARS: usize = 4000;
+
+/// Actions with a metric label of their own; anything else is `custom` or `unknown`.
+const ACTIONS: &[&str] = &[
+    "ping",
+    "auth:login",
+    "auth:logout",
+    "subscribe",
+    "unsubscribe",
+    "room:join",
+    "room:leave",
+    "room:message",
+];
+
+/// The `type` label of a request in `petmesh_node_ws_messages_in_total` (bounded).
+pub fn metric_label(action: &str) -> &'static str {
+    ACTIONS
+        .iter()
+        .find(|known| **known == action)
+        .copied()
+        .unwrap_or("other")
+}
+
+impl Conn {
+    /// Runs one request; the value is the success payload.
+    pub async fn handle(
+        &mut self,
+        request: &super::protocol::ClientRequest,
+    ) -> Result<Value, WsError> {
+        let payload = &request.payload;
+        match request.action.as_str() {
+            "ping" => Ok(json!({
+                "pong": chrono::Utc::now().timestamp_millis(),
+                "nodeId": &*self.state.node_id,
+            })),
+            "auth:login" => self.login(payload).await,
+            "auth:logout" => self.logout().await,
+            "subscribe" => self.subscribe(payload).await,
+            "unsubscribe" => self.unsubscribe(payload),
+            "room:join" => self.join_room(payload).await,
+            "room:leave" => self.leave_room(payload).await,
+            "room:message" => self.room_message(payload).await,
+            other => Err(WsError::new(
+                ErrorCode::UnknownAction,
+                format!("unknown action {other:?}"),
+            )),
+        }
+    }
+
+    fn session(&self) -> Result<&Session, WsError> {
+        require_session(self.session.as_ref())
+    }
+
+    // === auth ===
+
+    async fn login(&mut self, payload: &Value) -> Result<Value, WsError> {
+        let token = string_field(payload, "token")?;
+        let claims = self.state.tokens.verify(token).map_err(|reason| {
+            WsError::new(
+                ErrorCode::Unauthorized,
+                format!("invalid access token: {reason}"),
+            )
+        })?;
+        self.state.revocations.ensure_not_revoked(&claims).await?;
+        if let Some(current) = &self.session {
+            if current.claims.sub != claims.sub {
+                return Err(WsError::new(
+                    ErrorCode::Forbidden,
+                    "this connection is authenticated as another user; open a new connection",
+                ));
+            }
+        }
+        let session = Session { claims };
+        let reply = json!({
+            "userId": session.claims.sub,
+            "role": session.claims.role,
+            "expiresAt": session.claims.exp,
+            "nodeId": &*self.state.node_id,
+        });
+        self.state.hub.authenticate(self.id, session.clone());
+        self.session = Some(session);
+        Ok(reply)
+    }
+
+    /// Ends the session everywhere (REST logout); every node then closes its sockets, this one
+    /// included, after `auth:revoked`.
+    async fn logout(&mut self) -> Result<Value, WsError> {
+        let claims = self.session()?.claims.clone();
+        crate::auth::sessions::logout(&self.state, &claims).await?;
+        Ok(json!({}))
+    }
+
+    // === topics ===
+
+    async fn subscribe(&mut self, payload: &Value) -> Result<Value, WsError> {
+        let session = self.session()?.clone();
+        let names = topic_names(payload)?;
+        let mut since = since_offsets(payload, &names)?;
+        let mut topics = Vec::with_capacity(names.len());
+        for name in &names {
+            let topic = Topic::parse(name)?;
+            if let Topic::Room(id) = &topic {
+                if !self.rooms.contains(id) {
+                    return Err(WsError::new(
+                        ErrorCode::Forbidden,
+                        format!("join room {id} (room:join) before subscribing to it"),
+                    ));
+                }
+            }
+            let audience = topic.audience(&session.claims)?;
+            topics.push((topic, audience));
+        }
+        let mut results = serde_json::Map::new();
+        for (topic, audience) in topics {
+            let name = topic.to_string();
+            let joined = self
+                .state
+                .hub
+                .subscribe(
+                    self.id,
+                    &self.outbox,
+                    &topic.log(),
+                    &name,
+                    audience,
+                    since.remove(&name),
+                )
+                .await?;
+            results.insert(name, joined_json(&joined));
+        }
+        Ok(json!({ "topics": results }))
+    }
+
+    fn unsubscribe(&mut self, payload: &Value) -> Result<Value, WsError> {
+        self.session()?;
+        let names = topic_names(payload)?;
+        let mut removed = Vec::new();
+        for name in names {
+            if matches!(Topic::parse(&name)?, Topic::Room(_)) {
+                return Err(WsError::invalid(format!(
+                    "{name}: leave the room (room:leave) instead"
+                )));
+            }
+            if self.state.hub.unsubscribe(self.id, &name) {
+                removed.push(name);
+            }
+        }
+        Ok(json!({ "topics": removed }))
+    }
+
+    // === rooms ===
+
+    async fn join_room(&mut self, payload: &Value) -> Result<Value, WsError> {
+        let session = self.session()?.clone();
+        let room = room_id(payload)?;
+        let topic = Topic::Room(room.clone()).to_string();
+        let since = match payload.get("since").filter(|v| !v.is_null()) {
+            None => None,
+            Some(Value::String(s)) => Some(
+                s.parse::<Offset>()
+                    .map_err(|e| WsError::invalid(format!("payload.since: {e}")))?,
+            ),
+            Some(_) => return Err(WsError::invalid("payload.since must be an offset string")),
+        };
+        let already = self.rooms.contains(&room);
+        let joined = self
+            .state
+            .hub
+            .subscribe(
+                self.id,
+                &self.outbox,
+                &room_log(&room),
+                &topic,
+                Audience::Everyone,
+                since,
+            )
+            .await?;
+        if !already {
+            self.rooms.push(room.clone());
+            self.publish_room_event(&room, "room:joined", json!({}), &session)
+                .await?;
+        }
+        let mut reply = joined_json(&joined);
+        reply["roomId"] = json!(room);
+        Ok(reply)
+    }
+
+    async fn leave_room(&mut self, payload: &Value) -> Result<Value, WsError> {
+        let session = self.session()?.clone();
+        let room = room_id(payload)?;
+        let Some(index) = self.rooms.iter().position(|r| *r == room) else {
+            return Err(WsError::new(
+                ErrorCode::NotFound,
+                format!("not a member of room {room}"),
+            ));
+        };
+        self.rooms.remove(index);
+        self.state
+            .hub
+            .unsubscribe(self.id, &Topic::Room(room.clone()).to_string());
+        self.publish_room_event(&room, "room:left", json!({}), &session)
+            .await?;
+        Ok(json!({ "roomId": room }))
+    }
+
+    async fn room_message(&mut self, payload: &Value) -> Result<Value, WsError> {
+        let session = self.session()?.clone();
+        let room = room_id(payload)?;
+        if !self.rooms.contains(&room) {
+            return Err(WsError::new(
+                ErrorCode::Forbidden,
+                format!("join room {room} before sending to it"),
+            ));
+        }
+        let content = string_field(payload, "content")?;
+        if content.trim().is_empty() || content.chars().count() > MAX_MESSAGE_CHARS {
+            return Err(WsError::invalid(format!(
+                "payload.content must be 1 to {MAX_MESSAGE_CHARS} characters"
+            )));
+        }
+        let kind = match payload.get("type").filter(|v| !v.is_null()) {
+            None => "text",
+            Some(Value::String(t)) if matches!(t.as_str(), "text" | "system" | "notification") => {
+                t.as_str()
+            }
+            Some(_) => {
+                return Err(WsError::invalid(
+                    "payload.type must be text, system or notification",
+                ))
+            }
+        };
+        let offset = self
+            .publish_room_event(
+                &room,
+                "room:message",
+                json!({"content": content, "type": kind}),
+                &session,
+            )
+            .await?;
+        Ok(json!({ "roomId": room, "offset": offset.to_string() }))
+    }
+
+    /// Publishes `event` to room `room` with `roomId`, `userId` and `timestamp` added.
+    async fn publish_room_event(
+        &self,
+        room: &str,
+        event: &str,
+        mut data: Value,
+        session: &Session,
+    ) -> Result<Offset, WsError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        data["roomId"] = json!(room);
+        data["userId"] = json!(session.claims.sub);
+        data["timestamp"] = json!(now);
+        let envelope = self
+            .state
+            .events
+            .envelope(event, &room_log(room), data, None, None);
+        self.state
+            .events
+            .publish_envelope(&envelope)
+            .await
+            .map_err(|err| {
+                tracing::warn!(error = %err, room, event, "publishing a room event failed");
+                WsError::new(
+                    ErrorCode::Unavailable,
+                    "events are unavailable (Redis is unreachable)",
+                )
+            })
+    }
+
+    /// Leaves every room (the connection is ending), telling the other members.
+    pub async fn leave_all_rooms(&mut self) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        for room in std::mem::take(&mut self.rooms) {
+            let _ = self
+                .publish_room_event(&room, "room:left", json!({}), &session)
+                .await;
+        }
+    }
+}
+
+/// `payload.topics`: 1 to [`MAX_TOPICS`] strings.
+fn topic_names(payload: &Value) -> Result<Vec<String>, WsError> {
+    let topics = field(payload, "topics")?
+        .as_array()
+        .ok_or_else(|| WsError::invalid("payload.topics must be an array of topic names"))?;
+    if topics.is_empty() || topics.len() > MAX_TOPICS {
+        return Err(WsError::invalid(format!(
+            "payload.topics must name 1 to {MAX_TOPICS} topics"
+        )));
+    }
+    topics
+        .iter()
+        .map(|t| {
+            t.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| WsError::invalid("payload.topics must contain strings"))
+        })
+        .collect()
+}
+
+/// `payload.since`: offsets by topic, each topic among `names`.
+fn since_offsets(payload: &Value, names: &[String]) -> Result<HashMap<String, Offset>, WsError> {
+    let Some(since) = payload.get("since").filter(|v| !v.is_null()) else {
+        return Ok(HashMap::new());
+    };
+    let since = since
+        .as_object()
+        .ok_or_else(|| WsError::invalid("payload.since must map topics to offsets"))?;
+    since
+        .iter()
+        .map(|(topic, offset)| {
+            if !names.contains(topic) {
+                return Err(WsError::invalid(format!(
+                    "payload.since names {topic}, which is not in payload.topics"
+                )));
+            }
+            let offset = offset
+                .as_str()
+                .ok_or_else(|| WsError::invalid(format!("payload.since.{topic} must be a string")))?
+                .parse()
+                .map_err(|e| WsError::invalid(format!("payload.since.{topic}: {e}")))?;
+            Ok((topic.clone(), offset))
+        })
+        .collect()
+}
+
+/// `payload.roomId`, validated.
+fn room_id(payload: &Value) -> Result<String, WsError> {
+    let id = string_field(payload, "roomId")?;
+    if !super::topic::is_valid_room_id(id) {
+        return Err(WsError::invalid(
+            "payload.roomId must be 1 to 64 of A-Z a-z 0-9 _ . -",
+        ));
+    }
+    Ok(id.to_owned())
+}
+
+/// How a subscription started, for the response.
+fn joined_json(joined: &Joined) -> Value {
+    let mut result = json!({ "offset": joined.offset.as_ref().map(Offset::to_string) });
+    match &joined.recovery {
+        None => {}
+        Some(Ok(missed)) => {
+            result["recovered"] = json!(true);
+            result["missed"] = json!(missed);
+        }
+        Some(Err(reason)) => {
+            result["recovered"] = json!(false);
+            result["reason"] = json!(reason);
+        }
+    }
+    result
+}

@@ -1,0 +1,310 @@
+//! One WebSocket connection: a reader (requests, in order, on the upgrade's task) and a writer
+//! (its own task, draining the bounded send queue in batches).
+//!
+//! The reader never writes to the socket: responses and events both go through the queue, so
+//! a client that stops reading only ever fills its own queue, and the hub closes it (1013)
+//! without anyone waiting on it. The writer stops at once when the connection is force-closed,
+//! even mid-write to a socket that no longer drains.
+//!
+//! Close codes: 1000 normal, 1001 idle timeout, 1009 frame too large, 1012 node restarting
+//! (reconnect elsewhere), 1013 slow consumer, 4401 not authenticated in time, token expired or
+//! session revoked.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::{
+    stream::{SplitSink, SplitStream},
+    SinkExt, StreamExt,
+};
+use poem::Upgraded;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_tungstenite::{
+    tungstenite::{
+        self,
+        protocol::{frame::coding::CloseCode, CloseFrame},
+        Message,
+    },
+    WebSocketStream,
+};
+
+use super::{
+    hub::{ConnId, Control, Outbound, Outbox, Session},
+    protocol::{self, ErrorCode, WsError},
+};
+use crate::state::AppState;
+
+/// The socket of an accepted connection.
+pub type Socket = WebSocketStream<Upgraded>;
+
+/// Frames the writer sends in one batch before flushing.
+const WRITE_BATCH: usize = 64;
+
+/// How long a close frame may take to go out before the socket is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A connection's state as its reader sees it.
+pub struct Conn {
+    /// Node state (services, hub, settings).
+    pub state: AppState,
+    /// The connection's number in the hub.
+    pub id: ConnId,
+    /// `<node id>/<conn id>`, stamped on events this connection causes.
+    pub origin: Arc<str>,
+    /// Where responses go.
+    pub outbox: Outbox,
+    /// Who is connected, once authenticated.
+    pub session: Option<Session>,
+    /// Rooms joined, in join order.
+    pub rooms: Vec<String>,
+    /// Request rate limit.
+    bucket: TokenBucket,
+}
+
+/// Serves an upgraded connection until it ends.
+pub async fn serve(state: AppState, socket: Socket, session: Option<Session>) {
+    let hub = state.hub.clone();
+    let settings = hub.settings().clone();
+    let (queue, queued) = mpsc::channel(settings.send_queue);
+    let control = Arc::new(Control::default());
+    let outbox = Outbox {
+        queue,
+        control: control.clone(),
+    };
+    let (id, origin) = hub.register(outbox.clone(), session.clone());
+    let (sink, stream) = socket.split();
+    let writer = tokio::spawn(write(sink, queued, control.clone()));
+    let mut conn = Conn {
+        state,
+        id,
+        origin,
+        outbox,
+        session,
+        rooms: Vec::new(),
+        bucket: TokenBucket::new(settings.rate_per_minute, settings.rate_burst, hub.now_ms()),
+    };
+    let reason = conn.read(stream).await;
+    conn.leave_all_rooms().await;
+    hub.unregister(id, reason);
+    conn.outbox.close(1000, "bye");
+    drop(conn);
+    let _ = writer.await;
+}
+
+impl Conn {
+    /// Reads and answers requests until the connection ends; returns why it ended.
+    async fn read(&mut self, mut stream: SplitStream<Socket>) -> &'static str {
+        let control = self.outbox.control.clone();
+        loop {
+            let message = tokio::select! {
+                biased;
+                () = control.closed() => return close_reason(control.close_frame()),
+                message = stream.next() => message,
+            };
+            let message = match message {
+                None => return "client_gone",
+                Some(Err(tungstenite::Error::Capacity(_))) => {
+                    control.force_close(1009, "frame too large");
+                    return "frame_too_large";
+                }
+                Some(Err(_)) => return "error",
+                Some(Ok(message)) => message,
+            };
+            control.touch(self.state.hub.now_ms());
+            match message {
+                Message::Text(text) => self.on_text(&text).await,
+                Message::Binary(_) => self.respond_error(
+                    &Value::Null,
+                    "",
+                    &WsError::invalid("binary frames are not supported; send JSON text frames"),
+                ),
+                Message::Close(_) => return "client_closed",
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            }
+        }
+    }
+
+    /// Handles one text frame: rate limit, parse, dispatch with a deadline, respond.
+    async fn on_text(&mut self, text: &str) {
+        let metrics = self.state.hub.metrics().clone();
+        if !self.bucket.take(self.state.hub.now_ms()) {
+            metrics
+                .messages_in
+                .with_label_values(&["rate_limited"])
+                .inc();
+            let id = protocol::parse_request(text).map_or(Value::Null, |r| r.id);
+            self.respond_error(
+                &id,
+                "",
+                &WsError::new(
+                    ErrorCode::RateLimited,
+                    "too many requests on this connection; slow down",
+                ),
+            );
+            return;
+        }
+        let request = match protocol::parse_request(text) {
+            Ok(request) => request,
+            Err((id, err)) => {
+                metrics.messages_in.with_label_values(&["invalid"]).inc();
+                self.respond_error(&id, "", &err);
+                return;
+            }
+        };
+        metrics
+            .messages_in
+            .with_label_values(&[super::actions::metric_label(&request.action)])
+            .inc();
+        let deadline = Duration::from_millis(self.state.hub.settings().request_timeout_ms);
+        let result = match tokio::time::timeout(deadline, self.handle(&request)).await {
+            Ok(result) => result,
+            Err(_) => Err(WsError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "{} took longer than {} ms",
+                    request.action,
+                    deadline.as_millis()
+                ),
+            )),
+        };
+        match result {
+            Ok(payload) => self.respond(protocol::success(&request.id, &request.action, payload)),
+            Err(err) => self.respond_error(&request.id, &request.action, &err),
+        }
+    }
+
+    /// Queues a response frame.
+    pub fn respond(&self, frame: String) {
+        let metrics = self.state.hub.metrics();
+        if self.outbox.push(Outbound::Text(frame.into()), metrics) {
+            metrics.messages_out.with_label_values(&["response"]).inc();
+        }
+    }
+
+    /// Queues an error response.
+    pub fn respond_error(&self, id: &Value, action: &str, err: &WsError) {
+        self.respond(protocol::failure(id, action, err));
+    }
+}
+
+/// The metric label of a close.
+fn close_reason(frame: Option<(u16, &'static str)>) -> &'static str {
+    match frame.map(|(code, _)| code) {
+        Some(1001) => "idle_timeout",
+        Some(1009) => "frame_too_large",
+        Some(1012) => "node_restarting",
+        Some(1013) => "slow_consumer",
+        Some(4401) => "unauthenticated",
+        _ => "closed",
+    }
+}
+
+/// Drains the queue into the socket until a close frame, a force-close or a write error.
+async fn write(
+    mut sink: SplitSink<Socket, Message>,
+    mut queued: mpsc::Receiver<Outbound>,
+    control: Arc<Control>,
+) {
+    let queued_close = tokio::select! {
+        biased;
+        () = control.closed() => None,
+        close = drain(&mut sink, &mut queued) => close,
+    };
+    if let Some((code, reason)) = queued_close.or_else(|| control.close_frame()) {
+        // Stops the reader too (it may be waiting on a client that sends nothing).
+        control.force_close(code, reason);
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+    }
+    control.force_close(1000, "bye");
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+}
+
+/// Writes queued frames in batches (one flush, usually one syscall, per batch). Returns the
+/// close frame when one is reached, `None` when the queue or the socket is gone.
+async fn drain(
+    sink: &mut SplitSink<Socket, Message>,
+    queued: &mut mpsc::Receiver<Outbound>,
+) -> Option<(u16, &'static str)> {
+    while let Some(first) = queued.recv().await {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(item) = next {
+            let message = match item {
+                Outbound::Text(text) => Message::Text(text),
+                Outbound::Ping => Message::Ping(Default::default()),
+                Outbound::Close(code, reason) => return Some((code, reason)),
+            };
+            if sink.feed(message).await.is_err() {
+                return None;
+            }
+            written += 1;
+            next = if written < WRITE_BATCH {
+                queued.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if sink.flush().await.is_err() {
+            return None;
+        }
+    }
+    None
+}
+
+/// A token bucket: `burst` requests at once, refilled at `per_minute`.
+#[derive(Debug)]
+struct TokenBucket {
+    tokens: f64,
+    burst: f64,
+    per_ms: f64,
+    last_ms: u64,
+}
+
+impl TokenBucket {
+    fn new(per_minute: u32, burst: u32, now_ms: u64) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            burst: f64::from(burst),
+            per_ms: f64::from(per_minute) / 60_000.0,
+            last_ms: now_ms,
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.last_ms) as f64;
+        self.last_ms = now_ms;
+        self.tokens = (self.tokens + elapsed * self.per_ms).min(self.burst);
+        // (The epsilon absorbs rounding in the refill sum.)
+        if self.tokens >= 1.0 - 1e-9 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate() {
+        let mut bucket = TokenBucket::new(60, 3, 0);
+        assert!((0..3).all(|_| bucket.take(0)));
+        assert!(!bucket.take(0));
+        // 60 per minute: one more token per second.
+        assert!(!bucket.take(999));
+        assert!(bucket.take(1000));
+        assert!(!bucket.take(1000));
+        // Never more than the burst, however long the pause.
+        let later = 10 * 60_000;
+        assert!((0..3).all(|_| bucket.take(later)));
+        assert!(!bucket.take(later));
+    }
+}

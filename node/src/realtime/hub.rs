@@ -1,0 +1,928 @@
+//! The node's hub: every open WebSocket connection of this node, what each subscribed to, and
+//! the one Redis pub/sub connection that brings the cluster's events in.
+//!
+//! **Fan-out.** Each event arrives once per node (on its topic log's channel) and is handed to
+//! every matching local connection by `try_send` on its bounded queue: the hub never waits for
+//! a connection, and a connection whose queue is full is closed as a slow consumer (1013).
+//!
+//! **Order and gaps.** Offsets of a log are consecutive. The hub remembers the last offset it
+//! delivered per log; when a message skips ahead (a pub/sub message was lost, or the Redis
+//! connection was re-established) it reads the missing events from the log's history and
+//! delivers them first; anything at or before the last offset is a duplicate and dropped.
+//!
+//! **Joining a topic without losing or repeating an event.** A new subscription starts
+//! *inactive* at a known offset (the client's `since`, or the log's current offset): the hub
+//! skips it while the connection replays what lies between that offset and the last offset
+//! the hub delivered, and the subscription is activated (under the hub's lock) only once it has
+//! caught up; from then on it receives exactly the events after its offset.
+//!
+//! **Redis interest.** The hub subscribes in Redis only to logs that some local connection
+//! uses, and unsubscribes from a log a while after its last subscriber left.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use petmesh_shared::registry::RedisKeys;
+use redis::aio::PubSubSink;
+use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::{
+    protocol::{self, ErrorCode, WsError},
+    topic::Audience,
+};
+use crate::{
+    auth::{revocation::RevocationNotice, Claims},
+    config::RealtimeSettings,
+    events::log::{EventLog, LoggedEvent, Missed, Offset},
+    metrics::{realtime::RealtimeMetrics, Metrics},
+};
+
+/// A connection's number on this node.
+pub type ConnId = u64;
+
+/// A log without subscribers stays subscribed in Redis this long, in case one comes back.
+const IDLE_LOG_LINGER: Duration = Duration::from_secs(30);
+
+/// How often the hub checks deadlines (authentication, idle, token expiry) and idle logs.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest wait between attempts to re-establish the pub/sub connection.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+
+/// What the writer of a connection sends.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A text frame (an event's is shared by every connection it goes to, without copies).
+    Text(Utf8Bytes),
+    /// A ping.
+    Ping,
+    /// A close frame; the connection ends after it.
+    Close(u16, &'static str),
+}
+
+/// Shared between a connection's tasks and the hub: how to stop it and when it was last heard.
+#[derive(Debug, Default)]
+pub struct Control {
+    closed: AtomicBool,
+    close_frame: Mutex<Option<(u16, &'static str)>>,
+    notify: Notify,
+    last_seen_ms: AtomicU64,
+    ping_sent: AtomicBool,
+}
+
+impl Control {
+    /// Stops the connection at once (whatever is queued is dropped) with a close frame
+    /// `code`/`reason` if the socket still takes one. The first reason wins.
+    pub fn force_close(&self, code: u16, reason: &'static str) {
+        let mut frame = self.close_frame.lock().expect("close frame lock");
+        if frame.is_none() {
+            *frame = Some((code, reason));
+        }
+        drop(frame);
+        self.closed.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// The close frame to send after [`Control::force_close`].
+    pub fn close_frame(&self) -> Option<(u16, &'static str)> {
+        *self.close_frame.lock().expect("close frame lock")
+    }
+
+    /// Resolves once the connection is being force-closed.
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Records that the client was heard from now.
+    pub fn touch(&self, now_ms: u64) {
+        self.last_seen_ms.store(now_ms, Ordering::Relaxed);
+        self.ping_sent.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The sending side of a connection, as the hub and the request handlers use it.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    /// The bounded queue the writer drains.
+    pub queue: mpsc::Sender<Outbound>,
+    /// Stop signal and liveness.
+    pub control: Arc<Control>,
+}
+
+impl Outbox {
+    /// Queues `frame` without waiting; a full queue means a slow consumer, which is closed.
+    /// Returns whether the frame was queued.
+    pub fn push(&self, frame: Outbound, metrics: &RealtimeMetrics) -> bool {
+        match self.queue.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.control.closed.load(Ordering::SeqCst) {
+                    metrics.slow_consumers.inc();
+                }
+                self.control.force_close(1013, "slow consumer");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queues `frame`, waiting for room (replays); gives up when the connection is closing.
+    pub async fn send(&self, frame: Outbound) -> bool {
+        tokio::select! {
+            sent = self.queue.send(frame) => sent.is_ok(),
+            () = self.control.closed() => false,
+        }
+    }
+
+    /// Queues a close frame after what is queued, or closes at once if the queue is full.
+    pub fn close(&self, code: u16, reason: &'static str) {
+        if self.queue.try_send(Outbound::Close(code, reason)).is_err() {
+            self.control.force_close(code, reason);
+        }
+    }
+}
+
+/// An authenticated connection's identity.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The access token's claims.
+    pub claims: Claims,
+}
+
+/// One connection as the hub knows it.
+struct Connection {
+    outbox: Outbox,
+    session: Option<Session>,
+    /// `<node id>/<conn id>`: events this connection caused are not sent back to it.
+    origin: Arc<str>,
+    connected_at_ms: u64,
+}
+
+/// One connection's interest in one log.
+struct Subscription {
+    conn: ConnId,
+    /// The topic as the client named it (events carry it).
+    topic: Arc<str>,
+    audience: Audience,
+    /// Receives events after this offset (any event of another epoch); `None`: every event.
+    after: Option<Offset>,
+    /// Catching up: skipped by the fan-out until activated.
+    active: bool,
+}
+
+/// A log some connection of this node is interested in.
+#[derive(Default)]
+struct LogState {
+    subscriptions: Vec<Subscription>,
+    /// The last offset the hub delivered from this log.
+    last: Option<Offset>,
+    /// The channel is subscribed in Redis on the current pub/sub connection.
+    listening: bool,
+    /// When the last subscription left (for the delayed Redis unsubscribe).
+    idle_since_ms: Option<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    connections: HashMap<ConnId, Connection>,
+    logs: HashMap<String, LogState>,
+}
+
+/// How a subscription started: whether a requested recovery worked, and where it stands.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// The offset the subscription is at (the last event replayed or the log's current
+    /// offset); `None` when the log has no history yet.
+    pub offset: Option<Offset>,
+    /// With `since`: whether every missed event was replayed, or why not.
+    pub recovery: Option<Result<usize, &'static str>>,
+}
+
+/// The node's WebSocket hub; cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    /// Serialises Redis subscribe and unsubscribe, so the two never cross.
+    interest: tokio::sync::Mutex<Option<PubSubSink>>,
+    /// Signalled when a pub/sub connection is up (subscriptions wait for it).
+    connected: Notify,
+    client: redis::Client,
+    keys: RedisKeys,
+    log: EventLog,
+    node_id: Arc<str>,
+    settings: RealtimeSettings,
+    metrics: Arc<Metrics>,
+    next_id: AtomicU64,
+    epoch_ms: std::time::Instant,
+}
+
+impl Hub {
+    /// A hub for this node; [`Hub::run`] connects it to Redis.
+    pub fn new(
+        client: redis::Client,
+        keys: RedisKeys,
+        log: EventLog,
+        node_id: Arc<str>,
+        settings: RealtimeSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                interest: tokio::sync::Mutex::new(None),
+                connected: Notify::new(),
+                client,
+                keys,
+                log,
+                node_id,
+                settings,
+                metrics,
+                next_id: AtomicU64::new(1),
+                epoch_ms: std::time::Instant::now(),
+            }),
+        }
+    }
+
+    /// The settings the hub and its connections follow.
+    pub fn settings(&self) -> &RealtimeSettings {
+        &self.inner.settings
+    }
+
+    /// The real-time metrics.
+    pub fn metrics(&self) -> &RealtimeMetrics {
+        &self.inner.metrics.realtime
+    }
+
+    /// Milliseconds since the hub started (a cheap monotonic clock for deadlines).
+    pub fn now_ms(&self) -> u64 {
+        self.inner.epoch_ms.elapsed().as_millis() as u64
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().expect("hub state lock")
+    }
+
+    /// Adds a connection; returns its id and origin tag.
+    pub fn register(&self, outbox: Outbox, session: Option<Session>) -> (ConnId, Arc<str>) {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let origin: Arc<str> = format!("{}/{id}", self.inner.node_id).into();
+        let now = self.now_ms();
+        outbox.control.touch(now);
+        self.state().connections.insert(
+            id,
+            Connection {
+                outbox,
+                session,
+                origin: origin.clone(),
+                connected_at_ms: now,
+            },
+        );
+        self.inner.metrics.ws_connections.inc();
+        self.metrics().opened.inc();
+        (id, origin)
+    }
+
+    /// Removes a connection and its subscriptions.
+    pub fn unregister(&self, id: ConnId, reason: &str) {
+        let mut state = self.state();
+        if state.connections.remove(&id).is_none() {
+            return;
+        }
+        let now = self.now_ms();
+        for log in state.logs.values_mut() {
+            let before = log.subscriptions.len();
+            log.subscriptions.retain(|s| s.conn != id);
+            if before > 0 && log.subscriptions.is_empty() {
+                log.idle_since_ms = Some(now);
+            }
+        }
+        drop(state);
+        self.inner.metrics.ws_connections.dec();
+        self.metrics().closed.with_label_values(&[reason]).inc();
+    }
+
+    /// Records that connection `id` authenticated as `session`.
+    pub fn authenticate(&self, id: ConnId, session: Session) {
+        if let Some(conn) = self.state().connections.get_mut(&id) {
+            conn.session = Some(session);
+        }
+    }
+
+    /// Open connections on this node.
+    pub fn connection_count(&self) -> usize {
+        self.state().connections.len()
+    }
+
+    // === subscriptions ===
+
+    /// Subscribes connection `id` to `log` as `topic` for `audience`, starting after `since`
+    /// when given (recovery) or at the log's current offset. Replays what the connection
+    /// missed into `outbox` before the subscription goes live.
+    pub async fn subscribe(
+        &self,
+        id: ConnId,
+        outbox: &Outbox,
+        log: &str,
+        topic: &str,
+        audience: Audience,
+        since: Option<Offset>,
+    ) -> Result<Joined, WsError> {
+        let origin = self.listen(id, log, topic, audience).await?;
+        let result = self
+            .catch_up(id, outbox, log, topic, audience, &origin, since)
+            .await;
+        if result.is_err() {
+            self.unsubscribe(id, topic);
+        }
+        result
+    }
+
+    /// Ends connection `id`'s subscription to `topic` (as the client named it).
+    pub fn unsubscribe(&self, id: ConnId, topic: &str) -> bool {
+        let now = self.now_ms();
+        let mut state = self.state();
+        let mut found = false;
+        for log in state.logs.values_mut() {
+            let before = log.subscriptions.len();
+            log.subscriptions
+                .retain(|s| !(s.conn == id && &*s.topic == topic));
+            if log.subscriptions.len() != before {
+                found = true;
+                if log.subscriptions.is_empty() {
+                    log.idle_since_ms = Some(now);
+                }
+            }
+        }
+        found
+    }
+
+    /// Whether connection `id` is subscribed to `topic`.
+    pub fn is_subscribed(&self, id: ConnId, topic: &str) -> bool {
+        self.state().logs.values().any(|log| {
+            log.subscriptions
+                .iter()
+                .any(|s| s.conn == id && &*s.topic == topic)
+        })
+    }
+
+    /// Makes sure `log` is subscribed in Redis, then adds an inactive subscription. Returns
+    /// the connection's origin tag.
+    async fn listen(
+        &self,
+        id: ConnId,
+        log: &str,
+        topic: &str,
+        audience: Audience,
+    ) -> Result<Arc<str>, WsError> {
+        let unavailable = || {
+            WsError::new(
+                ErrorCode::Unavailable,
+                "events are unavailable (Redis is unreachable)",
+            )
+        };
+        // Right after start (or a Redis outage) the pub/sub connection may not be up yet.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut interest = loop {
+            let connected = self.inner.connected.notified();
+            tokio::pin!(connected);
+            connected.as_mut().enable();
+            let interest = self.inner.interest.lock().await;
+            if interest.is_some() {
+                break interest;
+            }
+            drop(interest);
+            if tokio::time::timeout_at(deadline, connected).await.is_err() {
+                return Err(unavailable());
+            }
+        };
+        let listening = self.state().logs.get(log).is_some_and(|l| l.listening);
+        if !listening {
+            let sink = interest.as_mut().ok_or_else(unavailable)?;
+            let channel = self.inner.keys.event_channel(log);
+            tokio::time::timeout(Duration::from_secs(5), sink.subscribe(channel))
+                .await
+                .map_err(|_| unavailable())?
+                .map_err(|_| unavailable())?;
+        }
+        let mut state = self.state();
+        let Some(origin) = state.connections.get(&id).map(|c| c.origin.clone()) else {
+            return Err(WsError::new(ErrorCode::Unavailable, "connection closed"));
+        };
+        let entry = state.logs.entry(log.to_owned()).or_default();
+        entry.listening = true;
+        entry.idle_since_ms = None;
+        entry
+            .subscriptions
+            .retain(|s| !(s.conn == id && &*s.topic == topic));
+        entry.subscriptions.push(Subscription {
+            conn: id,
+            topic: topic.into(),
+            audience,
+            after: None,
+            active: false,
+        });
+        Ok(origin)
+    }
+
+    /// Replays and catches up an inactive subscription, then activates it (module doc).
+    #[allow(clippy::too_many_arguments)]
+    async fn catch_up(
+        &self,
+        id: ConnId,
+        outbox: &Outbox,
+        log: &str,
+        topic: &str,
+        audience: Audience,
+        origin: &str,
+        since: Option<Offset>,
+    ) -> Result<Joined, WsError> {
+        let redis_failed = |err: anyhow::Error| {
+            tracing::warn!(error = %err, log, "reading a topic's history failed");
+            WsError::new(
+                ErrorCode::Unavailable,
+                "events are unavailable (Redis is unreachable)",
+            )
+        };
+        let mut recovery = None;
+        let mut position = match since {
+            Some(since) => match self.inner.log.after(log, &since, None).await {
+                Ok(Missed::Events(events)) => {
+                    let count = events.len();
+                    let end = events.last().map(|e| e.offset.clone()).unwrap_or(since);
+                    self.replay(outbox, topic, audience, origin, &events)
+                        .await?;
+                    self.metrics()
+                        .recoveries
+                        .with_label_values(&["recovered"])
+                        .inc();
+                    recovery = Some(Ok(count));
+                    Some(end)
+                }
+                Ok(Missed::Lost(reason)) => {
+                    self.metrics().recoveries.with_label_values(&["lost"]).inc();
+                    recovery = Some(Err(reason));
+                    self.inner.log.current(log).await.map_err(redis_failed)?
+                }
+                Err(err) => return Err(redis_failed(err)),
+            },
+            None => self.inner.log.current(log).await.map_err(redis_failed)?,
+        };
+        loop {
+            let target = {
+                let mut state = self.state();
+                let entry = state.logs.get_mut(log);
+                let Some(entry) = entry else {
+                    return Err(WsError::new(ErrorCode::Unavailable, "subscription ended"));
+                };
+                let caught_up = match (&entry.last, &position) {
+                    (None, _) => true,
+                    (Some(last), Some(at)) => last.epoch == at.epoch && last.seq <= at.seq,
+                    (Some(_), None) => false,
+                };
+                if caught_up {
+                    let Some(sub) = entry
+                        .subscriptions
+                        .iter_mut()
+                        .find(|s| s.conn == id && &*s.topic == topic)
+                    else {
+                        return Err(WsError::new(ErrorCode::Unavailable, "subscription ended"));
+                    };
+                    sub.after = position.clone();
+                    sub.active = true;
+                    return Ok(Joined {
+                        offset: position,
+                        recovery,
+                    });
+                }
+                entry
+                    .last
+                    .clone()
+                    .expect("not caught up means the hub delivered something")
+            };
+            // The hub delivered events this subscription has not seen: read them from the log.
+            let from = match &position {
+                Some(at) if at.epoch == target.epoch => at.clone(),
+                _ => Offset {
+                    epoch: target.epoch.clone(),
+                    seq: 0,
+                },
+            };
+            match self.inner.log.after(log, &from, Some(target.seq)).await {
+                Ok(Missed::Events(events)) => {
+                    self.replay(outbox, topic, audience, origin, &events)
+                        .await?;
+                }
+                Ok(Missed::Lost(_)) => {
+                    // Trimmed or reset meanwhile: nothing consistent to replay; go live from
+                    // where the hub is.
+                }
+                Err(err) => return Err(redis_failed(err)),
+            }
+            position = Some(target);
+        }
+    }
+
+    /// Sends `events` (those `audience` may see, not caused by `origin`) into `outbox`.
+    async fn replay(
+        &self,
+        outbox: &Outbox,
+        topic: &str,
+        audience: Audience,
+        origin: &str,
+        events: &[LoggedEvent],
+    ) -> Result<(), WsError> {
+        for event in events {
+            if !admits(audience, origin, &event.envelope) {
+                continue;
+            }
+            let frame = event_frame(topic, event);
+            if !outbox.send(Outbound::Text(frame)).await {
+                return Err(WsError::new(ErrorCode::Unavailable, "connection closed"));
+            }
+            self.metrics()
+                .messages_out
+                .with_label_values(&["event"])
+                .inc();
+        }
+        Ok(())
+    }
+
+    // === fan-out ===
+
+    /// Delivers one event of `log` that arrived over pub/sub, filling a gap first if there is
+    /// one.
+    async fn on_event(&self, log: &str, event: LoggedEvent) {
+        let last = self.state().logs.get(log).and_then(|l| l.last.clone());
+        if let Some(last) = &last {
+            if last.epoch == event.offset.epoch {
+                if event.offset.seq <= last.seq {
+                    return; // already delivered (a gap fill read it from the history)
+                }
+                if event.offset.seq > last.seq + 1 {
+                    self.fill_gap(log, last, event.offset.seq - 1).await;
+                }
+            }
+        }
+        self.deliver(log, &event);
+    }
+
+    /// Reads events `after.seq + 1 ..= until` of `log` from its history and delivers them.
+    async fn fill_gap(&self, log: &str, after: &Offset, until: u64) {
+        match self.inner.log.after(log, after, Some(until)).await {
+            Ok(Missed::Events(events)) => {
+                self.metrics().gap_fills.inc_by(events.len() as u64);
+                for event in &events {
+                    self.deliver(log, event);
+                }
+            }
+            Ok(Missed::Lost(reason)) => {
+                tracing::warn!(
+                    log,
+                    reason,
+                    "events missed over pub/sub are gone from the history"
+                );
+            }
+            Err(err) => {
+                tracing::warn!(log, error = %err, "could not read missed events from the history");
+            }
+        }
+    }
+
+    /// Hands `event` to every active, matching subscription of `log`.
+    fn deliver(&self, log: &str, event: &LoggedEvent) {
+        let metrics = self.metrics();
+        let latency_ms = chrono::Utc::now().timestamp_millis() - event.envelope.timestamp;
+        metrics
+            .broadcast_latency
+            .observe(latency_ms.max(0) as f64 / 1000.0);
+        let mut state = self.state();
+        let State { connections, logs } = &mut *state;
+        let Some(entry) = logs.get_mut(log) else {
+            return;
+        };
+        if let Some(last) = &entry.last {
+            if last.epoch == event.offset.epoch && event.offset.seq <= last.seq {
+                return;
+            }
+        }
+        entry.last = Some(event.offset.clone());
+        // One frame per topic name (usually one), shared by every connection.
+        let mut frames: Vec<(Arc<str>, Utf8Bytes)> = Vec::new();
+        let mut sent = 0u64;
+        for sub in &entry.subscriptions {
+            if !sub.active {
+                continue;
+            }
+            if let Some(after) = &sub.after {
+                if after.epoch == event.offset.epoch && event.offset.seq <= after.seq {
+                    continue;
+                }
+            }
+            let Some(conn) = connections.get(&sub.conn) else {
+                continue;
+            };
+            if !admits(sub.audience, &conn.origin, &event.envelope) {
+                continue;
+            }
+            let frame = match frames.iter().find(|(t, _)| *t == sub.topic) {
+                Some((_, frame)) => frame.clone(),
+                None => {
+                    let frame = event_frame(&sub.topic, event);
+                    frames.push((sub.topic.clone(), frame.clone()));
+                    frame
+                }
+            };
+            if conn.outbox.push(Outbound::Text(frame), metrics) {
+                sent += 1;
+            }
+        }
+        drop(state);
+        metrics
+            .messages_out
+            .with_label_values(&["event"])
+            .inc_by(sent);
+    }
+
+    /// Sends `event` (not part of any topic) to the connections `matches` selects, then
+    /// closes them with `close` if given.
+    fn notify_connections(
+        &self,
+        frame: &str,
+        close: Option<(u16, &'static str)>,
+        mut matches: impl FnMut(&Connection) -> bool,
+    ) -> usize {
+        let frame = Utf8Bytes::from(frame);
+        let metrics = self.metrics();
+        let state = self.state();
+        let mut count = 0;
+        for conn in state.connections.values().filter(|c| matches(c)) {
+            conn.outbox.push(Outbound::Text(frame.clone()), metrics);
+            if let Some((code, reason)) = close {
+                conn.outbox.close(code, reason);
+            }
+            count += 1;
+        }
+        count
+    }
+
+    /// Closes the sessions a revocation notice names: `auth:revoked`, then close 4401.
+    fn on_revocation(&self, notice: &RevocationNotice) {
+        let frame = protocol::event(
+            "auth:revoked",
+            None,
+            None,
+            &serde_json::json!({"reason": "the session was revoked"}),
+            chrono::Utc::now().timestamp_millis(),
+        );
+        let closed = self.notify_connections(&frame, Some((4401, "session revoked")), |conn| {
+            conn.session
+                .as_ref()
+                .is_some_and(|s| notice.revokes(&s.claims))
+        });
+        if closed > 0 {
+            tracing::info!(connections = closed, "closed revoked sessions");
+        }
+    }
+
+    /// Tells every connection to reconnect elsewhere (`system:reconnect`, close 1012): the
+    /// node is draining.
+    pub fn close_all_for_restart(&self) -> usize {
+        let frame = protocol::event(
+            "system:reconnect",
+            None,
+            None,
+            &serde_json::json!({"reason": "node is shutting down", "nodeId": &*self.inner.node_id}),
+            chrono::Utc::now().timestamp_millis(),
+        );
+        self.notify_connections(&frame, Some((1012, "node restarting")), |_| true)
+    }
+
+    /// Waits until every connection has ended or `grace` has passed; returns those left.
+    pub async fn wait_closed(&self, grace: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let open = self.connection_count();
+            if open == 0 || tokio::time::Instant::now() >= deadline {
+                return open;
+            }
+            // Connections end on their own tasks; poll their count at a short interval.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // === background work ===
+
+    /// Runs the hub's background work until the process ends: the pub/sub connection (with
+    /// reconnects and gap fills) and the deadline sweep.
+    pub async fn run(self) {
+        let sweeper = self.clone();
+        tokio::spawn(async move { sweeper.sweep_forever().await });
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.listen_once().await {
+                Ok(()) => delay = Duration::from_millis(100),
+                Err(err) => {
+                    tracing::warn!(error = %err, "event subscription lost; reconnecting");
+                }
+            }
+            *self.inner.interest.lock().await = None;
+            for log in self.state().logs.values_mut() {
+                log.listening = false;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+        }
+    }
+
+    /// One pub/sub connection's life: subscribe to what local connections use, fill what was
+    /// missed while disconnected, then deliver until the connection drops.
+    async fn listen_once(&self) -> anyhow::Result<()> {
+        let timeout = Duration::from_secs(5);
+        let pubsub = tokio::time::timeout(timeout, self.inner.client.get_async_pubsub()).await??;
+        let (mut sink, mut stream) = pubsub.split();
+        let revocations = self.inner.keys.revocation_channel();
+        sink.subscribe(&revocations).await?;
+        let logs: Vec<(String, Option<Offset>)> = {
+            let state = self.state();
+            state
+                .logs
+                .iter()
+                .map(|(name, log)| (name.clone(), log.last.clone()))
+                .collect()
+        };
+        for (name, _) in &logs {
+            sink.subscribe(self.inner.keys.event_channel(name)).await?;
+        }
+        {
+            let mut state = self.state();
+            for (name, _) in &logs {
+                if let Some(log) = state.logs.get_mut(name) {
+                    log.listening = true;
+                }
+            }
+        }
+        *self.inner.interest.lock().await = Some(sink);
+        self.inner.connected.notify_waiters();
+        // Whatever was published while the connection was down is in the histories.
+        for (name, last) in logs {
+            if let Some(last) = last {
+                match self.inner.log.current(&name).await {
+                    Ok(Some(current)) if current.epoch == last.epoch && current.seq > last.seq => {
+                        self.fill_gap(&name, &last, current.seq).await;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let events_prefix = self.inner.keys.event_channel("");
+        while let Some(message) = stream.next().await {
+            let channel = message.get_channel_name();
+            let Ok(payload) = message.get_payload::<String>() else {
+                continue;
+            };
+            if channel == revocations {
+                match serde_json::from_str::<RevocationNotice>(&payload) {
+                    Ok(notice) => self.on_revocation(&notice),
+                    Err(err) => tracing::warn!(error = %err, "unreadable revocation notice"),
+                }
+            } else if let Some(log) = channel.strip_prefix(&events_prefix) {
+                match LoggedEvent::from_message(&payload) {
+                    Some(event) => self.on_event(log, event).await,
+                    None => tracing::warn!(channel, "unreadable event message"),
+                }
+            }
+        }
+        anyhow::bail!("the pub/sub connection closed")
+    }
+
+    /// Every [`SWEEP_INTERVAL`]: closes connections past their deadlines, pings quiet ones,
+    /// and drops the Redis subscriptions of logs nobody used for [`IDLE_LOG_LINGER`].
+    async fn sweep_forever(&self) {
+        let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            self.sweep_connections();
+            self.drop_idle_logs().await;
+        }
+    }
+
+    fn sweep_connections(&self) {
+        let settings = &self.inner.settings;
+        let now = self.now_ms();
+        let now_unix = chrono::Utc::now().timestamp();
+        let metrics = self.metrics();
+        let state = self.state();
+        for conn in state.connections.values() {
+            let control = &conn.outbox.control;
+            let last_seen = control.last_seen_ms.load(Ordering::Relaxed);
+            match &conn.session {
+                None if now.saturating_sub(conn.connected_at_ms) >= settings.auth_timeout_ms => {
+                    conn.outbox.close(4401, "authentication timed out");
+                    continue;
+                }
+                Some(session) if session.claims.exp <= now_unix => {
+                    let frame = protocol::event(
+                        "auth:expired",
+                        None,
+                        None,
+                        &serde_json::json!({"reason": "the access token expired"}),
+                        chrono::Utc::now().timestamp_millis(),
+                    );
+                    conn.outbox.push(Outbound::Text(frame.into()), metrics);
+                    conn.outbox.close(4401, "token expired");
+                    continue;
+                }
+                _ => {}
+            }
+            let quiet = now.saturating_sub(last_seen);
+            if quiet >= settings.idle_timeout_secs * 1000 {
+                conn.outbox.close(1001, "idle timeout");
+            } else if quiet >= settings.ping_interval_secs * 1000
+                && !control.ping_sent.swap(true, Ordering::Relaxed)
+            {
+                conn.outbox.push(Outbound::Ping, metrics);
+            }
+        }
+    }
+
+    async fn drop_idle_logs(&self) {
+        let now = self.now_ms();
+        let linger = IDLE_LOG_LINGER.as_millis() as u64;
+        let mut interest = self.inner.interest.lock().await;
+        let idle: Vec<String> = {
+            let mut state = self.state();
+            let idle: Vec<String> = state
+                .logs
+                .iter()
+                .filter(|(_, log)| {
+                    log.subscriptions.is_empty()
+                        && log
+                            .idle_since_ms
+                            .is_some_and(|t| now.saturating_sub(t) >= linger)
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in &idle {
+                state.logs.remove(name);
+            }
+            idle
+        };
+        if let Some(sink) = interest.as_mut() {
+            for name in idle {
+                let _ = sink.unsubscribe(self.inner.keys.event_channel(&name)).await;
+            }
+        }
+    }
+}
+
+/// Whether an event reaches a subscription for `audience` on the connection tagged `origin`.
+fn admits(
+    audience: Audience,
+    origin: &str,
+    envelope: &petmesh_shared::event::EventEnvelope,
+) -> bool {
+    envelope.origin.as_deref() != Some(origin) && audience.admits(envelope.owner.as_deref())
+}
+
+/// The frame of `event` as seen on `topic`.
+fn event_frame(topic: &str, event: &LoggedEvent) -> Utf8Bytes {
+    protocol::event(
+        &event.envelope.event,
+        Some(topic),
+        Some(&event.offset.to_string()),
+        &event.envelope.payload,
+        event.envelope.timestamp,
+    )
+    .into()
+}
+
+/// The connection's session, for handlers that require one.
+pub fn require_session(session: Option<&Session>) -> Result<&Session, WsError> {
+    session.ok_or_else(|| {
+        WsError::new(
+            ErrorCode::Unauthorized,
+            "authenticate first (auth:login with an access token)",
+        )
+    })
+}

@@ -1,0 +1,477 @@
+//! The WebSocket protocol against real nodes: request/response rules, authentication, events
+//! across nodes, who receives what, rooms, recovery from offsets, revocation, slow consumers.
+
+use std::time::Duration;
+
+use petmesh_tests::{TestCluster, WsClient};
+use serde_json::{json, Value};
+
+use crate::helpers::{admin, create_pet, signed_up};
+
+/// A pet event named `event` about the pet called `name`.
+fn is_pet_event(event: &Value, name: &str, pet: &str) -> bool {
+    event["event"] == name && event["payload"]["name"] == pet
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_responses_and_the_connection_stays_open() {
+    let cluster = TestCluster::start(1).await;
+    let token = admin(&cluster).await.access_token;
+    let base = cluster.node(0).base_url();
+    let mut ws = WsClient::connect(&base, None).await.unwrap();
+
+    // Unauthenticated: ping works, anything else asks to authenticate.
+    ws.request("ping", json!({})).await.unwrap().ok();
+    let refused = ws
+        .request("subscribe", json!({"topics": ["pets"]}))
+        .await
+        .unwrap();
+    assert_eq!(refused.error_code(), "UNAUTHORIZED");
+
+    // The short form of existing pet-store clients logs in too.
+    ws.send_text(json!({"event": "auth:login", "data": {"token": token}, "id": 9}).to_string())
+        .await
+        .unwrap();
+    let login = ws.any_response().await.unwrap();
+    assert_eq!(login.frame["id"], 9);
+    assert_eq!(login.ok()["role"], "admin");
+
+    let cases = [
+        ("{not json".to_owned(), "INVALID_JSON"),
+        ("[1]".to_owned(), "INVALID_JSON"),
+        (json!({"id": "a"}).to_string(), "VALIDATION_ERROR"),
+        (json!({"id": "b", "action": "no.such.thing"}).to_string(), "UNKNOWN_ACTION"),
+        (json!({"id": "c", "action": "subscribe", "payload": {}}).to_string(), "VALIDATION_ERROR"),
+        (
+            json!({"id": "d", "action": "subscribe", "payload": {"topics": ["user:nope"]}}).to_string(),
+            "VALIDATION_ERROR",
+        ),
+        (
+            json!({"id": "e", "action": "room:message", "payload": {"roomId": "r1", "content": "hi"}})
+                .to_string(),
+            "FORBIDDEN",
+        ),
+        (json!({"id": "f", "action": "auth:login", "payload": {"token": "garbage"}}).to_string(), "UNAUTHORIZED"),
+    ];
+    for (frame, code) in cases {
+        ws.send_text(frame.clone()).await.unwrap();
+        let response = ws.any_response().await.unwrap();
+        assert_eq!(response.error_code(), code, "{frame} → {}", response.frame);
+        assert!(response.frame["payload"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    // Still open and still authenticated.
+    ws.request("subscribe", json!({"topics": ["pets"]}))
+        .await
+        .unwrap()
+        .ok();
+
+    // A frame over realtime.max_frame_bytes (64 KiB) closes the connection with 1009.
+    ws.send_text("x".repeat(70 * 1024)).await.unwrap();
+    let (code, _) = ws.closed().await.unwrap();
+    assert_eq!(code, 1009);
+}
+
+#[tokio::test]
+async fn a_connection_that_never_authenticates_is_closed_with_4401() {
+    let cluster = TestCluster::builder()
+        .nodes(1)
+        .env("PETMESH_NODE__REALTIME__AUTH_TIMEOUT_MS", "300")
+        .start()
+        .await;
+    let mut ws = WsClient::connect(&cluster.node(0).base_url(), None)
+        .await
+        .unwrap();
+    ws.request("ping", json!({})).await.unwrap().ok();
+    let (code, reason) = ws.closed().await.unwrap();
+    assert_eq!((code, reason.as_str()), (4401, "authentication timed out"));
+
+    // A token on the handshake authenticates at once; a bad one is refused with 401.
+    let token = admin(&cluster).await.access_token;
+    let mut ws = WsClient::connect(&cluster.node(0).base_url(), Some(&token))
+        .await
+        .unwrap();
+    ws.request("subscribe", json!({"topics": ["pets"]}))
+        .await
+        .unwrap()
+        .ok();
+    let refused = WsClient::connect(&cluster.node(0).base_url(), Some("not-a-token")).await;
+    let Err(refused) = refused else {
+        panic!("a bad token was accepted on the handshake");
+    };
+    assert!(refused.to_string().contains("401"), "{refused}");
+}
+
+#[tokio::test]
+async fn a_subscriber_on_one_node_receives_a_pet_created_through_another() {
+    let cluster = TestCluster::start(3).await;
+    let token = admin(&cluster).await.access_token;
+    let user = signed_up(&cluster.client(1), "watcher").await;
+    let mut ws = WsClient::login(&cluster.node(0).base_url(), &user.tokens.access_token)
+        .await
+        .unwrap();
+    let subscribed = ws
+        .request("subscribe", json!({"topics": ["pets"]}))
+        .await
+        .unwrap();
+    assert!(subscribed.ok()["topics"]["pets"].get("offset").is_some());
+
+    create_pet(&cluster.client(2).token(&token), "Comet", "9.50", 2).await;
+    let event = ws
+        .event_where(|e| is_pet_event(e, "pet:created", "Comet"))
+        .await
+        .unwrap();
+    assert_eq!(event["topic"], "pets");
+    assert!(event["offset"].as_str().is_some_and(|o| o.contains(':')));
+    assert!(event["timestamp"].as_i64().is_some());
+}
+
+#[tokio::test]
+async fn order_events_reach_their_owner_and_admins_only() {
+    let cluster = TestCluster::start(2).await;
+    let token = admin(&cluster).await.access_token;
+    let pet_id = create_pet(&cluster.client(0).token(&token), "Biscuit", "3.00", 5).await["id"]
+        .as_i64()
+        .unwrap();
+    let owner = signed_up(&cluster.client(0), "owner").await;
+    let other = signed_up(&cluster.client(1), "other").await;
+
+    let mut admin_ws = WsClient::login(&cluster.node(1).base_url(), &token)
+        .await
+        .unwrap();
+    admin_ws
+        .request("subscribe", json!({"topics": ["orders"]}))
+        .await
+        .unwrap()
+        .ok();
+    let mut owner_ws = WsClient::login(&cluster.node(0).base_url(), &owner.tokens.access_token)
+        .await
+        .unwrap();
+    owner_ws
+        .request(
+            "subscribe",
+            json!({"topics": [format!("user:{}", owner.id)]}),
+        )
+        .await
+        .unwrap()
+        .ok();
+    let mut other_ws = WsClient::login(&cluster.node(1).base_url(), &other.tokens.access_token)
+        .await
+        .unwrap();
+    other_ws
+        .request("subscribe", json!({"topics": ["orders"]}))
+        .await
+        .unwrap()
+        .ok();
+    // Another user's topic is not theirs to read.
+    let refused = other_ws
+        .request(
+            "subscribe",
+            json!({"topics": [format!("user:{}", owner.id)]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.error_code(), "FORBIDDEN");
+
+    let order = cluster
+        .client(1)
+        .token(&owner.tokens.access_token)
+        .post(
+            "/api/v1/store/orders",
+            &json!({"petId": pet_id, "quantity": 1, "paymentToken": "tok_ok"}),
+        )
+        .await
+        .unwrap();
+    order.assert_status(201);
+    let order_id = order.body["id"].clone();
+
+    let is_this_order = |e: &Value| e["event"] == "order:created" && e["payload"]["id"] == order_id;
+    let seen_by_owner = owner_ws.event_where(is_this_order).await.unwrap();
+    assert_eq!(seen_by_owner["topic"], format!("user:{}", owner.id));
+    let seen_by_admin = admin_ws.event_where(is_this_order).await.unwrap();
+    assert_eq!(seen_by_admin["topic"], "orders");
+    assert_eq!(seen_by_admin["offset"], seen_by_owner["offset"]);
+
+    // The other user saw nothing of it: a change of their own arrives with nothing before it.
+    let own = cluster
+        .client(0)
+        .token(&other.tokens.access_token)
+        .post(
+            "/api/v1/store/orders",
+            &json!({"petId": pet_id, "quantity": 1, "paymentToken": "tok_ok"}),
+        )
+        .await
+        .unwrap();
+    own.assert_status(201);
+    let first = other_ws.next_event().await.unwrap();
+    assert_eq!(first["event"], "order:created");
+    assert_eq!(
+        first["payload"]["id"], own.body["id"],
+        "saw someone else's order: {first}"
+    );
+}
+
+#[tokio::test]
+async fn room_messages_reach_members_on_every_node_and_no_one_else() {
+    let cluster = TestCluster::start(3).await;
+    let alice = signed_up(&cluster.client(0), "alice").await;
+    let bob = signed_up(&cluster.client(1), "bob").await;
+    let carol = signed_up(&cluster.client(2), "carol").await;
+    let mut a = WsClient::login(&cluster.node(0).base_url(), &alice.tokens.access_token)
+        .await
+        .unwrap();
+    let mut b = WsClient::login(&cluster.node(1).base_url(), &bob.tokens.access_token)
+        .await
+        .unwrap();
+    let mut c = WsClient::login(&cluster.node(2).base_url(), &carol.tokens.access_token)
+        .await
+        .unwrap();
+
+    a.request("room:join", json!({"roomId": "kennel"}))
+        .await
+        .unwrap()
+        .ok();
+    let joined = a
+        .event_where(|e| e["event"] == "room:joined")
+        .await
+        .unwrap();
+    assert_eq!(joined["payload"]["userId"], alice.id);
+    b.request("room:join", json!({"roomId": "kennel"}))
+        .await
+        .unwrap()
+        .ok();
+    let bob_joined = a
+        .event_where(|e| e["event"] == "room:joined" && e["payload"]["userId"] == bob.id)
+        .await
+        .unwrap();
+    assert_eq!(bob_joined["topic"], "room:kennel");
+    c.request("room:join", json!({"roomId": "elsewhere"}))
+        .await
+        .unwrap()
+        .ok();
+
+    let sent = a
+        .request(
+            "room:message",
+            json!({"roomId": "kennel", "content": "walk at five", "type": "notification"}),
+        )
+        .await
+        .unwrap();
+    sent.ok();
+    for member in [&mut a, &mut b] {
+        let message = member
+            .event_where(|e| e["event"] == "room:message")
+            .await
+            .unwrap();
+        assert_eq!(message["payload"]["content"], "walk at five");
+        assert_eq!(message["payload"]["type"], "notification");
+        assert_eq!(message["payload"]["userId"], alice.id);
+        assert_eq!(message["payload"]["roomId"], "kennel");
+        assert!(message["payload"]["timestamp"].as_i64().is_some());
+    }
+    // Carol is not a member: a message in her own room is the first room message she sees.
+    c.request(
+        "room:message",
+        json!({"roomId": "elsewhere", "content": "mine"}),
+    )
+    .await
+    .unwrap()
+    .ok();
+    let first = c
+        .event_where(|e| e["event"] == "room:message")
+        .await
+        .unwrap();
+    assert_eq!(first["payload"]["content"], "mine");
+    // Nor may she subscribe to a room she has not joined.
+    let refused = c
+        .request("subscribe", json!({"topics": ["room:kennel"]}))
+        .await
+        .unwrap();
+    assert_eq!(refused.error_code(), "FORBIDDEN");
+
+    // Leaving (or disconnecting) tells the others.
+    b.request("room:leave", json!({"roomId": "kennel"}))
+        .await
+        .unwrap()
+        .ok();
+    let left = a.event_where(|e| e["event"] == "room:left").await.unwrap();
+    assert_eq!(left["payload"]["userId"], bob.id);
+    c.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_resuming_from_its_offset_gets_exactly_what_it_missed() {
+    let cluster = TestCluster::start(2).await;
+    let token = admin(&cluster).await.access_token;
+    let admin_api = cluster.client(1).token(&token);
+    let mut ws = WsClient::login(&cluster.node(0).base_url(), &token)
+        .await
+        .unwrap();
+    ws.request("subscribe", json!({"topics": ["pets"]}))
+        .await
+        .unwrap()
+        .ok();
+    create_pet(&admin_api, "Before", "1.00", 1).await;
+    let seen = ws
+        .event_where(|e| is_pet_event(e, "pet:created", "Before"))
+        .await
+        .unwrap();
+    let offset = seen["offset"].as_str().unwrap().to_owned();
+    ws.close().await.unwrap();
+
+    for name in ["Missed1", "Missed2", "Missed3"] {
+        create_pet(&admin_api, name, "1.00", 1).await;
+    }
+    let mut ws = WsClient::login(&cluster.node(1).base_url(), &token)
+        .await
+        .unwrap();
+    let resumed = ws
+        .request(
+            "subscribe",
+            json!({"topics": ["pets"], "since": {"pets": offset}}),
+        )
+        .await
+        .unwrap();
+    let result = &resumed.ok()["topics"]["pets"];
+    assert_eq!(result["recovered"], true, "{result}");
+    assert_eq!(result["missed"], 3);
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        names.push(ws.next_event().await.unwrap()["payload"]["name"].clone());
+    }
+    assert_eq!(
+        names,
+        [json!("Missed1"), json!("Missed2"), json!("Missed3")]
+    );
+    // Live again, with nothing repeated in between.
+    create_pet(&admin_api, "After", "1.00", 1).await;
+    let next = ws.next_event().await.unwrap();
+    assert!(is_pet_event(&next, "pet:created", "After"), "{next}");
+
+    // An offset from another history is refused as a whole, never replayed in part.
+    let mut ws = WsClient::login(&cluster.node(0).base_url(), &token)
+        .await
+        .unwrap();
+    let lost = ws
+        .request(
+            "subscribe",
+            json!({"topics": ["pets"], "since": {"pets": "otherepoch:1"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(lost.ok()["topics"]["pets"]["recovered"], false);
+    assert!(lost.ok()["topics"]["pets"]["reason"].as_str().is_some());
+    assert_eq!(ws.pending_events(), 0);
+}
+
+#[tokio::test]
+async fn logout_on_one_node_closes_the_sessions_socket_on_another() {
+    let cluster = TestCluster::start(2).await;
+    let user = signed_up(&cluster.client(0), "leaver").await;
+    let other_session = cluster
+        .client(0)
+        .login("leaver", crate::helpers::PASSWORD)
+        .await
+        .unwrap();
+    let mut ws = WsClient::login(&cluster.node(1).base_url(), &user.tokens.access_token)
+        .await
+        .unwrap();
+    let mut untouched = WsClient::login(&cluster.node(1).base_url(), &other_session.access_token)
+        .await
+        .unwrap();
+
+    cluster
+        .client(0)
+        .token(&user.tokens.access_token)
+        .post("/api/v1/auth/logout", &json!({}))
+        .await
+        .unwrap()
+        .assert_status(204);
+    let revoked = ws
+        .event_where(|e| e["event"] == "auth:revoked")
+        .await
+        .unwrap();
+    assert!(revoked.get("offset").is_none());
+    let (code, _) = ws.closed().await.unwrap();
+    assert_eq!(code, 4401);
+    // Another session of the same user stays connected.
+    untouched.round_trip().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_while_a_normal_client_keeps_its_latency() {
+    let cluster = TestCluster::builder()
+        .nodes(1)
+        .env("PETMESH_NODE__REALTIME__SEND_QUEUE", "32")
+        .env("PETMESH_NODE__REALTIME__RATE_PER_MINUTE", "1000000")
+        .env("PETMESH_NODE__REALTIME__RATE_BURST", "100000")
+        .start()
+        .await;
+    let base = cluster.node(0).base_url();
+    let users = [
+        signed_up(&cluster.client(0), "sleepy").await,
+        signed_up(&cluster.client(0), "lively").await,
+        signed_up(&cluster.client(0), "talker").await,
+    ];
+    let mut sleepy = WsClient::login(&base, &users[0].tokens.access_token)
+        .await
+        .unwrap();
+    let mut lively = WsClient::login(&base, &users[1].tokens.access_token)
+        .await
+        .unwrap();
+    let mut talker = WsClient::login(&base, &users[2].tokens.access_token)
+        .await
+        .unwrap();
+    for ws in [&mut sleepy, &mut lively, &mut talker] {
+        ws.request("room:join", json!({"roomId": "flood"}))
+            .await
+            .unwrap()
+            .ok();
+    }
+    let quiet_latency = lively.round_trip().await.unwrap();
+
+    // The sleepy client stops reading; 4 KB messages fill its socket buffers, then its queue.
+    let content = "x".repeat(4000);
+    let mut worst = Duration::ZERO;
+    let mut sent = 0;
+    let sleepy_closed = loop {
+        for _ in 0..50 {
+            talker
+                .request(
+                    "room:message",
+                    json!({"roomId": "flood", "content": content}),
+                )
+                .await
+                .unwrap()
+                .ok();
+            sent += 1;
+        }
+        worst = worst.max(lively.round_trip().await.unwrap());
+        // The lively client reads everything sent to it.
+        while lively.pending_events() > 0 {
+            lively.next_event().await.unwrap();
+        }
+        let metrics = cluster.client(0).get("/metrics").await.unwrap();
+        if metrics
+            .text
+            .contains("petmesh_node_ws_slow_consumer_disconnects_total 1")
+        {
+            break true;
+        }
+        assert!(sent < 20_000, "the sleepy client was never closed");
+    };
+    assert!(sleepy_closed);
+    // Its close frame (1013) goes out only if the socket drains in time; either way the
+    // connection ends.
+    match sleepy.closed().await {
+        Ok((code, _)) => assert_eq!(code, 1013),
+        Err(err) => assert!(err.to_string().contains("ended"), "{err}"),
+    }
+    // Generous: the point is that the slow client never stalled the others.
+    assert!(
+        worst < Duration::from_secs(2),
+        "a normal client's round trip went from {quiet_latency:?} to {worst:?}"
+    );
+    lively.round_trip().await.unwrap();
+}
