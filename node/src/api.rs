@@ -87,6 +87,7 @@ pub fn app(state: AppState, limits: Limits) -> impl Endpoint {
         .nest("/documentation", api.swagger_ui())
         .at("/metrics", get(serve_metrics))
         .at("/ws", crate::realtime::websocket)
+        .at("/asyncapi.json", get(crate::realtime::asyncapi))
         .nest("/", api);
     let metrics = Arc::clone(&state.metrics);
     routes

@@ -414,6 +414,19 @@ pub struct OrderFilter {
     pub status: Option<OrderStatus>,
 }
 
+/// Whose orders `claims` may list when asking for `requested` (`None`: every user's, for
+/// admins): non-admins see only their own, and naming another user is refused.
+pub fn visible_user(claims: &Claims, requested: Option<Uuid>) -> Result<Option<Uuid>, ApiError> {
+    match requested {
+        Some(other) if other != claims.sub && !claims.is_admin() => {
+            Err(ApiError::forbidden("only admins list other users' orders"))
+        }
+        Some(id) => Ok(Some(id)),
+        None if claims.is_admin() => Ok(None),
+        None => Ok(Some(claims.sub)),
+    }
+}
+
 /// A page of orders, newest first, with the total.
 pub async fn list(
     db: &sqlx::PgPool,

@@ -6,7 +6,7 @@
 //! - [`hub`]: this node's connections and subscriptions, and the Redis pub/sub feed (fan-out,
 //!   gap filling, revocations, deadlines).
 //! - [`connection`]: one connection's reader and writer.
-//! - [`actions`]: what each request does.
+//! - [`actions`]: what each request does; [`resources`]: the actions mirroring REST.
 //!
 //! Events come from [`crate::events`]: one atomic Redis script per event assigns the topic's
 //! next offset, appends to its bounded history and publishes it; every node delivers it to its
@@ -16,6 +16,7 @@ pub mod actions;
 pub mod connection;
 pub mod hub;
 pub mod protocol;
+pub mod resources;
 pub mod topic;
 
 use poem::{
@@ -31,6 +32,17 @@ use tokio_tungstenite::{
 
 use self::hub::Session;
 use crate::{error::ApiError, state::AppState};
+
+/// The AsyncAPI 3 document of the protocol (kept true by the tests below).
+pub const ASYNCAPI: &str = include_str!("realtime/asyncapi.json");
+
+/// `GET /asyncapi.json`: the protocol as an AsyncAPI 3 document.
+#[handler]
+pub fn asyncapi() -> Response {
+    Response::builder()
+        .content_type("application/json")
+        .body(ASYNCAPI)
+}
 
 /// `GET /ws`: upgrades to a WebSocket. A token in `Authorization: Bearer` or the `token` query
 /// parameter authenticates the connection at once (an invalid one is refused with 401);
@@ -127,4 +139,51 @@ fn token_of(req: &Request) -> Option<String> {
             (name == "token").then(|| value.to_owned())
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    fn message_names() -> Vec<String> {
+        let doc: Value = serde_json::from_str(ASYNCAPI).expect("the AsyncAPI document is JSON");
+        assert_eq!(doc["asyncapi"], "3.0.0");
+        doc["components"]["messages"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|m| m["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_asyncapi_document_describes_every_action_and_event() {
+        let names = message_names();
+        for action in actions::ACTIONS {
+            assert!(
+                names.iter().any(|n| n == action),
+                "{action} is not documented"
+            );
+        }
+        for event in [
+            "pet:created",
+            "pet:updated",
+            "pet:deleted",
+            "order:created",
+            "order:updated",
+            "room:joined",
+            "room:left",
+            "room:message",
+            "auth:revoked",
+            "auth:expired",
+            "system:reconnect",
+        ] {
+            assert!(
+                names.iter().any(|n| n == event),
+                "{event} is not documented"
+            );
+        }
+    }
 }

@@ -95,17 +95,8 @@ impl StoreApi {
         #[oai(default, validator(minimum(value = "0")))]
         offset: Query<i64>,
     ) -> ApiResult<Json<OrderPage>> {
-        let claims = &auth.0;
-        let user_id = match user_id.0 {
-            Some(other) if other != claims.sub && !claims.is_admin() => {
-                return Err(ApiError::forbidden("only admins list other users' orders"))
-            }
-            Some(id) => Some(id),
-            None if claims.is_admin() => None,
-            None => Some(claims.sub),
-        };
         let filter = OrderFilter {
-            user_id,
+            user_id: orders::visible_user(&auth.0, user_id.0)?,
             status: status.0,
         };
         let (items, total) = orders::list(&state.db, &filter, limit.0, offset.0).await?;

@@ -9,9 +9,10 @@ use super::{
     connection::Conn,
     hub::{require_session, Joined, Session},
     protocol::{field, string_field, ErrorCode, WsError},
-    topic::{room_log, Audience, Topic},
+    resources,
+    topic::{custom_log, is_valid_event_name, room_log, Audience, Topic},
 };
-use crate::events::log::Offset;
+use crate::{events::log::Offset, subscribers};
 
 /// Most topics one `subscribe` may name.
 const MAX_TOPICS: usize = 50;
@@ -19,8 +20,8 @@ const MAX_TOPICS: usize = 50;
 /// Longest room message.
 const MAX_MESSAGE_CHARS: usize = 4000;
 
-/// Actions with a metric label of their own; anything else is `custom` or `unknown`.
-const ACTIONS: &[&str] = &[
+/// The protocol's actions (each has a metric label of its own; anything else is `other`).
+pub const ACTIONS: &[&str] = &[
     "ping",
     "auth:login",
     "auth:logout",
@@ -29,6 +30,16 @@ const ACTIONS: &[&str] = &[
     "room:join",
     "room:leave",
     "room:message",
+    "pets.list",
+    "pets.get",
+    "pets.create",
+    "pets.update",
+    "pets.delete",
+    "orders.create",
+    "orders.get",
+    "orders.list",
+    "orders.cancel",
+    "inventory.get",
 ];
 
 /// The `type` label of a request in `petmesh_node_ws_messages_in_total` (bounded).
@@ -59,10 +70,11 @@ impl Conn {
             "room:join" => self.join_room(payload).await,
             "room:leave" => self.leave_room(payload).await,
             "room:message" => self.room_message(payload).await,
-            other => Err(WsError::new(
-                ErrorCode::UnknownAction,
-                format!("unknown action {other:?}"),
-            )),
+            action if resources::is_resource_action(action) => {
+                let claims = self.session()?.claims.clone();
+                resources::run(&self.state, &claims, action, payload).await
+            }
+            other => self.emit(other, payload).await,
         }
     }
 
@@ -164,6 +176,83 @@ impl Conn {
             }
         }
         Ok(json!({ "topics": removed }))
+    }
+
+    // === custom events ===
+
+    /// A client emits a custom event: it must be registered (`/api/v1/subscribers`). A
+    /// replicable one is re-broadcast, with `userId`, `timestamp` and `subscriberId` added: to
+    /// the other members of `data.roomId` when it names a room (the sender must be one), else
+    /// to the subscribers of the event's own topic. A non-replicable one goes nowhere else.
+    async fn emit(&mut self, name: &str, data: &Value) -> Result<Value, WsError> {
+        let unknown = || {
+            WsError::new(
+                ErrorCode::UnknownAction,
+                format!(
+                    "unknown action {name:?}: neither a protocol action nor a registered event"
+                ),
+            )
+        };
+        if !is_valid_event_name(name) {
+            return Err(unknown());
+        }
+        let session = self.session()?.clone();
+        let subscriber = subscribers::find_by_event_listener(&self.state.db, name)
+            .await?
+            .ok_or_else(unknown)?;
+        let processed = json!([{
+            "id": subscriber.id,
+            "eventListener": subscriber.event_listener,
+            "replicable": subscriber.replicable,
+        }]);
+        if !subscriber.replicable {
+            return Ok(json!({ "event": name, "subscribers": processed, "broadcast": null }));
+        }
+        let (log, topic) = match data.get("roomId").filter(|v| !v.is_null()) {
+            None => (custom_log(name), name.to_owned()),
+            Some(Value::String(room)) => {
+                if !self.rooms.contains(room) {
+                    return Err(WsError::new(
+                        ErrorCode::Forbidden,
+                        format!("join room {room} before sending to it"),
+                    ));
+                }
+                (room_log(room), Topic::Room(room.clone()).to_string())
+            }
+            Some(_) => return Err(WsError::invalid("payload.roomId must be a string")),
+        };
+        let mut payload = data.clone();
+        payload["userId"] = json!(session.claims.sub);
+        payload["timestamp"] = json!(chrono::Utc::now().timestamp_millis());
+        payload["subscriberId"] = json!(subscriber.id);
+        let envelope =
+            self.state
+                .events
+                .envelope(name, &log, payload, None, Some(self.origin.to_string()));
+        let offset = self.publish(&envelope).await?;
+        Ok(json!({
+            "event": name,
+            "subscribers": processed,
+            "broadcast": {"topic": topic, "offset": offset.to_string()},
+        }))
+    }
+
+    /// Publishes `envelope`; Redis being unreachable is an `UNAVAILABLE` error.
+    async fn publish(
+        &self,
+        envelope: &petmesh_shared::event::EventEnvelope,
+    ) -> Result<Offset, WsError> {
+        self.state
+            .events
+            .publish_envelope(envelope)
+            .await
+            .map_err(|err| {
+                tracing::warn!(error = %err, event = %envelope.event, "publishing an event failed");
+                WsError::new(
+                    ErrorCode::Unavailable,
+                    "events are unavailable (Redis is unreachable)",
+                )
+            })
     }
 
     // === rooms ===

@@ -475,3 +475,249 @@ async fn a_client_that_never_reads_is_closed_while_a_normal_client_keeps_its_lat
     );
     lively.round_trip().await.unwrap();
 }
+
+/// Registers custom event `name` as admin.
+async fn register_event(cluster: &TestCluster, token: &str, name: &str, replicable: bool) -> Value {
+    let resp = cluster
+        .client(0)
+        .token(token)
+        .post(
+            "/api/v1/subscribers",
+            &json!({"eventListener": name, "replicable": replicable}),
+        )
+        .await
+        .unwrap();
+    resp.assert_status(201);
+    resp.body["subscriber"].clone()
+}
+
+#[tokio::test]
+async fn replicable_custom_events_reach_the_rooms_other_members_and_others_stay_put() {
+    let cluster = TestCluster::start(3).await;
+    let token = admin(&cluster).await.access_token;
+    let typing = register_event(&cluster, &token, "chat.typing", true).await;
+    register_event(&cluster, &token, "audit.note", false).await;
+    let alice = signed_up(&cluster.client(0), "alice").await;
+    let bob = signed_up(&cluster.client(1), "bob").await;
+    let carol = signed_up(&cluster.client(2), "carol").await;
+    let mut a = WsClient::login(&cluster.node(0).base_url(), &alice.tokens.access_token)
+        .await
+        .unwrap();
+    let mut b = WsClient::login(&cluster.node(1).base_url(), &bob.tokens.access_token)
+        .await
+        .unwrap();
+    let mut c = WsClient::login(&cluster.node(2).base_url(), &carol.tokens.access_token)
+        .await
+        .unwrap();
+    for (ws, room) in [(&mut a, "den"), (&mut b, "den"), (&mut c, "yard")] {
+        ws.request("room:join", json!({"roomId": room}))
+            .await
+            .unwrap()
+            .ok();
+    }
+
+    // Short form, as existing clients send it.
+    a.send_text(
+        json!({"event": "chat.typing", "data": {"roomId": "den", "typing": true}}).to_string(),
+    )
+    .await
+    .unwrap();
+    let emitted = a.any_response().await.unwrap();
+    let processed = &emitted.ok()["subscribers"];
+    assert_eq!(processed[0]["id"], typing["id"]);
+    assert_eq!(emitted.ok()["broadcast"]["topic"], "room:den");
+
+    let received = b
+        .event_where(|e| e["event"] == "chat.typing")
+        .await
+        .unwrap();
+    assert_eq!(received["topic"], "room:den");
+    assert_eq!(received["payload"]["typing"], true);
+    assert_eq!(received["payload"]["userId"], alice.id);
+    assert_eq!(received["payload"]["subscriberId"], typing["id"]);
+    assert!(received["payload"]["timestamp"].as_i64().is_some());
+
+    // Non-replicable: processed (the response says by whom) but never re-broadcast.
+    let note = a
+        .request("audit.note", json!({"roomId": "den", "text": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(note.ok()["subscribers"][0]["eventListener"], "audit.note");
+    assert_eq!(note.ok()["broadcast"], Value::Null);
+    a.request(
+        "room:message",
+        json!({"roomId": "den", "content": "marker"}),
+    )
+    .await
+    .unwrap()
+    .ok();
+    // Bob's next room event after the typing one is the marker: no audit.note in between.
+    let next = b
+        .event_where(|e| e["topic"] == "room:den" && e["event"] != "room:joined")
+        .await
+        .unwrap();
+    assert_eq!(next["event"], "room:message", "{next}");
+    // The sender does not get its own custom event back; Carol (another room) gets nothing.
+    let first_for_alice = a
+        .event_where(|e| e["topic"] == "room:den" && e["event"] != "room:joined")
+        .await
+        .unwrap();
+    assert_eq!(
+        first_for_alice["event"], "room:message",
+        "{first_for_alice}"
+    );
+    c.request("room:message", json!({"roomId": "yard", "content": "own"}))
+        .await
+        .unwrap()
+        .ok();
+    let first_for_carol = c
+        .event_where(|e| e["event"] != "room:joined")
+        .await
+        .unwrap();
+    assert_eq!(
+        first_for_carol["payload"]["content"], "own",
+        "{first_for_carol}"
+    );
+
+    // Unregistered names, and rooms the sender is not in, are refused.
+    let unknown = a.request("chat.unknown", json!({})).await.unwrap();
+    assert_eq!(unknown.error_code(), "UNKNOWN_ACTION");
+    let outside = a
+        .request("chat.typing", json!({"roomId": "yard"}))
+        .await
+        .unwrap();
+    assert_eq!(outside.error_code(), "FORBIDDEN");
+}
+
+#[tokio::test]
+async fn resource_actions_follow_the_rest_rules_and_answer_like_rest() {
+    let cluster = TestCluster::start(1).await;
+    let token = admin(&cluster).await.access_token;
+    let base = cluster.node(0).base_url();
+    let user = signed_up(&cluster.client(0), "shopper").await;
+    let other = signed_up(&cluster.client(0), "nosy").await;
+    let mut admin_ws = WsClient::login(&base, &token).await.unwrap();
+    let mut ws = WsClient::login(&base, &user.tokens.access_token)
+        .await
+        .unwrap();
+    let mut nosy = WsClient::login(&base, &other.tokens.access_token)
+        .await
+        .unwrap();
+
+    let pet =
+        json!({"name": "Ws Rex", "category": "dogs", "tags": ["ws"], "price": "12.50", "stock": 2});
+    assert_eq!(
+        ws.request("pets.create", pet.clone())
+            .await
+            .unwrap()
+            .error_code(),
+        "FORBIDDEN"
+    );
+    let created = admin_ws.request("pets.create", pet).await.unwrap();
+    let pet_id = created.ok()["id"].as_i64().unwrap();
+    let bad = admin_ws
+        .request(
+            "pets.create",
+            json!({"name": "", "category": "dogs", "price": "1.00", "stock": 1}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bad.error_code(), "VALIDATION_ERROR");
+
+    // Same JSON as REST.
+    let rest = cluster
+        .client(0)
+        .token(&user.tokens.access_token)
+        .get(&format!("/api/v1/pets/{pet_id}"))
+        .await
+        .unwrap();
+    let got = ws.request("pets.get", json!({"id": pet_id})).await.unwrap();
+    assert_eq!(got.ok(), &rest.body);
+    let listed = ws
+        .request(
+            "pets.list",
+            json!({"status": "available", "tag": "ws", "limit": 5}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.ok()["total"], 1);
+    assert_eq!(listed.ok()["items"][0]["id"], pet_id);
+    let bad_limit = ws.request("pets.list", json!({"limit": 0})).await.unwrap();
+    assert_eq!(bad_limit.error_code(), "VALIDATION_ERROR");
+
+    let stale = admin_ws
+        .request(
+            "pets.update",
+            json!({"id": pet_id, "version": 99, "name": "Nope"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stale.error_code(), "PRECONDITION_FAILED");
+    let renamed = admin_ws
+        .request(
+            "pets.update",
+            json!({"id": pet_id, "version": 1, "name": "Ws Max"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(renamed.ok()["name"], "Ws Max");
+
+    let order = ws
+        .request(
+            "orders.create",
+            json!({"petId": pet_id, "quantity": 1, "paymentToken": "tok_ok", "idempotencyKey": "k1"}),
+        )
+        .await
+        .unwrap();
+    let order_id = order.ok()["id"].as_i64().unwrap();
+    let replay = ws
+        .request(
+            "orders.create",
+            json!({"petId": pet_id, "quantity": 1, "paymentToken": "tok_ok", "idempotencyKey": "k1"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        replay.ok()["id"],
+        order_id,
+        "the idempotency key replays the order"
+    );
+    let hidden = nosy
+        .request("orders.get", json!({"id": order_id}))
+        .await
+        .unwrap();
+    assert_eq!(hidden.error_code(), "NOT_FOUND");
+    let theirs = nosy.request("orders.list", json!({})).await.unwrap();
+    assert_eq!(theirs.ok()["total"], 0);
+    let refused = nosy
+        .request("orders.list", json!({"userId": user.id}))
+        .await
+        .unwrap();
+    assert_eq!(refused.error_code(), "FORBIDDEN");
+    let mine = ws.request("orders.list", json!({})).await.unwrap();
+    assert_eq!(mine.ok()["total"], 1);
+    let cancelled = ws
+        .request("orders.cancel", json!({"id": order_id}))
+        .await
+        .unwrap();
+    assert_eq!(cancelled.ok()["status"], "cancelled");
+    let again = ws
+        .request("orders.cancel", json!({"id": order_id}))
+        .await
+        .unwrap();
+    assert_eq!(again.error_code(), "CONFLICT");
+    let inventory = ws.request("inventory.get", json!({})).await.unwrap();
+    assert!(inventory.ok()["available"].as_i64().unwrap() >= 1);
+    let gone = admin_ws
+        .request("pets.delete", json!({"id": pet_id}))
+        .await
+        .unwrap();
+    gone.ok();
+    assert_eq!(
+        ws.request("pets.get", json!({"id": pet_id}))
+            .await
+            .unwrap()
+            .error_code(),
+        "NOT_FOUND"
+    );
+}
