@@ -25,10 +25,7 @@ use poem::{
     web::Data,
     Request, Response,
 };
-use tokio_tungstenite::{
-    tungstenite::{handshake::derive_accept_key, protocol::Role, protocol::WebSocketConfig},
-    WebSocketStream,
-};
+use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::WebSocketConfig};
 
 use self::hub::Session;
 use crate::{error::ApiError, state::AppState};
@@ -70,21 +67,20 @@ pub async fn websocket(req: &Request, Data(state): Data<&AppState>) -> poem::Res
         .take_upgrade()
         .map_err(|_| ApiError::bad_request("the connection cannot be upgraded"))?;
     let settings = state.hub.settings();
-    // Small buffers: an idle connection should cost a few KiB, not the 128 KiB defaults.
+    // Small buffers: an idle connection should cost a few KiB, not the 128 KiB defaults (a
+    // larger frame still fits: the read buffer grows for it).
     let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(settings.max_frame_bytes.max(64 * 1024) * 4)
         .max_message_size(Some(settings.max_frame_bytes))
         .max_frame_size(Some(settings.max_frame_bytes));
-    let state = state.clone();
-    tokio::spawn(async move {
-        let Ok(upgraded) = upgrade.await else {
-            return;
-        };
-        let socket = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(config)).await;
-        connection::serve(state, socket, session).await;
+    let accepted = Box::new(connection::Accepted {
+        state: state.clone(),
+        config,
+        session,
     });
+    tokio::spawn(connection::serve(upgrade, accepted));
     Ok(Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")

@@ -61,34 +61,81 @@ pub struct Conn {
     bucket: TokenBucket,
 }
 
-/// Serves an upgraded connection until it ends.
-pub async fn serve(state: AppState, socket: Socket, session: Option<Session>) {
-    let hub = state.hub.clone();
-    let settings = hub.settings().clone();
-    let (queue, queued) = mpsc::channel(settings.send_queue);
-    let control = Arc::new(Control::default());
-    let outbox = Outbox {
-        queue,
-        control: control.clone(),
+/// Serves a connection from its upgrade until it ends.
+///
+/// The task running this lives as long as the connection, so its future is kept small: the
+/// connection's state is boxed, and so are the large futures it awaits only now and then
+/// (request handling, publishing on the way out). An idle connection costs its `Conn`, this
+/// task, the writer task, the socket's buffers and its queue (README, "Benchmarks").
+pub async fn serve(upgrade: poem::OnUpgrade, accepted: Box<Accepted>) {
+    let Ok(upgraded) = upgrade.await else {
+        return;
     };
-    let (id, origin) = hub.register(outbox.clone(), session.clone());
-    let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write(sink, queued, control.clone()));
-    let mut conn = Conn {
-        state,
-        id,
-        origin,
-        outbox,
-        session,
-        rooms: Vec::new(),
-        bucket: TokenBucket::new(settings.rate_per_minute, settings.rate_burst, hub.now_ms()),
-    };
+    let socket = WebSocketStream::from_raw_socket(
+        upgraded,
+        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        Some(accepted.config),
+    )
+    .await;
+    let (stream, mut conn, writer) = Conn::open(accepted, socket);
     let reason = conn.read(stream).await;
-    conn.leave_all_rooms().await;
-    hub.unregister(id, reason);
-    conn.outbox.close(1000, "bye");
-    drop(conn);
-    let _ = writer.await;
+    Box::pin(conn.finish(reason, writer)).await;
+}
+
+/// What the handshake decided, boxed so the connection's task stays small while it waits for
+/// the upgrade.
+pub struct Accepted {
+    /// Node state.
+    pub state: AppState,
+    /// Buffer sizes and frame limits of the socket.
+    pub config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+    /// The session, when the handshake carried a valid token.
+    pub session: Option<Session>,
+}
+
+impl Conn {
+    /// Registers the connection in the hub and starts its writer.
+    fn open(
+        accepted: Box<Accepted>,
+        socket: Socket,
+    ) -> (SplitStream<Socket>, Box<Conn>, tokio::task::JoinHandle<()>) {
+        let Accepted { state, session, .. } = *accepted;
+        let hub = state.hub.clone();
+        let settings = hub.settings();
+        let (queue, queued) = mpsc::channel(settings.send_queue);
+        let control = Arc::new(Control::default());
+        let outbox = Outbox {
+            queue,
+            control: control.clone(),
+        };
+        let (id, origin) = hub.register(outbox.clone(), session.clone());
+        let (sink, stream) = socket.split();
+        let writer = tokio::spawn(write(sink, queued, control));
+        let bucket = TokenBucket::new(settings.rate_per_minute, settings.rate_burst, hub.now_ms());
+        let conn = Box::new(Conn {
+            state,
+            id,
+            origin,
+            outbox,
+            session,
+            rooms: Vec::new(),
+            bucket,
+        });
+        (stream, conn, writer)
+    }
+
+    /// Leaves the rooms, unregisters, and lets the writer send the close frame and finish.
+    async fn finish(
+        mut self: Box<Self>,
+        reason: &'static str,
+        writer: tokio::task::JoinHandle<()>,
+    ) {
+        self.leave_all_rooms().await;
+        self.state.hub.unregister(self.id, reason);
+        self.outbox.close(1000, "bye");
+        drop(self);
+        let _ = writer.await;
+    }
 }
 
 impl Conn {
@@ -156,7 +203,10 @@ impl Conn {
             .with_label_values(&[super::actions::metric_label(&request.action)])
             .inc();
         let deadline = Duration::from_millis(self.state.hub.settings().request_timeout_ms);
-        let result = match tokio::time::timeout(deadline, self.handle(&request)).await {
+        // Boxed: the request futures (database calls) are large, and inlined they would make
+        // every idle connection's task as large as the largest of them.
+        let handling = Box::pin(self.handle(&request));
+        let result = match tokio::time::timeout(deadline, handling).await {
             Ok(result) => result,
             Err(_) => Err(WsError::new(
                 ErrorCode::Timeout,
