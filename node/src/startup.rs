@@ -22,13 +22,40 @@ use crate::{
     users,
 };
 
+/// The node's listener with `TCP_NODELAY` on every accepted connection. poem leaves Nagle's
+/// algorithm on, and with it a WebSocket that writes small frames (a response, then events)
+/// waits for the client's delayed ACK: up to 40 ms per frame on Linux.
+pub struct NoDelay(TcpAcceptor);
+
+impl Acceptor for NoDelay {
+    type Io = tokio::net::TcpStream;
+
+    fn local_addr(&self) -> Vec<poem::web::LocalAddr> {
+        self.0.local_addr()
+    }
+
+    async fn accept(
+        &mut self,
+    ) -> std::io::Result<(
+        Self::Io,
+        poem::web::LocalAddr,
+        poem::web::RemoteAddr,
+        poem::http::uri::Scheme,
+    )> {
+        let accepted = self.0.accept().await?;
+        // Best effort: a socket that refuses the option still works, only slower.
+        let _ = accepted.0.set_nodelay(true);
+        Ok(accepted)
+    }
+}
+
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// A node that is bound and ready to serve.
 pub struct Application {
     /// The bound listener (port 0 resolved).
-    acceptor: TcpAcceptor,
+    acceptor: NoDelay,
     /// The address actually bound.
     addr: SocketAddr,
     /// Shared handler state; kept to flip readiness on shutdown.
@@ -69,7 +96,7 @@ impl Application {
             .with_context(|| {
                 format!("binding {}:{}", settings.server.host, settings.server.port)
             })?;
-        let acceptor = TcpAcceptor::from_tokio(listener)?;
+        let acceptor = NoDelay(TcpAcceptor::from_tokio(listener)?);
         let addr = acceptor
             .local_addr()
             .first()

@@ -184,6 +184,32 @@ impl WsClient {
         Ok(started.elapsed())
     }
 
+    /// Keeps reading (so pings are answered, as a live but quiet client does) until `stop`
+    /// resolves; fails if the connection closes meanwhile. Events are kept.
+    pub async fn read_until(
+        &mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return Ok(()),
+                message = self.socket.next() => match message {
+                    None => bail!("connection ended"),
+                    Some(Err(err)) => bail!("connection failed: {err}"),
+                    Some(Ok(Message::Close(frame))) => bail!("closed by the server: {frame:?}"),
+                    Some(Ok(Message::Text(text))) => {
+                        let frame: Value = serde_json::from_str(&text)?;
+                        if frame["type"] == "event" {
+                            self.events.push_back(frame);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    }
+
     /// Closes from the client side.
     pub async fn close(mut self) -> anyhow::Result<()> {
         self.socket.close(None).await?;
@@ -212,4 +238,138 @@ impl WsClient {
             }
         }
     }
+}
+
+/// A WebSocket handshake done by hand over plain TCP, for tests that need a client which does
+/// not behave: it never answers pings, reads only when told to, and has a small receive buffer
+/// (4 KiB) so that not reading soon pushes back on the node.
+pub struct RawWs {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl RawWs {
+    /// Opens `/ws` on `base_url` with `token` on the handshake.
+    pub async fn connect(base_url: &str, token: &str) -> anyhow::Result<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = base_url.trim_start_matches("http://");
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(4096)?;
+        let mut stream = socket.connect(addr.parse()?).await?;
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Authorization: Bearer {token}\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut buffer = Vec::new();
+        let head_end = loop {
+            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(patience(), stream.read(&mut chunk)).await??;
+            if n == 0 {
+                bail!("connection closed during the handshake");
+            }
+            buffer.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
+        if !head.starts_with("HTTP/1.1 101") {
+            bail!("handshake refused: {head}");
+        }
+        buffer.drain(..head_end);
+        Ok(Self { stream, buffer })
+    }
+
+    /// Sends a text frame (masked, as clients must).
+    pub async fn send_text(&mut self, text: &str) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let payload = text.as_bytes();
+        let mut frame = vec![0x81];
+        match payload.len() {
+            len @ 0..=125 => frame.push(0x80 | len as u8),
+            len @ 126..=65535 => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            len => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&frame).await?;
+        Ok(())
+    }
+
+    /// Sends a request and reads until its response (a text frame with `"type":"response"`).
+    pub async fn request(&mut self, action: &str, payload: Value) -> anyhow::Result<Value> {
+        use tokio::io::AsyncReadExt;
+        let frame = json!({"type": "request", "id": "raw", "action": action, "payload": payload});
+        self.send_text(&frame.to_string()).await?;
+        loop {
+            while let Some((opcode, payload, used)) = parse_server_frame(&self.buffer) {
+                self.buffer.drain(..used);
+                if opcode == 0x1 {
+                    let frame: Value = serde_json::from_slice(&payload)?;
+                    if frame["type"] == "response" {
+                        return Ok(frame);
+                    }
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(patience(), self.stream.read(&mut chunk)).await??;
+            if n == 0 {
+                bail!("connection ended");
+            }
+            self.buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads (without ever answering a ping) until the server's close frame; returns its code
+    /// and reason.
+    pub async fn closed_after_silence(&mut self) -> anyhow::Result<(u16, String)> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            while let Some((opcode, payload, used)) = parse_server_frame(&self.buffer) {
+                self.buffer.drain(..used);
+                if opcode == 0x8 {
+                    let code = payload
+                        .get(..2)
+                        .map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
+                    let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default());
+                    return Ok((code, reason.to_string()));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(patience(), self.stream.read(&mut chunk))
+                .await
+                .context("no close frame in time")??;
+            if n == 0 {
+                bail!("connection ended without a close frame");
+            }
+            self.buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// One unmasked server frame at the start of `buffer`: opcode, payload and bytes used.
+fn parse_server_frame(buffer: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    let (&first, &second) = (buffer.first()?, buffer.get(1)?);
+    let (len, header) = match second & 0x7f {
+        126 => (
+            u16::from_be_bytes([*buffer.get(2)?, *buffer.get(3)?]) as usize,
+            4,
+        ),
+        127 => {
+            let bytes: [u8; 8] = buffer.get(2..10)?.try_into().ok()?;
+            (u64::from_be_bytes(bytes) as usize, 10)
+        }
+        short => (short as usize, 2),
+    };
+    let payload = buffer.get(header..header + len)?.to_vec();
+    Some((first & 0x0f, payload, header + len))
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use petmesh_tests::{TestCluster, WsClient};
+use petmesh_tests::{ws::RawWs, TestCluster, WsClient};
 use serde_json::{json, Value};
 
 use crate::helpers::{admin, create_pet, signed_up};
@@ -414,16 +414,22 @@ async fn a_client_that_never_reads_is_closed_while_a_normal_client_keeps_its_lat
         signed_up(&cluster.client(0), "lively").await,
         signed_up(&cluster.client(0), "talker").await,
     ];
-    let mut sleepy = WsClient::login(&base, &users[0].tokens.access_token)
+    // The sleepy client joins, then never reads again (and has a small receive buffer).
+    let mut sleepy = RawWs::connect(&base, &users[0].tokens.access_token)
         .await
         .unwrap();
+    let joined = sleepy
+        .request("room:join", json!({"roomId": "flood"}))
+        .await
+        .unwrap();
+    assert_eq!(joined["status"], "success", "{joined}");
     let mut lively = WsClient::login(&base, &users[1].tokens.access_token)
         .await
         .unwrap();
     let mut talker = WsClient::login(&base, &users[2].tokens.access_token)
         .await
         .unwrap();
-    for ws in [&mut sleepy, &mut lively, &mut talker] {
+    for ws in [&mut lively, &mut talker] {
         ws.request("room:join", json!({"roomId": "flood"}))
             .await
             .unwrap()
@@ -431,12 +437,12 @@ async fn a_client_that_never_reads_is_closed_while_a_normal_client_keeps_its_lat
     }
     let quiet_latency = lively.round_trip().await.unwrap();
 
-    // The sleepy client stops reading; 4 KB messages fill its socket buffers, then its queue.
+    // 4 KB messages fill the sleepy client's socket buffers, then its queue of 32.
     let content = "x".repeat(4000);
     let mut worst = Duration::ZERO;
     let mut sent = 0;
-    let sleepy_closed = loop {
-        for _ in 0..50 {
+    loop {
+        for _ in 0..20 {
             talker
                 .request(
                     "room:message",
@@ -457,14 +463,13 @@ async fn a_client_that_never_reads_is_closed_while_a_normal_client_keeps_its_lat
             .text
             .contains("petmesh_node_ws_slow_consumer_disconnects_total 1")
         {
-            break true;
+            break;
         }
-        assert!(sent < 20_000, "the sleepy client was never closed");
-    };
-    assert!(sleepy_closed);
+        assert!(sent < 5_000, "the sleepy client was never closed");
+    }
     // Its close frame (1013) goes out only if the socket drains in time; either way the
     // connection ends.
-    match sleepy.closed().await {
+    match sleepy.closed_after_silence().await {
         Ok((code, _)) => assert_eq!(code, 1013),
         Err(err) => assert!(err.to_string().contains("ended"), "{err}"),
     }
@@ -719,5 +724,150 @@ async fn resource_actions_follow_the_rest_rules_and_answer_like_rest() {
             .unwrap()
             .error_code(),
         "NOT_FOUND"
+    );
+}
+
+#[tokio::test]
+async fn requests_over_the_rate_limit_are_refused_and_the_connection_stays() {
+    let cluster = TestCluster::builder()
+        .nodes(1)
+        .env("PETMESH_NODE__REALTIME__RATE_BURST", "3")
+        .env("PETMESH_NODE__REALTIME__RATE_PER_MINUTE", "1")
+        .start()
+        .await;
+    let mut ws = WsClient::connect(&cluster.node(0).base_url(), None)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        ws.request("ping", json!({})).await.unwrap().ok();
+    }
+    let limited = ws.request("ping", json!({})).await.unwrap();
+    assert_eq!(limited.error_code(), "RATE_LIMITED");
+    assert_eq!(
+        limited.frame["id"], "r4",
+        "the refusal answers the request it refuses"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_and_one_that_answers_pings_is_not() {
+    let cluster = TestCluster::builder()
+        .nodes(1)
+        .env("PETMESH_NODE__REALTIME__PING_INTERVAL_SECS", "1")
+        .env("PETMESH_NODE__REALTIME__IDLE_TIMEOUT_SECS", "2")
+        .start()
+        .await;
+    let token = admin(&cluster).await.access_token;
+    let base = cluster.node(0).base_url();
+    // This client reads (so its WebSocket library answers the node's pings) but sends nothing.
+    let mut reader = WsClient::login(&base, &token).await.unwrap();
+    // This one never reads again: its pings go unanswered.
+    let mut silent = petmesh_tests::ws::RawWs::connect(&base, &token)
+        .await
+        .unwrap();
+    let silence_ended = tokio::sync::Notify::new();
+    let (closed, reading) = tokio::join!(
+        async {
+            let closed = silent.closed_after_silence().await;
+            silence_ended.notify_one();
+            closed
+        },
+        reader.read_until(silence_ended.notified())
+    );
+    let (code, reason) = closed.unwrap();
+    assert_eq!((code, reason.as_str()), (1001, "idle timeout"));
+    // The reader outlived the idle timeout too, answering pings only.
+    reading.unwrap();
+    reader.round_trip().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_node_fills_a_gap_in_a_topic_from_its_history_before_delivering_further() {
+    let cluster = TestCluster::start(1).await;
+    let token = admin(&cluster).await.access_token;
+    let mut ws = WsClient::login(&cluster.node(0).base_url(), &token)
+        .await
+        .unwrap();
+    ws.request("subscribe", json!({"topics": ["pets"]}))
+        .await
+        .unwrap()
+        .ok();
+    let admin_api = cluster.client(0).token(&token);
+    create_pet(&admin_api, "First", "1.00", 1).await;
+    ws.event_where(|e| is_pet_event(e, "pet:created", "First"))
+        .await
+        .unwrap();
+
+    // An event whose pub/sub message is lost: it gets its offset and its place in the history,
+    // but is never published.
+    let redis = redis::Client::open(cluster.redis_url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let prefix = format!("petmesh:{}:events:", cluster.cluster_name());
+    let seq: u64 = redis::cmd("HINCRBY")
+        .arg(format!("{prefix}offsets:pets"))
+        .arg("seq")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let lost = json!({"event": "pet:updated", "topic": "pets", "payload": {"name": "Lost"}, "timestamp": 1, "nodeId": "elsewhere"});
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{prefix}history:pets"))
+        .arg(format!("{seq}-0"))
+        .arg("e")
+        .arg(lost.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    create_pet(&admin_api, "Second", "1.00", 1).await;
+    let next = ws.next_event().await.unwrap();
+    assert_eq!(
+        next["payload"]["name"], "Lost",
+        "the gap is filled first: {next}"
+    );
+    assert!(next["offset"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!(":{seq}")));
+    let after = ws.next_event().await.unwrap();
+    assert!(is_pet_event(&after, "pet:created", "Second"), "{after}");
+    let metrics = cluster.client(0).get("/metrics").await.unwrap();
+    assert!(
+        metrics.text.contains("petmesh_node_ws_gap_fills_total 1"),
+        "{}",
+        metrics.text
+    );
+}
+
+#[tokio::test]
+async fn a_node_listens_in_redis_only_to_topics_its_clients_use() {
+    let cluster = TestCluster::start(1).await;
+    let token = admin(&cluster).await.access_token;
+    let redis = redis::Client::open(cluster.redis_url()).unwrap();
+    let conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let channels = |pattern: String| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("PUBSUB")
+                .arg("CHANNELS")
+                .arg(pattern)
+                .query_async::<Vec<String>>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    let events = format!("petmesh:{}:events:*", cluster.cluster_name());
+    let mut ws = WsClient::login(&cluster.node(0).base_url(), &token)
+        .await
+        .unwrap();
+    assert_eq!(channels(events.clone()).await, Vec::<String>::new());
+    ws.request("subscribe", json!({"topics": ["pets"]}))
+        .await
+        .unwrap()
+        .ok();
+    assert_eq!(
+        channels(events.clone()).await,
+        [format!("petmesh:{}:events:pets", cluster.cluster_name())]
     );
 }
