@@ -209,6 +209,22 @@ pub struct CacheSettings {
     pub pet_ttl_secs: u64,
 }
 
+impl RealtimeSettings {
+    /// Whether a WebSocket handshake from `origin` (its `Origin` header, if any) is allowed.
+    pub fn allows_origin(&self, origin: Option<&str>) -> bool {
+        let Some(origin) = origin else {
+            return true;
+        };
+        let mut allowed = self
+            .allowed_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .peekable();
+        allowed.peek().is_none() || allowed.any(|o| o.eq_ignore_ascii_case(origin))
+    }
+}
+
 /// The WebSocket endpoint (`/ws`) and the per-topic event history in Redis.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -233,6 +249,10 @@ pub struct RealtimeSettings {
     pub rate_burst: u32,
     /// Longest a request may take before it is answered with a `TIMEOUT` error.
     pub request_timeout_ms: u64,
+    /// Comma-separated browser origins allowed to open a WebSocket (`Origin` header, e.g.
+    /// `https://shop.example`); empty allows any. Requests without `Origin` (non-browser
+    /// clients) are always allowed.
+    pub allowed_origins: String,
 }
 
 // === defaults ===
@@ -348,6 +368,7 @@ impl Default for RealtimeSettings {
             rate_per_minute: 100,
             rate_burst: 20,
             request_timeout_ms: 10_000,
+            allowed_origins: String::new(),
         }
     }
 }
@@ -611,6 +632,17 @@ mod tests {
     }
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn websocket_origins_are_checked_only_when_listed() {
+        let mut realtime = RealtimeSettings::default();
+        assert!(realtime.allows_origin(Some("https://anywhere.example")));
+        realtime.allowed_origins = "https://shop.example, https://admin.example".into();
+        assert!(realtime.allows_origin(Some("https://shop.example")));
+        assert!(realtime.allows_origin(Some("https://ADMIN.example")));
+        assert!(!realtime.allows_origin(Some("https://evil.example")));
+        assert!(realtime.allows_origin(None));
+    }
 
     #[test]
     fn default_secret_is_refused_outside_development() {

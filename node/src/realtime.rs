@@ -50,6 +50,16 @@ pub async fn websocket(req: &Request, Data(state): Data<&AppState>) -> poem::Res
         return Err(ApiError::bad_request("a WebSocket handshake is a GET request").into());
     }
     let key = handshake_key(req.headers())?;
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .map(|o| o.to_str().unwrap_or("<invalid>"));
+    if !state.hub.settings().allows_origin(origin) {
+        return Err(ApiError::forbidden(
+            "this origin may not open a WebSocket (realtime.allowed_origins)",
+        )
+        .into());
+    }
     if state.is_draining() {
         return Err(ApiError::unavailable("node is shutting down; connect to another node").into());
     }
