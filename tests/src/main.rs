@@ -1,7 +1,8 @@
 //! `petmesh-dev`: private servers and a local cluster for developers and scripts.
 //!
-//! `scripts/test` runs the test suite under `petmesh-dev with-servers`, and `scripts/cluster`
-//! execs `petmesh-dev cluster`. The work is done in `petmesh_tests::dev`; this file only
+//! `scripts/test` runs the test suite under `petmesh-dev with-servers`, `scripts/cluster`
+//! execs `petmesh-dev cluster`, and `scripts/bench-realtime` drives `petmesh-dev fanout` and
+//! `petmesh-dev idle-memory`. The work is done in `petmesh_tests::dev`; this file only
 //! parses arguments and turns results into exit codes.
 
 use std::ffi::OsString;
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use petmesh_tests::dev::{self, ClusterArgs};
+use petmesh_tests::dev::{self, ClusterArgs, FanoutArgs, IdleArgs};
 
 /// Development helpers for petmesh.
 #[derive(Debug, Parser)]
@@ -31,13 +32,35 @@ enum Cmd {
     /// Run a local cluster until Ctrl-C: servers (unless DATABASE_URL and REDIS_URL are set),
     /// database `petmesh`, migrations, seed data, N nodes. Prints `ready` when it is up.
     Cluster(ClusterArgs),
+    /// Measure cross-node fan-out (petmesh or Socket.IO): subscribers spread over the nodes,
+    /// one publisher at a fixed rate; prints deliveries per second, latency percentiles,
+    /// losses and the servers' CPU time as one `result` line.
+    Fanout(FanoutArgs),
+    /// Open many idle connections to one node and print the growth of its resident memory
+    /// per connection as one `result` line.
+    IdleMemory(IdleArgs),
+}
+
+impl Cmd {
+    /// The runtime the command runs on. The load generators need every core, or they would
+    /// measure themselves; the others spawn children, and run on one thread: every child is
+    /// spawned from the thread that lives as long as the process, which is what the
+    /// parent-death signal is tied to.
+    fn runtime(&self) -> tokio::runtime::Builder {
+        match self {
+            Self::Fanout(_) | Self::IdleMemory(_) => tokio::runtime::Builder::new_multi_thread(),
+            Self::WithServers { .. } | Self::Cluster(_) => {
+                tokio::runtime::Builder::new_current_thread()
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // One thread: every child is spawned from the thread that lives as long as the process,
-    // which is what the parent-death signal is tied to.
-    let result = tokio::runtime::Builder::new_current_thread()
+    let result = cli
+        .command
+        .runtime()
         .enable_all()
         .build()
         .context("building the tokio runtime")
@@ -46,6 +69,8 @@ fn main() -> ExitCode {
                 match cli.command {
                     Cmd::WithServers { command } => dev::with_servers::run(&command).await,
                     Cmd::Cluster(args) => dev::cluster::run(args).await,
+                    Cmd::Fanout(args) => dev::fanout::run(args).await,
+                    Cmd::IdleMemory(args) => dev::fanout::run_idle(args).await,
                 }
             })
         });
