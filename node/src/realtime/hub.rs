@@ -783,15 +783,22 @@ impl Hub {
         }
         *self.inner.interest.lock().await = Some(sink);
         self.inner.connected.notify_waiters();
-        // Whatever was published while the connection was down is in the histories.
+        // Whatever was published while the connection was down is in the histories; if a
+        // history was lost meanwhile (a new epoch), all of the new one is news.
         for (name, last) in logs {
-            if let Some(last) = last {
-                match self.inner.log.current(&name).await {
-                    Ok(Some(current)) if current.epoch == last.epoch && current.seq > last.seq => {
-                        self.fill_gap(&name, &last, current.seq).await;
-                    }
-                    _ => {}
+            let Some(last) = last else { continue };
+            match self.inner.log.current(&name).await {
+                Ok(Some(current)) if current.epoch == last.epoch && current.seq > last.seq => {
+                    self.fill_gap(&name, &last, current.seq).await;
                 }
+                Ok(Some(current)) if current.epoch != last.epoch => {
+                    let start = Offset {
+                        epoch: current.epoch.clone(),
+                        seq: 0,
+                    };
+                    self.fill_gap(&name, &start, current.seq).await;
+                }
+                _ => {}
             }
         }
         let events_prefix = self.inner.keys.event_channel("");

@@ -66,6 +66,21 @@ impl RedisServer {
         })
     }
 
+    /// Kills the server (its data is lost, as in a crash without persistence) and starts a new
+    /// one on the same port, returning once it answers `PING`.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut child = spawn_redis(self.dir.path(), &self.log_path, self.port)?;
+        if let Err(e) = wait_ready(&mut child, self.port, &self.log_path).await {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        self.child = child;
+        Ok(())
+    }
+
     /// The URL clients connect with: `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
