@@ -932,3 +932,23 @@ async fn after_redis_loses_its_data_events_flow_again_in_a_new_epoch() {
         "the lost history starts a new epoch"
     );
 }
+
+#[tokio::test]
+async fn a_connection_whose_token_expires_is_told_and_closed() {
+    let cluster = TestCluster::builder()
+        .nodes(1)
+        .env("PETMESH_NODE__AUTH__ACCESS_TOKEN_TTL_SECS", "2")
+        .start()
+        .await;
+    let token = admin(&cluster).await.access_token;
+    let mut ws = WsClient::login(&cluster.node(0).base_url(), &token)
+        .await
+        .unwrap();
+    let expired = ws
+        .event_where(|e| e["event"] == "auth:expired")
+        .await
+        .unwrap();
+    assert!(expired.get("offset").is_none());
+    let (code, reason) = ws.closed().await.unwrap();
+    assert_eq!((code, reason.as_str()), (4401, "token expired"));
+}
