@@ -80,3 +80,19 @@ pub async fn create_pet(
     resp.assert_status(201);
     resp.body
 }
+
+/// `POST /api/v1/store/orders` for one unit of `pet_id` paid with `payment_token`, through
+/// `client` (whose token is the buyer's).
+pub async fn place_order(
+    client: &ApiClient,
+    pet_id: i64,
+    payment_token: &str,
+) -> petmesh_tests::TestResponse {
+    client
+        .post(
+            "/api/v1/store/orders",
+            &json!({"petId": pet_id, "quantity": 1, "paymentToken": payment_token}),
+        )
+        .await
+        .unwrap()
+}

@@ -6,7 +6,26 @@ use std::time::Duration;
 use petmesh_tests::{ws::RawWs, TestCluster, WsClient};
 use serde_json::{json, Value};
 
-use crate::helpers::{admin, create_pet, signed_up};
+use crate::helpers::{admin, create_pet, place_order, signed_up, TestUser};
+
+/// Signs up one user per name, the i-th through node i, each connected over WebSocket to the
+/// node it signed up on.
+async fn connected_users<const N: usize>(
+    cluster: &TestCluster,
+    names: [&str; N],
+) -> [(TestUser, WsClient); N] {
+    let mut users = Vec::with_capacity(N);
+    for (i, name) in names.iter().enumerate() {
+        let user = signed_up(&cluster.client(i), name).await;
+        let ws = WsClient::login(&cluster.node(i).base_url(), &user.tokens.access_token)
+            .await
+            .unwrap();
+        users.push((user, ws));
+    }
+    users
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("one user per name"))
+}
 
 /// A pet event named `event` about the pet called `name`.
 fn is_pet_event(event: &Value, name: &str, pet: &str) -> bool {
@@ -174,15 +193,12 @@ async fn order_events_reach_their_owner_and_admins_only() {
         .unwrap();
     assert_eq!(refused.error_code(), "FORBIDDEN");
 
-    let order = cluster
-        .client(1)
-        .token(&owner.tokens.access_token)
-        .post(
-            "/api/v1/store/orders",
-            &json!({"petId": pet_id, "quantity": 1, "paymentToken": "tok_ok"}),
-        )
-        .await
-        .unwrap();
+    let order = place_order(
+        &cluster.client(1).token(&owner.tokens.access_token),
+        pet_id,
+        "tok_ok",
+    )
+    .await;
     order.assert_status(201);
     let order_id = order.body["id"].clone();
 
@@ -194,15 +210,12 @@ async fn order_events_reach_their_owner_and_admins_only() {
     assert_eq!(seen_by_admin["offset"], seen_by_owner["offset"]);
 
     // The other user saw nothing of it: a change of their own arrives with nothing before it.
-    let own = cluster
-        .client(0)
-        .token(&other.tokens.access_token)
-        .post(
-            "/api/v1/store/orders",
-            &json!({"petId": pet_id, "quantity": 1, "paymentToken": "tok_ok"}),
-        )
-        .await
-        .unwrap();
+    let own = place_order(
+        &cluster.client(0).token(&other.tokens.access_token),
+        pet_id,
+        "tok_ok",
+    )
+    .await;
     own.assert_status(201);
     let first = other_ws.next_event().await.unwrap();
     assert_eq!(first["event"], "order:created");
@@ -215,18 +228,8 @@ async fn order_events_reach_their_owner_and_admins_only() {
 #[tokio::test]
 async fn room_messages_reach_members_on_every_node_and_no_one_else() {
     let cluster = TestCluster::start(3).await;
-    let alice = signed_up(&cluster.client(0), "alice").await;
-    let bob = signed_up(&cluster.client(1), "bob").await;
-    let carol = signed_up(&cluster.client(2), "carol").await;
-    let mut a = WsClient::login(&cluster.node(0).base_url(), &alice.tokens.access_token)
-        .await
-        .unwrap();
-    let mut b = WsClient::login(&cluster.node(1).base_url(), &bob.tokens.access_token)
-        .await
-        .unwrap();
-    let mut c = WsClient::login(&cluster.node(2).base_url(), &carol.tokens.access_token)
-        .await
-        .unwrap();
+    let [(alice, mut a), (bob, mut b), (_carol, mut c)] =
+        connected_users(&cluster, ["alice", "bob", "carol"]).await;
 
     a.request("room:join", json!({"roomId": "kennel"}))
         .await
@@ -502,18 +505,8 @@ async fn replicable_custom_events_reach_the_rooms_other_members_and_others_stay_
     let token = admin(&cluster).await.access_token;
     let typing = register_event(&cluster, &token, "chat.typing", true).await;
     register_event(&cluster, &token, "audit.note", false).await;
-    let alice = signed_up(&cluster.client(0), "alice").await;
-    let bob = signed_up(&cluster.client(1), "bob").await;
-    let carol = signed_up(&cluster.client(2), "carol").await;
-    let mut a = WsClient::login(&cluster.node(0).base_url(), &alice.tokens.access_token)
-        .await
-        .unwrap();
-    let mut b = WsClient::login(&cluster.node(1).base_url(), &bob.tokens.access_token)
-        .await
-        .unwrap();
-    let mut c = WsClient::login(&cluster.node(2).base_url(), &carol.tokens.access_token)
-        .await
-        .unwrap();
+    let [(alice, mut a), (_bob, mut b), (_carol, mut c)] =
+        connected_users(&cluster, ["alice", "bob", "carol"]).await;
     for (ws, room) in [(&mut a, "den"), (&mut b, "den"), (&mut c, "yard")] {
         ws.request("room:join", json!({"roomId": room}))
             .await
