@@ -347,6 +347,16 @@ impl Hub {
         audience: Audience,
         since: Option<Offset>,
     ) -> Result<Joined, WsError> {
+        // Subscribing again without `since` keeps the live subscription as it is: replacing it
+        // would drop events already published but not yet delivered.
+        if since.is_none() {
+            if let Some(offset) = self.live_offset(id, log, topic) {
+                return Ok(Joined {
+                    offset,
+                    recovery: None,
+                });
+            }
+        }
         let origin = self.listen(id, log, topic, audience).await?;
         let result = self
             .catch_up(id, outbox, log, topic, audience, &origin, since)
@@ -376,13 +386,16 @@ impl Hub {
         found
     }
 
-    /// Whether connection `id` is subscribed to `topic`.
-    pub fn is_subscribed(&self, id: ConnId, topic: &str) -> bool {
-        self.state().logs.values().any(|log| {
-            log.subscriptions
-                .iter()
-                .any(|s| s.conn == id && &*s.topic == topic)
-        })
+    /// Where connection `id`'s active subscription to `topic` on `log` stands (the last offset
+    /// delivered from the log), if it has one.
+    fn live_offset(&self, id: ConnId, log: &str, topic: &str) -> Option<Option<Offset>> {
+        let state = self.state();
+        let entry = state.logs.get(log)?;
+        entry
+            .subscriptions
+            .iter()
+            .any(|s| s.conn == id && &*s.topic == topic && s.active)
+            .then(|| entry.last.clone())
     }
 
     /// Makes sure `log` is subscribed in Redis, then adds an inactive subscription. Returns
