@@ -754,7 +754,7 @@ async fn a_silent_connection_is_closed_and_one_that_answers_pings_is_not() {
     let cluster = TestCluster::builder()
         .nodes(1)
         .env("PETMESH_NODE__REALTIME__PING_INTERVAL_SECS", "1")
-        .env("PETMESH_NODE__REALTIME__IDLE_TIMEOUT_SECS", "2")
+        .env("PETMESH_NODE__REALTIME__IDLE_TIMEOUT_SECS", "3")
         .start()
         .await;
     let token = admin(&cluster).await.access_token;
