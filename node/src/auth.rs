@@ -5,7 +5,7 @@
 //! - [`revocation`]: revoked access tokens kept in Redis until they would have expired, so a
 //!   logout on one node is honoured by every node.
 //! - [`sessions`]: login, refresh (with rotation and reuse detection), logout, logout-all; the
-//!   service code shared by REST and (later) WebSocket.
+//!   service code shared by REST and WebSocket.
 //!
 //! [`BearerAuth`] is the poem-openapi security scheme: a handler that takes it requires a valid,
 //! unrevoked access token.

@@ -1,4 +1,4 @@
-//! Pets: the catalogue model and the service functions REST (and later WebSocket) call.
+//! Pets: the catalogue model and the service functions REST and WebSocket actions call.
 //!
 //! Every write bumps the pet's `version` (its ETag), refreshes the cache after commit and
 //! publishes one event; `If-Match` makes updates conditional so two admins never silently

@@ -1,5 +1,5 @@
-//! Users: the account model and its queries, shared by the REST handlers, the bootstrap admin
-//! and (later) WebSocket actions.
+//! Users: the account model and its queries, shared by the REST handlers and the bootstrap
+//! admin.
 
 use chrono::{DateTime, Utc};
 use poem_openapi::{Enum, Object};
