@@ -173,12 +173,8 @@ impl Conn {
 
     /// Handles one text frame: rate limit, parse, dispatch with a deadline, respond.
     async fn on_text(&mut self, text: &str) {
-        let metrics = self.state.hub.metrics().clone();
         if !self.bucket.take(self.state.hub.now_ms()) {
-            metrics
-                .messages_in
-                .with_label_values(&["rate_limited"])
-                .inc();
+            self.count_in("rate_limited");
             let id = protocol::parse_request(text).map_or(Value::Null, |r| r.id);
             self.respond_error(
                 &id,
@@ -193,15 +189,12 @@ impl Conn {
         let request = match protocol::parse_request(text) {
             Ok(request) => request,
             Err((id, err)) => {
-                metrics.messages_in.with_label_values(&["invalid"]).inc();
+                self.count_in("invalid");
                 self.respond_error(&id, "", &err);
                 return;
             }
         };
-        metrics
-            .messages_in
-            .with_label_values(&[super::actions::metric_label(&request.action)])
-            .inc();
+        self.count_in(super::actions::metric_label(&request.action));
         let deadline = Duration::from_millis(self.state.hub.settings().request_timeout_ms);
         // Boxed: the request futures (database calls) are large, and inlined they would make
         // every idle connection's task as large as the largest of them.
@@ -221,6 +214,12 @@ impl Conn {
             Ok(payload) => self.respond(protocol::success(&request.id, &request.action, payload)),
             Err(err) => self.respond_error(&request.id, &request.action, &err),
         }
+    }
+
+    /// Counts one incoming request under `label` (`petmesh_node_ws_messages_in_total`).
+    fn count_in(&self, label: &str) {
+        let metrics = self.state.hub.metrics();
+        metrics.messages_in.with_label_values(&[label]).inc();
     }
 
     /// Queues a response frame.

@@ -226,6 +226,8 @@ struct Inner {
     interest: tokio::sync::Mutex<Option<PubSubSink>>,
     /// Signalled when a pub/sub connection is up (subscriptions wait for it).
     connected: Notify,
+    /// Signalled when the last connection unregisters (the drain waits for it).
+    emptied: Notify,
     client: redis::Client,
     keys: RedisKeys,
     log: EventLog,
@@ -251,6 +253,7 @@ impl Hub {
                 state: Mutex::new(State::default()),
                 interest: tokio::sync::Mutex::new(None),
                 connected: Notify::new(),
+                emptied: Notify::new(),
                 client,
                 keys,
                 log,
@@ -307,6 +310,9 @@ impl Hub {
         let mut state = self.state();
         if state.connections.remove(&id).is_none() {
             return;
+        }
+        if state.connections.is_empty() {
+            self.inner.emptied.notify_waiters();
         }
         let now = self.now_ms();
         for log in state.logs.values_mut() {
@@ -732,15 +738,19 @@ impl Hub {
 
     /// Waits until every connection has ended or `grace` has passed; returns those left.
     pub async fn wait_closed(&self, grace: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + grace;
-        loop {
-            let open = self.connection_count();
-            if open == 0 || tokio::time::Instant::now() >= deadline {
-                return open;
+        let all_closed = async {
+            loop {
+                let emptied = self.inner.emptied.notified();
+                tokio::pin!(emptied);
+                emptied.as_mut().enable();
+                if self.connection_count() == 0 {
+                    return;
+                }
+                emptied.await;
             }
-            // Connections end on their own tasks; poll their count at a short interval.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
+        let _ = tokio::time::timeout(grace, all_closed).await;
+        self.connection_count()
     }
 
     // === background work ===
