@@ -103,6 +103,14 @@ impl WsClient {
         self.response(&id).await
     }
 
+    /// Subscribes to `topics` and returns the success payload (panics on an error response).
+    pub async fn subscribe(&mut self, topics: &[&str]) -> anyhow::Result<Value> {
+        let response = self
+            .request("subscribe", json!({ "topics": topics }))
+            .await?;
+        Ok(response.ok().clone())
+    }
+
     /// Waits for the response with `id`, keeping events that arrive first.
     pub async fn response(&mut self, id: &str) -> anyhow::Result<WsResponse> {
         loop {
@@ -307,47 +315,46 @@ impl RawWs {
 
     /// Sends a request and reads until its response (a text frame with `"type":"response"`).
     pub async fn request(&mut self, action: &str, payload: Value) -> anyhow::Result<Value> {
-        use tokio::io::AsyncReadExt;
         let frame = json!({"type": "request", "id": "raw", "action": action, "payload": payload});
         self.send_text(&frame.to_string()).await?;
         loop {
-            while let Some((opcode, payload, used)) = parse_server_frame(&self.buffer) {
-                self.buffer.drain(..used);
-                if opcode == 0x1 {
-                    let frame: Value = serde_json::from_slice(&payload)?;
-                    if frame["type"] == "response" {
-                        return Ok(frame);
-                    }
+            let (opcode, payload) = self.next_frame().await?;
+            if opcode == 0x1 {
+                let frame: Value = serde_json::from_slice(&payload)?;
+                if frame["type"] == "response" {
+                    return Ok(frame);
                 }
             }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(patience(), self.stream.read(&mut chunk)).await??;
-            if n == 0 {
-                bail!("connection ended");
-            }
-            self.buffer.extend_from_slice(&chunk[..n]);
         }
     }
 
     /// Reads (without ever answering a ping) until the server's close frame; returns its code
     /// and reason.
     pub async fn closed_after_silence(&mut self) -> anyhow::Result<(u16, String)> {
+        loop {
+            let (opcode, payload) = self.next_frame().await?;
+            if opcode == 0x8 {
+                let code = payload
+                    .get(..2)
+                    .map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
+                let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default());
+                return Ok((code, reason.to_string()));
+            }
+        }
+    }
+
+    /// The next whole frame (opcode, payload), reading as needed within [`patience`].
+    async fn next_frame(&mut self) -> anyhow::Result<(u8, Vec<u8>)> {
         use tokio::io::AsyncReadExt;
         loop {
-            while let Some((opcode, payload, used)) = parse_server_frame(&self.buffer) {
+            if let Some((opcode, payload, used)) = parse_server_frame(&self.buffer) {
                 self.buffer.drain(..used);
-                if opcode == 0x8 {
-                    let code = payload
-                        .get(..2)
-                        .map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
-                    let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default());
-                    return Ok((code, reason.to_string()));
-                }
+                return Ok((opcode, payload));
             }
             let mut chunk = [0u8; 4096];
             let n = tokio::time::timeout(patience(), self.stream.read(&mut chunk))
                 .await
-                .context("no close frame in time")??;
+                .context("no frame in time")??;
             if n == 0 {
                 bail!("connection ended without a close frame");
             }

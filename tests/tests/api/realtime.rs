@@ -81,10 +81,7 @@ async fn bad_frames_get_error_responses_and_the_connection_stays_open() {
             .is_some_and(|m| !m.is_empty()));
     }
     // Still open and still authenticated.
-    ws.request("subscribe", json!({"topics": ["pets"]}))
-        .await
-        .unwrap()
-        .ok();
+    ws.subscribe(&["pets"]).await.unwrap();
 
     // A frame over realtime.max_frame_bytes (64 KiB) closes the connection with 1009.
     ws.send_text("x".repeat(70 * 1024)).await.unwrap();
@@ -111,10 +108,7 @@ async fn a_connection_that_never_authenticates_is_closed_with_4401() {
     let mut ws = WsClient::connect(&cluster.node(0).base_url(), Some(&token))
         .await
         .unwrap();
-    ws.request("subscribe", json!({"topics": ["pets"]}))
-        .await
-        .unwrap()
-        .ok();
+    ws.subscribe(&["pets"]).await.unwrap();
     let refused = WsClient::connect(&cluster.node(0).base_url(), Some("not-a-token")).await;
     let Err(refused) = refused else {
         panic!("a bad token was accepted on the handshake");
@@ -159,11 +153,7 @@ async fn order_events_reach_their_owner_and_admins_only() {
     let mut admin_ws = WsClient::login(&cluster.node(1).base_url(), &token)
         .await
         .unwrap();
-    admin_ws
-        .request("subscribe", json!({"topics": ["orders"]}))
-        .await
-        .unwrap()
-        .ok();
+    admin_ws.subscribe(&["orders"]).await.unwrap();
     let mut owner_ws = WsClient::login(&cluster.node(0).base_url(), &owner.tokens.access_token)
         .await
         .unwrap();
@@ -178,11 +168,7 @@ async fn order_events_reach_their_owner_and_admins_only() {
     let mut other_ws = WsClient::login(&cluster.node(1).base_url(), &other.tokens.access_token)
         .await
         .unwrap();
-    other_ws
-        .request("subscribe", json!({"topics": ["orders"]}))
-        .await
-        .unwrap()
-        .ok();
+    other_ws.subscribe(&["orders"]).await.unwrap();
     // Another user's topic is not theirs to read.
     let refused = other_ws
         .request(
@@ -311,10 +297,7 @@ async fn a_client_resuming_from_its_offset_gets_exactly_what_it_missed() {
     let mut ws = WsClient::login(&cluster.node(0).base_url(), &token)
         .await
         .unwrap();
-    ws.request("subscribe", json!({"topics": ["pets"]}))
-        .await
-        .unwrap()
-        .ok();
+    ws.subscribe(&["pets"]).await.unwrap();
     create_pet(&admin_api, "Before", "1.00", 1).await;
     let seen = ws
         .event_where(|e| is_pet_event(e, "pet:created", "Before"))
@@ -348,10 +331,7 @@ async fn a_client_resuming_from_its_offset_gets_exactly_what_it_missed() {
         [json!("Missed1"), json!("Missed2"), json!("Missed3")]
     );
     // Live again, with nothing repeated in between; subscribing again changes nothing.
-    ws.request("subscribe", json!({"topics": ["pets"]}))
-        .await
-        .unwrap()
-        .ok();
+    ws.subscribe(&["pets"]).await.unwrap();
     create_pet(&admin_api, "After", "1.00", 1).await;
     create_pet(&admin_api, "After2", "1.00", 1).await;
     let next = ws.next_event().await.unwrap();
@@ -788,10 +768,7 @@ async fn a_node_fills_a_gap_in_a_topic_from_its_history_before_delivering_furthe
     let mut ws = WsClient::login(&cluster.node(0).base_url(), &token)
         .await
         .unwrap();
-    ws.request("subscribe", json!({"topics": ["pets"]}))
-        .await
-        .unwrap()
-        .ok();
+    ws.subscribe(&["pets"]).await.unwrap();
     let admin_api = cluster.client(0).token(&token);
     create_pet(&admin_api, "First", "1.00", 1).await;
     ws.event_where(|e| is_pet_event(e, "pet:created", "First"))
@@ -862,10 +839,7 @@ async fn a_node_listens_in_redis_only_to_topics_its_clients_use() {
         .await
         .unwrap();
     assert_eq!(channels(events.clone()).await, Vec::<String>::new());
-    ws.request("subscribe", json!({"topics": ["pets"]}))
-        .await
-        .unwrap()
-        .ok();
+    ws.subscribe(&["pets"]).await.unwrap();
     assert_eq!(
         channels(events.clone()).await,
         [format!("petmesh:{}:events:pets", cluster.cluster_name())]
@@ -888,10 +862,7 @@ async fn after_redis_loses_its_data_events_flow_again_in_a_new_epoch() {
         .access_token;
     let admin_api = petmesh_tests::ApiClient::new(&base).token(&token);
     let mut ws = WsClient::login(&base, &token).await.unwrap();
-    ws.request("subscribe", json!({"topics": ["pets"]}))
-        .await
-        .unwrap()
-        .ok();
+    ws.subscribe(&["pets"]).await.unwrap();
     create_pet(&admin_api, "Before", "1.00", 1).await;
     let before = ws
         .event_where(|e| is_pet_event(e, "pet:created", "Before"))

@@ -40,10 +40,7 @@ async fn a_subscriber_whose_node_is_killed_resumes_through_the_balancer_missing_
         .unwrap()
         .access_token;
     let mut ws = WsClient::login(entry.base_url(), &token).await.unwrap();
-    ws.request("subscribe", json!({"topics": ["pets"]}))
-        .await
-        .unwrap()
-        .ok();
+    ws.subscribe(&["pets"]).await.unwrap();
     let victim_id = node_of(&mut ws).await;
     let victim = cluster
         .nodes()
