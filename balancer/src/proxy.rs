@@ -6,7 +6,9 @@
 //! 3. Headers are rewritten ([`http`]): hop-by-hop removed, forwarding headers added.
 //! 4. The worker's snapshot orders the candidate nodes (strategy, then eligibility).
 //! 5. Each attempt takes a pooled connection (or opens one), sends, and waits for the response
-//!    headers up to `limits.response_timeout_ms`. The outcome feeds the node's breaker.
+//!    headers up to `limits.response_timeout_ms` ([`upstream`], on this task). The outcome
+//!    feeds the node's breaker; a pooled connection the node had closed while idle is replaced
+//!    without counting against it.
 //! 6. A connect failure, or a 502/503 before anything went back to the client, is retried on
 //!    the next candidate when the request is idempotent (GET, HEAD, OPTIONS or
 //!    `Idempotency-Key`), its body can be sent again (none, or never sent), attempts remain
@@ -15,21 +17,25 @@
 //!    the body has been passed on completely.
 
 pub mod http;
+pub mod upstream;
 pub mod ws;
 
 use std::{convert::Infallible, net::SocketAddr, rc::Rc, time::Duration};
 
-use ::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use ::http::{
+    header, request::Parts, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri,
+    Version,
+};
 use http_body::Body as _;
-use hyper::{body::Incoming, client::conn::http1::SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
 use tokio::{net::TcpStream, time::Instant};
 
-use self::http::{BodyDone, NODE_HEADER};
+use self::http::NODE_HEADER;
 pub use self::http::{Client, RequestBody, ResponseBody};
+use self::upstream::{Connection, StartedBody, UpstreamBody};
 use crate::{
     backend::{NodeState, Traffic},
-    error::{ErrorKind, ProxyError},
+    error::{ErrorKind, ProxyError, Side},
     worker::{Snapshot, Worker},
 };
 
@@ -72,12 +78,7 @@ fn is_idempotent(method: &Method, headers: &HeaderMap) -> bool {
 
 /// Rewrites the request head for a node: origin-form URI, HTTP/1.1, hop-by-hop headers
 /// removed (except a kept upgrade), forwarding headers, and a `Host`.
-fn prepare_head(
-    worker: &Worker,
-    parts: &mut ::http::request::Parts,
-    client: &Client,
-    keep_upgrade: bool,
-) {
+fn prepare_head(worker: &Worker, parts: &mut Parts, client: &Client, keep_upgrade: bool) {
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         if !parts.headers.contains_key(header::HOST) {
             if let Some(authority) = parts.uri.authority() {
@@ -104,7 +105,7 @@ async fn forward(
     client: &Client,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let settings = &worker.state.settings;
-    if *worker.shutdown.borrow() {
+    if worker.is_stopping() {
         return Err(ProxyError::new(ErrorKind::ShuttingDown));
     }
     let (mut parts, body) = request.into_parts();
@@ -125,20 +126,11 @@ async fn forward(
         }
     }
 
-    let body = RequestBody::new(body, max_body);
+    // The head is only borrowed by each attempt, so a retry sends it again as it is; the body
+    // can go again when there is none or when it was never sent.
+    let mut body = RequestBody::new(body, max_body);
     let max_attempts = (settings.retry.max_attempts as usize).min(order.len());
     let idempotent = is_idempotent(&parts.method, &parts.headers);
-    // A copy of the head to rebuild the request after a 502/503, only when that retry can
-    // happen (the body has nothing in it to lose).
-    let replay =
-        (idempotent && max_attempts > 1 && matches!(body, RequestBody::Empty)).then(|| {
-            (
-                parts.method.clone(),
-                parts.uri.clone(),
-                parts.headers.clone(),
-            )
-        });
-    let mut request = Some(Request::from_parts(parts, body));
     worker
         .budget
         .borrow_mut()
@@ -152,19 +144,7 @@ async fn forward(
                 Some(Ok(_)) => true,
                 None => false,
             };
-            if !retryable || !(idempotent || request.is_some()) {
-                break;
-            }
-            if request.is_none() {
-                request = replay.as_ref().map(|(method, uri, headers)| {
-                    let mut rebuilt = Request::new(RequestBody::Empty);
-                    *rebuilt.method_mut() = method.clone();
-                    *rebuilt.uri_mut() = uri.clone();
-                    *rebuilt.headers_mut() = headers.clone();
-                    rebuilt
-                });
-            }
-            if request.is_none() {
+            if !retryable {
                 break;
             }
             if !worker
@@ -178,28 +158,20 @@ async fn forward(
             worker.state.metrics.retries.inc();
         }
         let node = &snapshot.nodes[index];
-        let req = request.take().expect("a request for every attempt");
-        match attempt_once(worker, &snapshot, index, req).await {
+        match attempt_once(worker, &snapshot, index, &parts, &mut body, idempotent).await {
             Ok(response) => {
                 let status = response.status();
                 let retry_status =
                     status == StatusCode::BAD_GATEWAY || status == StatusCode::SERVICE_UNAVAILABLE;
-                if retry_status && idempotent && replay.is_some() {
+                if retry_status && idempotent && body.is_empty() {
                     tracing::debug!(node = %node.id(), %status, "node refused, trying another");
                     last = Some(Ok(response));
                     continue;
                 }
                 return Ok(response);
             }
-            Err((err, recovered)) => {
+            Err(err) => {
                 tracing::debug!(node = %node.id(), error = %err, "attempt failed");
-                request = recovered;
-                // A request that was sent may only be sent again when it is idempotent.
-                let err = if request.is_none() && !(idempotent && replay.is_some()) {
-                    err.retryable(false)
-                } else {
-                    err
-                };
                 last = Some(Err(err));
             }
         }
@@ -207,77 +179,75 @@ async fn forward(
     last.unwrap_or_else(|| Err(ProxyError::new(ErrorKind::NoHealthyNode)))
 }
 
-/// The failure of one attempt, with the request when it was never sent.
-type AttemptError = (ProxyError, Option<Request<RequestBody>>);
-
-/// Sends `request` to node `index` once. The node's in-flight count covers the attempt until
-/// the response body is done.
+/// Sends the request to node `index` once, over a pooled connection or a new one. The node's
+/// in-flight count covers the attempt until the response body is done. A failed attempt is
+/// retryable when nothing was sent, or when the request is idempotent without a body.
 async fn attempt_once(
     worker: &Rc<Worker>,
     snapshot: &Rc<Snapshot>,
     index: usize,
-    mut request: Request<RequestBody>,
-) -> Result<Response<ResponseBody>, AttemptError> {
+    head: &Parts,
+    body: &mut RequestBody,
+    idempotent: bool,
+) -> Result<Response<ResponseBody>, ProxyError> {
     let node: &NodeState = &snapshot.nodes[index];
     let limits = &worker.state.settings.limits;
     node.stats.requests.inc();
     node.stats.in_flight.inc();
-    let mut in_flight = InFlight {
+    let in_flight = InFlight {
         snapshot: snapshot.clone(),
         index,
         worker: worker.clone(),
-        sender: None,
     };
-    // A pooled connection may have been closed by the node meanwhile; hyper hands the request
-    // back unsent in that case, and the next try opens a fresh connection.
+    let replayable = idempotent && body.is_empty();
+    let timeout = Duration::from_millis(limits.response_timeout_ms);
     let mut pooled = worker.checkout(node.key);
-    let (sender, response) = loop {
+    let (conn, response) = loop {
         let reused = pooled.is_some();
-        let mut sender = match pooled.take() {
-            Some(mut sender) => match sender.ready().await {
-                Ok(()) => sender,
-                Err(_) => continue,
-            },
-            None => match connect(
+        let mut conn = match pooled.take() {
+            Some(conn) => conn,
+            None => match connect_tcp(
                 worker,
                 node,
                 Duration::from_millis(limits.connect_timeout_ms),
             )
             .await
             {
-                Ok(sender) => sender,
+                Ok(stream) => Connection::new(stream),
                 Err(err) => {
                     node.breaker.record(false);
                     node.stats.errors.inc();
-                    return Err((err, Some(request)));
+                    return Err(err);
                 }
             },
         };
         let started = Instant::now();
-        let timeout = Duration::from_millis(limits.response_timeout_ms);
-        match tokio::time::timeout(timeout, sender.try_send_request(request)).await {
+        match tokio::time::timeout(timeout, conn.exchange(head, body)).await {
             Ok(Ok(response)) => {
                 node.stats.latency.observe(started.elapsed().as_secs_f64());
-                break (sender, response);
+                break (conn, response);
             }
-            Ok(Err(mut err)) => match err.take_message() {
-                Some(unsent) if reused => request = unsent,
-                unsent => {
+            Ok(Err(failed)) => {
+                // A pooled connection the node closed while it sat idle: says nothing about
+                // the node, and what it could not have processed goes again on a new one.
+                if reused && failed.closed_early && (!failed.sent || replayable) {
+                    continue;
+                }
+                if failed.error.side == Side::Upstream {
                     node.breaker.record(false);
                     node.stats.errors.inc();
-                    let error = ProxyError::because(ErrorKind::UpstreamFailed, err.into_error())
-                        .retryable(true);
-                    return Err((error, unsent));
                 }
-            },
+                let retryable = failed.error.side == Side::Upstream && (!failed.sent || replayable);
+                return Err(failed.error.retryable(retryable));
+            }
             Err(_) => {
                 node.breaker.record(false);
                 node.stats.errors.inc();
-                return Err((ProxyError::new(ErrorKind::ResponseTimedOut), None));
+                return Err(ProxyError::new(ErrorKind::ResponseTimedOut));
             }
         }
     };
-    let status = response.status();
+    let status = response.status;
     let failed = matches!(
         status,
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
@@ -286,12 +256,16 @@ async fn attempt_once(
     if failed {
         node.stats.errors.inc();
     }
-    let (mut parts, body) = response.into_parts();
-    http::remove_hop_by_hop(&mut parts.headers, false);
-    parts.headers.insert(NODE_HEADER, node.id_header.clone());
-    in_flight.sender = Some(sender);
-    let body = ResponseBody::upstream(body, Box::new(in_flight));
-    Ok(Response::from_parts(parts, body))
+    let body = match UpstreamBody::start(conn, &response, in_flight) {
+        StartedBody::Complete(bytes) => ResponseBody::Full(bytes),
+        StartedBody::Streaming(body) => ResponseBody::Upstream(body),
+    };
+    let mut headers = response.headers;
+    headers.insert(NODE_HEADER, node.id_header.clone());
+    let mut reply = Response::new(body);
+    *reply.status_mut() = status;
+    *reply.headers_mut() = headers;
+    Ok(reply)
 }
 
 /// Opens a TCP connection to `node`, bounded by `timeout`. A refused, unreachable or
@@ -325,37 +299,20 @@ pub(crate) async fn connect_tcp(
     Err(err)
 }
 
-/// Opens a keep-alive connection to `node`, bounded by `timeout`.
-async fn connect(
-    worker: &Worker,
-    node: &NodeState,
-    timeout: Duration,
-) -> Result<SendRequest<RequestBody>, ProxyError> {
-    let stream = connect_tcp(worker, node, timeout).await?;
-    let (sender, connection) = hyper::client::conn::http1::Builder::new()
-        .writev(false)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|err| ProxyError::because(ErrorKind::ConnectFailed, err))?;
-    tokio::task::spawn_local(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
-}
-
-/// Holds a node's in-flight count (and the connection) until the response body is done.
-struct InFlight {
+/// Holds a node's in-flight count until the response body is done, then hands the connection
+/// back to the worker's pool when it can carry another request.
+pub struct InFlight {
     snapshot: Rc<Snapshot>,
     index: usize,
     worker: Rc<Worker>,
-    sender: Option<SendRequest<RequestBody>>,
 }
 
-impl BodyDone for InFlight {
-    fn done(mut self: Box<Self>, complete: bool) {
-        if let (true, Some(sender)) = (complete, self.sender.take()) {
-            let key = self.snapshot.nodes[self.index].key;
-            self.worker.checkin(key, sender);
+impl InFlight {
+    /// The exchange is over; `reusable` is its connection when that can be pooled.
+    pub fn release(self, reusable: Option<Connection>) {
+        if let Some(conn) = reusable {
+            self.worker
+                .checkin(self.snapshot.nodes[self.index].key, conn);
         }
     }
 }

@@ -18,20 +18,22 @@
 use std::{
     cell::{Cell, RefCell},
     collections::HashMap,
+    future::Future as _,
     net::SocketAddr,
     rc::Rc,
     sync::Arc,
+    task::Poll,
     time::{Duration, Instant},
 };
 
 use http::HeaderValue;
-use hyper::{client::conn::http1::SendRequest, server::conn::http1, service::service_fn};
+use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     backend::{NodeState, Traffic},
-    proxy::{self, RequestBody},
+    proxy::{self, upstream::Connection},
     retry::RetryBudget,
     selection::{self, BackendSelection, PickContext},
     state::BalancerState,
@@ -59,7 +61,7 @@ pub struct Worker {
     /// The current snapshot; replaced, never mutated.
     snapshot: RefCell<Rc<Snapshot>>,
     /// Idle keep-alive connections per node ([`NodeState::key`]).
-    pool: RefCell<HashMap<u64, Vec<SendRequest<RequestBody>>>>,
+    pool: RefCell<HashMap<u64, Vec<Connection>>>,
     /// This worker's retry budget.
     pub budget: RefCell<RetryBudget>,
     /// Random per-worker prefix of generated request ids.
@@ -70,8 +72,12 @@ pub struct Worker {
     open: Cell<usize>,
     /// Woken whenever `open` drops to zero.
     idle: tokio::sync::Notify,
-    /// Shutdown has begun: connections finish their current request and close.
+    /// The balancer's shutdown signal (see [`Worker::is_stopping`] for the per-request check).
     pub shutdown: watch::Receiver<bool>,
+    /// Shutdown has begun on this worker: connections finish their current request and close.
+    stopping: Cell<bool>,
+    /// Wakes the client connections when `stopping` turns true.
+    stop: tokio::sync::Notify,
 }
 
 // === impl Worker ===
@@ -95,8 +101,15 @@ impl Worker {
             open: Cell::new(0),
             idle: tokio::sync::Notify::new(),
             shutdown,
+            stopping: Cell::new(false),
+            stop: tokio::sync::Notify::new(),
             state,
         }
+    }
+
+    /// Whether shutdown has begun on this worker (no new requests are taken).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.get()
     }
 
     /// The current snapshot, rebuilt first if the membership changed (one atomic load when not).
@@ -118,29 +131,28 @@ impl Worker {
         HeaderValue::from_bytes(&id).expect("hex is a valid header value")
     }
 
-    /// An idle pooled connection to node `key`, if any is still open.
-    pub fn checkout(&self, key: u64) -> Option<SendRequest<RequestBody>> {
+    /// An idle pooled connection to node `key` that can still carry a request; the most
+    /// recently used first (its socket is the likeliest to be warm and open).
+    pub fn checkout(&self, key: u64) -> Option<Connection> {
         let mut pool = self.pool.borrow_mut();
         let idle = pool.get_mut(&key)?;
-        idle.retain(|sender| !sender.is_closed());
-        // Prefer a connection whose task has already noticed the end of its last exchange:
-        // taking one that is not ready yet means yielding until it is.
-        let index = idle
-            .iter()
-            .rposition(|sender| sender.is_ready())
-            .or_else(|| idle.len().checked_sub(1))?;
-        Some(idle.swap_remove(index))
+        while let Some(mut conn) = idle.pop() {
+            if conn.is_reusable() {
+                return Some(conn);
+            }
+        }
+        None
     }
 
     /// Returns a connection whose last response was read completely.
-    pub fn checkin(&self, key: u64, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() || *self.shutdown.borrow() {
+    pub fn checkin(&self, key: u64, conn: Connection) {
+        if self.stopping.get() {
             return;
         }
         let mut pool = self.pool.borrow_mut();
         let idle = pool.entry(key).or_default();
         if idle.len() < MAX_IDLE_PER_NODE {
-            idle.push(sender);
+            idle.push(conn);
         }
     }
 
@@ -306,6 +318,8 @@ async fn serve(worker: Rc<Worker>, listener: TcpListener) {
             _ = crate::state::stopped(&mut shutdown) => break,
         }
     }
+    worker.stopping.set(true);
+    worker.stop.notify_waiters();
     drop(listener);
     worker.pool.borrow_mut().clear();
     let grace = worker.state.settings.grace_period();
@@ -341,15 +355,32 @@ async fn serve_connection<G>(
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
-    let mut shutdown = worker.shutdown.clone();
+    // The stop signal is polled alongside the connection on every wake-up, so it is a flag
+    // check: the notification only registers this task's waker, once.
+    let notified = worker.stop.notified();
+    tokio::pin!(notified);
+    let mut registered = false;
+    let stopped = std::future::poll_fn(|cx| {
+        if worker.stopping.get() {
+            return Poll::Ready(());
+        }
+        if !registered {
+            registered = true;
+            if notified.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    });
     tokio::select! {
+        biased;
         result = connection.as_mut() => {
             if let Err(err) = result {
                 tracing::debug!(error = %err, client = %peer, "client connection ended with an error");
             }
             return;
         }
-        _ = crate::state::stopped(&mut shutdown) => {}
+        () = stopped => {}
     }
     connection.as_mut().graceful_shutdown();
     let _ = connection.await;

@@ -5,6 +5,7 @@
 mod balancing;
 mod discovery;
 mod failures;
+mod forwarding;
 mod shutdown;
 mod support;
 mod websocket;

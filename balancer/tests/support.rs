@@ -23,7 +23,7 @@ use std::{
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use http::{header, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use petmesh_balancer::{Application, Settings};
@@ -226,6 +226,9 @@ async fn answer(
     if path == "/ws" {
         return websocket(control, killed, &mut request);
     }
+    if path == "/body" {
+        return body_digest(&control, request).await;
+    }
     let mode = *control.mode.lock().unwrap();
     let status = match mode {
         Mode::Ok => 200,
@@ -253,6 +256,40 @@ async fn answer(
     reply(
         &control,
         status,
+        Bytes::from(serde_json::to_vec(&echo).unwrap()),
+    )
+}
+
+/// An order-sensitive digest of `bytes` (FNV-1a), to compare bodies without echoing them.
+pub fn digest(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Answers `/body`: how the request body arrived (framing headers) and its length and digest.
+async fn body_digest(control: &Control, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let header = |name: header::HeaderName| {
+        request
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("").to_owned())
+    };
+    let content_length = header(header::CONTENT_LENGTH);
+    let transfer_encoding = header(header::TRANSFER_ENCODING);
+    let body = match request.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(err) => return reply(control, 400, Bytes::from(err.to_string())),
+    };
+    let echo = serde_json::json!({
+        "len": body.len(),
+        "digest": digest(&body),
+        "content-length": content_length,
+        "transfer-encoding": transfer_encoding,
+    });
+    reply(
+        control,
+        200,
         Bytes::from(serde_json::to_vec(&echo).unwrap()),
     )
 }
@@ -316,6 +353,170 @@ fn websocket(
 
 async fn killed_signal(killed: &mut watch::Receiver<bool>) {
     let _ = killed.wait_for(|k| *k).await;
+}
+
+// === raw backends ===
+
+/// What a [`RawBackend`] sends for one request.
+#[derive(Debug, Clone)]
+pub enum RawReply {
+    /// These bytes; the connection stays open for the next request.
+    Send(Vec<u8>),
+    /// These bytes, then the connection is closed.
+    SendAndClose(Vec<u8>),
+    /// Nothing: the connection is closed at once.
+    Close,
+}
+
+/// One request as a [`RawBackend`] read it.
+#[derive(Debug, Clone)]
+pub struct RawRequest {
+    /// Method and target, e.g. `GET /chunked`.
+    pub line: String,
+    /// The request's position on its connection (1 = first).
+    pub nth: usize,
+}
+
+/// The answer script of a [`RawBackend`].
+type Script = dyn Fn(&RawRequest) -> RawReply + Send + Sync;
+
+/// A node that writes scripted bytes, for framings and misbehaviour an HTTP library would not
+/// produce: chunked bodies with extensions and trailers, close-delimited bodies, interim
+/// responses, connections closed without an answer. `/health/ready` is always 200 (and not
+/// counted); requests are read up to the end of their head plus `Content-Length` bytes.
+pub struct RawBackend {
+    /// Its id.
+    pub id: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<RawRequest>>>,
+    closed: Arc<AtomicUsize>,
+    server: JoinHandle<()>,
+}
+
+impl RawBackend {
+    /// Starts a backend answering every request with `script`.
+    pub async fn start(
+        id: &str,
+        script: impl Fn(&RawRequest) -> RawReply + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let script: Arc<Script> = Arc::new(script);
+        let server = tokio::spawn({
+            let (seen, closed) = (seen.clone(), closed.clone());
+            async move {
+                let mut connections = tokio::task::JoinSet::new();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let (seen, closed, script) = (seen.clone(), closed.clone(), script.clone());
+                    connections.spawn(async move {
+                        if raw_connection(stream, &seen, &*script).await {
+                            closed.fetch_add(1, Ordering::SeqCst);
+                        }
+                    });
+                    while connections.try_join_next().is_some() {}
+                }
+            }
+        });
+        Self {
+            id: id.to_owned(),
+            addr,
+            seen,
+            closed,
+            server,
+        }
+    }
+
+    /// `id=addr` for `discovery.static_upstreams`.
+    pub fn upstream(&self) -> String {
+        format!("{}={}", self.id, self.addr)
+    }
+
+    /// The requests answered so far (health probes not included).
+    pub fn seen(&self) -> Vec<RawRequest> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Connections that carried counted requests (each one's first request has `nth` 1).
+    pub fn connections(&self) -> usize {
+        self.seen().iter().filter(|r| r.nth == 1).count()
+    }
+
+    /// Connections that carried counted requests and are closed now.
+    pub fn closed_connections(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Serves one connection; returns whether it carried a counted request.
+async fn raw_connection(
+    mut stream: tokio::net::TcpStream,
+    seen: &Mutex<Vec<RawRequest>>,
+    script: &Script,
+) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = Vec::new();
+    let mut nth = 0;
+    loop {
+        let head_end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return nth > 0,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let length: usize = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return nth > 0,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_end + length);
+        let line = head.lines().next().unwrap_or("");
+        let line = line.rsplit_once(' ').map_or(line, |(l, _)| l).to_owned();
+        if line.ends_with(" /health/ready") {
+            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+            let _ = stream.write_all(ok).await;
+            return nth > 0;
+        }
+        nth += 1;
+        let request = RawRequest { line, nth };
+        seen.lock().unwrap().push(request.clone());
+        match script(&request) {
+            RawReply::Send(bytes) => {
+                if stream.write_all(&bytes).await.is_err() {
+                    return true;
+                }
+            }
+            RawReply::SendAndClose(bytes) => {
+                let _ = stream.write_all(&bytes).await;
+                return true;
+            }
+            RawReply::Close => return true,
+        }
+    }
 }
 
 // === the balancer ===

@@ -8,12 +8,14 @@
 
 use std::{net::SocketAddr, rc::Rc, sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-use super::{http::NODE_HEADER, prepare_head, Client, RequestBody, ResponseBody};
+use super::{http::NODE_HEADER, prepare_head, Client, ResponseBody};
 use crate::{
     backend::{NodeState, Traffic},
     error::{ErrorKind, ProxyError},
@@ -41,7 +43,7 @@ pub async fn forward(
     mut request: Request<Incoming>,
     client: &Client,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    if *worker.shutdown.borrow() {
+    if worker.is_stopping() {
         return Err(ProxyError::new(ErrorKind::ShuttingDown));
     }
     let slot = worker
@@ -63,7 +65,7 @@ pub async fn forward(
     // Only connect failures are retried: nothing reached the node, and a handshake has no body.
     for &index in order.iter().take(max_attempts) {
         let node = snapshot.nodes[index].clone();
-        let mut upstream_request = Request::new(RequestBody::Empty);
+        let mut upstream_request = Request::new(Empty::<Bytes>::new());
         *upstream_request.method_mut() = parts.method.clone();
         *upstream_request.uri_mut() = parts.uri.clone();
         *upstream_request.headers_mut() = parts.headers.clone();
@@ -110,10 +112,7 @@ pub async fn forward(
         // The node refused the upgrade (401, 404, ...): pass its answer on.
         let (mut parts, body) = response.into_parts();
         parts.headers = headers;
-        return Ok(Response::from_parts(
-            parts,
-            ResponseBody::upstream(body, Box::new(NoOp)),
-        ));
+        return Ok(Response::from_parts(parts, ResponseBody::Incoming(body)));
     }
     Err(last)
 }
@@ -122,7 +121,7 @@ pub async fn forward(
 async fn handshake(
     worker: &Worker,
     node: &NodeState,
-    request: Request<RequestBody>,
+    request: Request<Empty<Bytes>>,
     limits: &crate::config::LimitSettings,
 ) -> Result<Response<Incoming>, ProxyError> {
     let connect = Duration::from_millis(limits.connect_timeout_ms);
@@ -222,11 +221,4 @@ where
         }
         *count += n as u64;
     }
-}
-
-/// Nothing to do when a refused handshake's body ends (its connection is not pooled).
-struct NoOp;
-
-impl super::http::BodyDone for NoOp {
-    fn done(self: Box<Self>, _complete: bool) {}
 }
