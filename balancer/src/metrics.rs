@@ -38,6 +38,8 @@ pub struct Metrics {
     pub proxy_errors: IntCounterVec,
     /// Client connections currently open.
     pub client_connections: IntGauge,
+    /// Client connections each worker serves, by worker index (see [`crate::spread`]).
+    pub worker_connections: IntGaugeVec,
     /// Client connections closed at accept because `limits.max_connections` was reached.
     pub client_connections_refused: IntCounter,
     /// 1 while the panic threshold is crossed (health ignored), else 0.
@@ -133,6 +135,14 @@ impl Metrics {
                 "Client connections open.",
             ))
             .unwrap(),
+            worker_connections: IntGaugeVec::new(
+                opts(
+                    "worker_connections",
+                    "Client connections served by each worker thread.",
+                ),
+                &["worker"],
+            )
+            .unwrap(),
             client_connections_refused: IntCounter::with_opts(opts(
                 "client_connections_refused_total",
                 "Client connections closed at accept (limits.max_connections).",
@@ -164,6 +174,7 @@ impl Metrics {
             Box::new(m.health_transitions.clone()),
             Box::new(m.proxy_errors.clone()),
             Box::new(m.client_connections.clone()),
+            Box::new(m.worker_connections.clone()),
             Box::new(m.client_connections_refused.clone()),
             Box::new(m.panic_mode.clone()),
             Box::new(m.nodes.clone()),

@@ -30,11 +30,12 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::{net::TcpStream, time::Instant};
 
-use self::http::NODE_HEADER;
 pub use self::http::{Client, RequestBody, ResponseBody};
+use self::http::{Forwarding, NODE_HEADER};
 use self::upstream::{Connection, StartedBody, UpstreamBody};
 use crate::{
     backend::{NodeState, Traffic},
+    deadline::Deadline,
     error::{ErrorKind, ProxyError, Side},
     worker::{Snapshot, Worker},
 };
@@ -46,7 +47,9 @@ pub async fn handle(
     client: Rc<Client>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let result = if ws::is_upgrade(&request) {
-        ws::forward(&worker, request, &client).await
+        // Boxed: upgrades are rare, and inline their state would make every request's future
+        // (moved into place per request) bigger.
+        Box::pin(ws::forward(&worker, request, &client)).await
     } else {
         forward(&worker, request, &client).await
     };
@@ -76,9 +79,15 @@ fn is_idempotent(method: &Method, headers: &HeaderMap) -> bool {
         || headers.contains_key("idempotency-key")
 }
 
-/// Rewrites the request head for a node: origin-form URI, HTTP/1.1, hop-by-hop headers
-/// removed (except a kept upgrade), forwarding headers, and a `Host`.
-fn prepare_head(worker: &Worker, parts: &mut Parts, client: &Client, keep_upgrade: bool) {
+/// Rewrites the request head for a node (origin-form URI, HTTP/1.1, hop-by-hop headers
+/// removed except a kept upgrade, a `Host`) and says what it must tell the node about the
+/// client.
+fn prepare_head<'c>(
+    worker: &Worker,
+    parts: &mut Parts,
+    client: &'c Client,
+    keep_upgrade: bool,
+) -> Forwarding<'c> {
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         if !parts.headers.contains_key(header::HOST) {
             if let Some(authority) = parts.uri.authority() {
@@ -96,7 +105,11 @@ fn prepare_head(worker: &Worker, parts: &mut Parts, client: &Client, keep_upgrad
     }
     parts.version = Version::HTTP_11;
     http::remove_hop_by_hop(&mut parts.headers, keep_upgrade);
-    http::add_forwarding(&mut parts.headers, client, || worker.next_request_id());
+    Forwarding {
+        client,
+        request_id: (!parts.headers.contains_key(http::REQUEST_ID))
+            .then(|| worker.next_request_id()),
+    }
 }
 
 async fn forward(
@@ -113,7 +126,7 @@ async fn forward(
     if body.size_hint().lower() > max_body {
         return Err(ProxyError::new(ErrorKind::BodyTooLarge));
     }
-    prepare_head(worker, &mut parts, client, false);
+    let forwarding = prepare_head(worker, &mut parts, client, false);
     let snapshot = worker.snapshot();
     let order = snapshot.order(&worker.state, Traffic::Http, &parts.headers, client.addr);
     let Some(&first) = order.first() else {
@@ -158,7 +171,12 @@ async fn forward(
             worker.state.metrics.retries.inc();
         }
         let node = &snapshot.nodes[index];
-        match attempt_once(worker, &snapshot, index, &parts, &mut body, idempotent).await {
+        let request = Outgoing {
+            head: &parts,
+            forwarding: &forwarding,
+            idempotent,
+        };
+        match attempt_once(worker, &snapshot, index, &request, &mut body).await {
             Ok(response) => {
                 let status = response.status();
                 let retry_status =
@@ -179,6 +197,13 @@ async fn forward(
     last.unwrap_or_else(|| Err(ProxyError::new(ErrorKind::NoHealthyNode)))
 }
 
+/// What every attempt of a request sends.
+struct Outgoing<'a> {
+    head: &'a Parts,
+    forwarding: &'a Forwarding<'a>,
+    idempotent: bool,
+}
+
 /// Sends the request to node `index` once, over a pooled connection or a new one. The node's
 /// in-flight count covers the attempt until the response body is done. A failed attempt is
 /// retryable when nothing was sent, or when the request is idempotent without a body.
@@ -186,9 +211,8 @@ async fn attempt_once(
     worker: &Rc<Worker>,
     snapshot: &Rc<Snapshot>,
     index: usize,
-    head: &Parts,
+    request: &Outgoing<'_>,
     body: &mut RequestBody,
-    idempotent: bool,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let node: &NodeState = &snapshot.nodes[index];
     let limits = &worker.state.settings.limits;
@@ -199,7 +223,7 @@ async fn attempt_once(
         index,
         worker: worker.clone(),
     };
-    let replayable = idempotent && body.is_empty();
+    let replayable = request.idempotent && body.is_empty();
     let timeout = Duration::from_millis(limits.response_timeout_ms);
     let mut pooled = worker.checkout(node.key);
     let (conn, response) = loop {
@@ -222,7 +246,8 @@ async fn attempt_once(
             },
         };
         let started = Instant::now();
-        match tokio::time::timeout(timeout, conn.exchange(head, body)).await {
+        let exchange = conn.exchange(request.head, request.forwarding, body);
+        match Deadline::after(timeout).bound(exchange).await {
             Ok(Ok(response)) => {
                 node.stats.latency.observe(started.elapsed().as_secs_f64());
                 break (conn, response);

@@ -20,6 +20,7 @@ use crate::{
     admin, background,
     config::Settings,
     discovery::{RedisDiscovery, StaticDiscovery},
+    spread::Spread,
     state::BalancerState,
     worker,
 };
@@ -131,14 +132,20 @@ impl Application {
         let (stop_tx, stop_rx) = watch::channel(false);
         let workers = self.listeners.len();
         let mut finished = Vec::with_capacity(workers);
-        for (index, listener) in self.listeners.into_iter().enumerate() {
+        let (spread, inboxes) = Spread::new(workers, &self.state.metrics);
+        for (index, (listener, inbox)) in self.listeners.into_iter().zip(inboxes).enumerate() {
             let (done_tx, done_rx) = oneshot::channel();
             let state = self.state.clone();
             let stop = stop_rx.clone();
+            let seat = worker::Seat {
+                index,
+                spread: spread.clone(),
+                inbox,
+            };
             std::thread::Builder::new()
                 .name(format!("petmesh-worker-{index}"))
                 .spawn(move || {
-                    let _ = done_tx.send(worker::run(state, listener, workers, stop));
+                    let _ = done_tx.send(worker::run(state, listener, seat, workers, stop));
                 })
                 .context("starting a worker thread")?;
             finished.push(done_rx);

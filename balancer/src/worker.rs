@@ -1,5 +1,6 @@
 //! One event loop per core: a thread with a current-thread tokio runtime, its own
-//! `SO_REUSEPORT` listener, its own snapshot of the node set and strategies, its own pool of
+//! `SO_REUSEPORT` listener (connections kept evenly spread over the workers by
+//! [`crate::spread`]), its own snapshot of the node set and strategies, its own pool of
 //! upstream connections and its own retry budget.
 //!
 //! Why: on loopback most of a proxy's CPU is kernel time and the rest is easily lost to
@@ -19,6 +20,7 @@ use std::{
     cell::{Cell, RefCell},
     collections::HashMap,
     future::Future as _,
+    hash::{BuildHasherDefault, Hasher},
     net::SocketAddr,
     rc::Rc,
     sync::Arc,
@@ -28,15 +30,20 @@ use std::{
 
 use http::HeaderValue;
 use hyper::{server::conn::http1, service::service_fn};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::watch};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+};
 
 use crate::{
     backend::{NodeState, Traffic},
+    deadline::{self, WorkerTimer},
     proxy::{self, upstream::Connection},
     retry::RetryBudget,
     selection::{self, BackendSelection, PickContext},
-    state::BalancerState,
+    spread::{Handoff, Spread},
+    state::{BalancerState, ConnectionSlot},
 };
 
 /// Idle upstream connections kept per node and worker.
@@ -61,7 +68,7 @@ pub struct Worker {
     /// The current snapshot; replaced, never mutated.
     snapshot: RefCell<Rc<Snapshot>>,
     /// Idle keep-alive connections per node ([`NodeState::key`]).
-    pool: RefCell<HashMap<u64, Vec<Connection>>>,
+    pool: RefCell<HashMap<u64, Vec<Connection>, BuildHasherDefault<KeyHasher>>>,
     /// This worker's retry budget.
     pub budget: RefCell<RetryBudget>,
     /// Random per-worker prefix of generated request ids.
@@ -94,7 +101,7 @@ impl Worker {
         let snapshot = build_snapshot(&state);
         Self {
             snapshot: RefCell::new(Rc::new(snapshot)),
-            pool: RefCell::new(HashMap::new()),
+            pool: RefCell::new(HashMap::default()),
             budget: RefCell::new(budget),
             id_prefix: rand::random(),
             id_counter: Cell::new(0),
@@ -122,13 +129,10 @@ impl Worker {
     }
 
     /// A fresh request id: per-worker random prefix plus a counter, no syscall per request.
-    pub fn next_request_id(&self) -> HeaderValue {
+    pub fn next_request_id(&self) -> RequestId {
         let n = self.id_counter.get().wrapping_add(1);
         self.id_counter.set(n);
-        let mut id = [0u8; 32];
-        hex(self.id_prefix, &mut id[..16]);
-        hex(n, &mut id[16..]);
-        HeaderValue::from_bytes(&id).expect("hex is a valid header value")
+        RequestId::new(self.id_prefix, n)
     }
 
     /// An idle pooled connection to node `key` that can still carry a request; the most
@@ -172,6 +176,28 @@ impl Worker {
     }
 }
 
+/// Hashes node keys (small distinct integers, not attacker-chosen) with one multiplication
+/// instead of SipHash: the pool is looked up twice per request.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        // Fibonacci hashing spreads sequential keys over the high bits the table probes with.
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+}
+
 /// Keeps a connection or tunnel counted as open until dropped.
 pub struct OpenGuard {
     worker: Rc<Worker>,
@@ -184,6 +210,31 @@ impl Drop for OpenGuard {
         if open == 0 {
             self.worker.idle.notify_waiters();
         }
+    }
+}
+
+/// A generated `X-Request-Id`: 32 lower-case hex digits, kept on the stack (written into the
+/// request head, or made a header value for a WebSocket handshake).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestId([u8; 32]);
+
+impl RequestId {
+    /// The id of request `counter` of the worker with id prefix `prefix`.
+    pub fn new(prefix: u64, counter: u64) -> Self {
+        let mut id = [0u8; 32];
+        hex(prefix, &mut id[..16]);
+        hex(counter, &mut id[16..]);
+        Self(id)
+    }
+
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The id as a header value.
+    pub fn to_header_value(self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.0).expect("hex is a valid header value")
     }
 }
 
@@ -256,10 +307,22 @@ impl Snapshot {
 
 // === serving ===
 
+/// Where a worker stands among the others: its index, the shared [`Spread`], and its inbox of
+/// connections handed over by other workers.
+pub struct Seat {
+    /// This worker's index.
+    pub index: usize,
+    /// Every worker's load and inbox.
+    pub spread: Arc<Spread>,
+    /// Connections other workers accepted for this one.
+    pub inbox: mpsc::UnboundedReceiver<Handoff>,
+}
+
 /// Runs one worker on the current thread until shutdown completes.
 pub fn run(
     state: Arc<BalancerState>,
     listener: std::net::TcpListener,
+    seat: Seat,
     workers: usize,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -268,24 +331,41 @@ pub fn run(
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
+        let limits = &state.settings.limits;
+        let shortest = limits
+            .header_read_timeout_ms
+            .min(limits.response_timeout_ms);
+        let tick = deadline::tick_for(Duration::from_millis(shortest));
+        tokio::task::spawn_local(deadline::run_ticker(tick));
         let listener = TcpListener::from_std(listener)?;
         let worker = Rc::new(Worker::new(state, workers, shutdown));
-        serve(worker, listener).await;
+        serve(worker, listener, seat).await;
         anyhow::Ok(())
     })
 }
 
-async fn serve(worker: Rc<Worker>, listener: TcpListener) {
+async fn serve(worker: Rc<Worker>, listener: TcpListener, mut seat: Seat) {
     let limits = &worker.state.settings.limits;
     let mut builder = http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
+        .timer(WorkerTimer)
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
         .keep_alive(true)
         .writev(false);
     let builder = Rc::new(builder);
     let mut shutdown = worker.shutdown.clone();
     let mut generation = worker.snapshot().generation;
+    let start = |stream: tokio::net::TcpStream, peer: SocketAddr, slot: ConnectionSlot| {
+        let _ = stream.set_nodelay(true);
+        let guards = (worker.track(), seat.spread.serve(seat.index), slot);
+        tokio::task::spawn_local(serve_connection(
+            worker.clone(),
+            builder.clone(),
+            stream,
+            peer,
+            guards,
+        ));
+    };
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -300,24 +380,33 @@ async fn serve(worker: Rc<Worker>, listener: TcpListener) {
                 let Some(slot) = worker.state.admit_connection() else {
                     continue;
                 };
-                let _ = stream.set_nodelay(true);
                 let snapshot = worker.snapshot();
                 if snapshot.generation != generation {
                     generation = snapshot.generation;
                     worker.prune_pool(&snapshot);
                 }
-                let guard = worker.track();
-                tokio::task::spawn_local(serve_connection(
-                    worker.clone(),
-                    builder.clone(),
-                    stream,
-                    peer,
-                    (guard, slot),
-                ));
+                let target = seat.spread.target(seat.index);
+                if target == seat.index {
+                    start(stream, peer, slot);
+                    continue;
+                }
+                let Ok(stream) = stream.into_std() else { continue };
+                if let Err(back) = seat.spread.hand_over(target, Handoff { stream, peer, slot }) {
+                    if let Ok(stream) = tokio::net::TcpStream::from_std(back.stream) {
+                        start(stream, back.peer, back.slot);
+                    }
+                }
+            }
+            Some(handoff) = seat.inbox.recv() => {
+                if let Ok(stream) = tokio::net::TcpStream::from_std(handoff.stream) {
+                    start(stream, handoff.peer, handoff.slot);
+                }
             }
             _ = crate::state::stopped(&mut shutdown) => break,
         }
     }
+    // Connections handed over but not started yet are closed with the inbox.
+    seat.inbox.close();
     worker.stopping.set(true);
     worker.stop.notify_waiters();
     drop(listener);

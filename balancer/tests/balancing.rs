@@ -135,3 +135,35 @@ async fn admin_api_lists_nodes_metrics_and_service_discovery_targets() {
         "petmesh_balancer_picks_total{node=\"n1\",strategy=\"round-robin\",traffic=\"http\"} 3"
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_opened_one_after_another_are_spread_evenly_over_the_workers() {
+    let a = MockBackend::start("a").await;
+    let mut settings = settings(&[&a]);
+    settings.workers = 4;
+    let balancer = TestBalancer::start(settings).await;
+
+    // Each client keeps its one connection open; the kernel alone would often pile several
+    // onto one worker's listener.
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let client = client();
+        let response = client.get(balancer.url("/pets")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+        clients.push(client);
+    }
+
+    let metrics = reqwest::get(format!("http://{}/metrics", balancer.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let per_worker: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.starts_with("petmesh_balancer_worker_connections{"))
+        .filter_map(|line| line.rsplit(' ').next())
+        .collect();
+    assert_eq!(per_worker, ["4", "4", "4", "4"], "{metrics}");
+}

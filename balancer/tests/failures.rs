@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::support::{client, eventually, settings, spread, MockBackend, Mode, TestBalancer};
+use crate::support::{
+    client, eventually, patience, settings, spread, MockBackend, Mode, TestBalancer,
+};
 
 /// The `/admin/nodes` row of `id`.
 async fn node_row(balancer: &TestBalancer, id: &str) -> serde_json::Value {
@@ -194,6 +196,46 @@ async fn a_slow_node_gets_504_after_the_response_timeout() {
     assert!(started.elapsed() < Duration::from_secs(4));
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["statusCode"], 504);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_too_slow_to_send_its_head_is_cut_off_after_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let a = MockBackend::start("a").await;
+    let mut settings = settings(&[&a]);
+    settings.limits.header_read_timeout_ms = 300;
+    let balancer = TestBalancer::start(settings).await;
+
+    // Half a head, then nothing: the balancer closes the connection.
+    let mut slow = tokio::net::TcpStream::connect(balancer.addr).await.unwrap();
+    slow.write_all(b"GET /pets HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(patience(), slow.read_to_end(&mut rest))
+        .await
+        .expect("the balancer closes a connection stuck in its head");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "not before the timeout"
+    );
+    assert_eq!(a.requests(), 0);
+
+    // The same goes for a kept-alive connection that sends nothing after its request.
+    let mut idle = tokio::net::TcpStream::connect(balancer.addr).await.unwrap();
+    idle.write_all(b"GET /pets HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(patience(), idle.read_to_end(&mut answer))
+        .await
+        .expect("the balancer closes an idle connection");
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200 OK"),
+        "the request itself was answered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

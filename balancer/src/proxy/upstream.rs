@@ -39,7 +39,7 @@ use tokio::{
 
 use self::chunked::{ChunkedDecoder, Decoded};
 use super::{
-    http::{is_hop_by_hop, remove_hop_by_hop, RequestBody},
+    http::{is_hop_by_hop, remove_hop_by_hop, Forwarding, RequestBody},
     InFlight,
 };
 use crate::error::{BoxError, ErrorKind, ProxyError};
@@ -144,6 +144,7 @@ impl Connection {
     pub async fn exchange(
         &mut self,
         head: &Parts,
+        forwarding: &Forwarding<'_>,
         body: &mut RequestBody,
     ) -> Result<ResponseHead, ExchangeError> {
         let streaming = matches!(body, RequestBody::Stream { .. });
@@ -160,7 +161,7 @@ impl Connection {
             None => None,
         };
         let chunked = streaming && !head.headers.contains_key(header::CONTENT_LENGTH);
-        encode_head(&mut self.write, head, chunked);
+        encode_head(&mut self.write, head, forwarding, chunked);
         let mut finished = !streaming;
         match first {
             Some(Some(data)) if data.len() <= COALESCE_BYTES => {
@@ -304,9 +305,9 @@ fn is_disconnect(err: &io::Error) -> bool {
     )
 }
 
-/// Encodes the request line and header fields into `out` (cleared first). `chunked` adds the
-/// framing of a streamed body without `Content-Length`.
-fn encode_head(out: &mut Vec<u8>, head: &Parts, chunked: bool) {
+/// Encodes the request line and header fields, with the forwarding fields, into `out`
+/// (cleared first). `chunked` adds the framing of a streamed body without `Content-Length`.
+fn encode_head(out: &mut Vec<u8>, head: &Parts, forwarding: &Forwarding<'_>, chunked: bool) {
     out.clear();
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
@@ -314,11 +315,15 @@ fn encode_head(out: &mut Vec<u8>, head: &Parts, chunked: bool) {
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &head.headers {
+        if Forwarding::replaces(name) {
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    forwarding.write(&head.headers, out);
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -791,11 +796,18 @@ mod tests {
             .unwrap();
         *request.version_mut() = http::Version::HTTP_11;
         let (parts, ()) = request.into_parts();
+        let client = super::super::Client::new(([10, 0, 0, 1], 5000).into());
+        let forwarding = Forwarding {
+            client: &client,
+            request_id: None,
+        };
         let mut out = Vec::new();
-        encode_head(&mut out, &parts, true);
+        encode_head(&mut out, &parts, &forwarding, true);
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
-            "POST /pets?x=1 HTTP/1.1\r\nhost: node\r\naccept: a\r\naccept: b\r\ntransfer-encoding: chunked\r\n\r\n"
+            "POST /pets?x=1 HTTP/1.1\r\nhost: node\r\naccept: a\r\naccept: b\r\n\
+             x-forwarded-for: 10.0.0.1\r\nforwarded: for=10.0.0.1;proto=http\r\n\
+             x-forwarded-proto: http\r\ntransfer-encoding: chunked\r\n\r\n"
         );
         encode_data(&mut out, &[b'x'; 26], true);
         assert!(out.ends_with(b"\r\n\r\n1a\r\nxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n"));

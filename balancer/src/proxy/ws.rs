@@ -52,7 +52,7 @@ pub async fn forward(
         .ok_or_else(|| ProxyError::new(ErrorKind::TooManyWebSockets))?;
     let client_upgrade = hyper::upgrade::on(&mut request);
     let (mut parts, _body) = request.into_parts();
-    prepare_head(worker, &mut parts, client, true);
+    prepare_head(worker, &mut parts, client, true).insert(&mut parts.headers);
     let snapshot = worker.snapshot();
     let order = snapshot.order(&worker.state, Traffic::Ws, &parts.headers, client.addr);
     let Some(&first) = order.first() else {
