@@ -3,9 +3,10 @@
 //! Code tour, in reading order:
 //! - [`config`]: the settings (operator manual) and their validation.
 //! - [`startup`]: [`Application`]: binds, reads the node set, runs until told to stop.
-//! - [`worker`]: one event loop per core (own listener, snapshot, upstream pool, retry budget).
-//! - [`proxy`]: the request path; [`proxy::http`] rewrites messages, [`proxy::ws`] splices
-//!   WebSockets.
+//! - [`worker`]: one event loop per core (own listener, snapshot, upstream pool, retry budget);
+//!   [`spread`] keeps client connections even over them, [`deadline`] keeps their timeouts.
+//! - [`proxy`]: the request path; [`proxy::http`] rewrites messages, [`proxy::upstream`] is the
+//!   HTTP/1.1 client to the nodes, [`proxy::ws`] splices WebSockets.
 //! - [`error`]: [`ProxyError`](error::ProxyError) and the one status mapping.
 //! - [`backend`]: nodes and the membership the workers snapshot.
 //! - [`selection`]: the strategies, one per file.

@@ -124,12 +124,7 @@ async fn admin_api_lists_nodes_metrics_and_service_discovery_targets() {
     );
     let health = balancer.admin_json("/health").await;
     assert_eq!(health["status"], "ok");
-    let metrics = reqwest::get(format!("http://{}/metrics", balancer.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = balancer.admin_text("/metrics").await;
     assert!(metrics.contains("petmesh_balancer_upstream_requests_total{node=\"n1\"} 3"));
     assert!(metrics.contains(
         "petmesh_balancer_picks_total{node=\"n1\",strategy=\"round-robin\",traffic=\"http\"} 3"
@@ -154,12 +149,7 @@ async fn connections_opened_one_after_another_are_spread_evenly_over_the_workers
         clients.push(client);
     }
 
-    let metrics = reqwest::get(format!("http://{}/metrics", balancer.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = balancer.admin_text("/metrics").await;
     let per_worker: Vec<&str> = metrics
         .lines()
         .filter(|line| line.starts_with("petmesh_balancer_worker_connections{"))

@@ -152,12 +152,7 @@ async fn the_last_known_nodes_are_kept_while_redis_is_down() {
     drop(redis);
     // Several failed resyncs later the node is still served.
     eventually("discovery failures counted", || async {
-        let metrics = reqwest::get(format!("http://{}/metrics", balancer.admin_addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = balancer.admin_text("/metrics").await;
         let failures = metrics
             .lines()
             .find_map(|l| l.strip_prefix("petmesh_balancer_discovery_failures_total "))
@@ -198,12 +193,7 @@ async fn open_websockets_survive_a_change_of_the_node_set() {
         socket.next().await.unwrap().unwrap(),
         Message::text("a: still there?")
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", balancer.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = balancer.admin_text("/metrics").await;
     assert!(
         metrics.contains("petmesh_balancer_websocket_connections{node=\"a\"} 1"),
         "the departed node's tunnel is still counted"

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use crate::support::{
-    client, eventually, patience, settings, spread, MockBackend, Mode, TestBalancer,
+    assert_proxy_error, client, eventually, patience, settings, spread, MockBackend, Mode,
+    TestBalancer,
 };
 
 /// The `/admin/nodes` row of `id`.
@@ -188,11 +189,7 @@ async fn a_slow_node_gets_504_after_the_response_timeout() {
     let started = std::time::Instant::now();
     let response = client().get(balancer.url("/pets")).send().await.unwrap();
 
-    assert_eq!(response.status(), 504);
-    assert_eq!(
-        response.headers()["x-petmesh-proxy-error"],
-        "response_timed_out"
-    );
+    assert_proxy_error(&response, 504, "response_timed_out");
     assert!(started.elapsed() < Duration::from_secs(4));
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["statusCode"], 504);
@@ -282,10 +279,6 @@ async fn a_body_over_the_limit_gets_413() {
         .await
         .unwrap();
 
-    assert_eq!(response.status(), 413);
-    assert_eq!(
-        response.headers()["x-petmesh-proxy-error"],
-        "body_too_large"
-    );
+    assert_proxy_error(&response, 413, "body_too_large");
     assert_eq!(a.requests(), 0);
 }

@@ -590,6 +590,16 @@ impl TestBalancer {
             .unwrap()
     }
 
+    /// `GET` on the admin API, as text (e.g. `/metrics`).
+    pub async fn admin_text(&self, path: &str) -> String {
+        reqwest::get(format!("http://{}{path}", self.admin_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Stops the balancer gracefully and waits until `run_until_stopped` returned.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
@@ -605,6 +615,13 @@ impl Drop for TestBalancer {
             let _ = stop.send(());
         }
     }
+}
+
+/// Asserts that `response` is one the balancer generated: `status` and
+/// `x-petmesh-proxy-error: kind`.
+pub fn assert_proxy_error(response: &reqwest::Response, status: u16, kind: &str) {
+    assert_eq!(response.status(), status);
+    assert_eq!(response.headers()["x-petmesh-proxy-error"], kind);
 }
 
 /// A client that never reuses a connection across tests and fails fast.
