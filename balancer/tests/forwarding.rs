@@ -5,8 +5,8 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::support::{
-    assert_proxy_error, client, digest, eventually, settings, MockBackend, RawBackend, RawReply,
-    TestBalancer,
+    assert_proxy_error, client, digest, eventually, patience, settings, MockBackend, RawBackend,
+    RawReply, TestBalancer,
 };
 
 /// `len` bytes of a pattern that does not repeat every 256 bytes.
@@ -70,6 +70,49 @@ async fn request_bodies_reach_the_node_whole_whatever_their_framing() {
     assert_eq!(chunked["digest"], digest(&big));
     assert_eq!(chunked["transfer-encoding"], "chunked");
     assert_eq!(chunked["content-length"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_answering_before_it_has_read_the_whole_body_is_heard_at_once() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let a = MockBackend::start("a").await;
+    let mut settings = settings(&[&a]);
+    settings.limits.response_timeout_ms = 15_000;
+    let balancer = TestBalancer::start(settings).await;
+
+    // Far more body than the sockets between balancer and node hold once the node stops
+    // reading after its first KiB. A raw client, because the answer comes while it is still
+    // sending, and HTTP clients tend to report the failed upload instead of the answer.
+    let len = 8 << 20;
+    let stream = tokio::net::TcpStream::connect(balancer.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let upload = tokio::spawn(async move {
+        let head = format!("POST /small-body HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n");
+        writer.write_all(head.as_bytes()).await?;
+        writer.write_all(&pattern(len)).await
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(patience(), async {
+        let mut chunk = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    upload.abort();
+
+    assert!(read.is_ok(), "no answer within {:?}", patience());
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(
+        answer.starts_with("http/1.1 413"),
+        "the node's answer, not a timeout: {answer}"
+    );
+    assert!(answer.contains("x-petmesh-node: a\r\n"), "{answer}");
+    assert!(!answer.contains("x-petmesh-proxy-error"), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

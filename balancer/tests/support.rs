@@ -229,6 +229,14 @@ async fn answer(
     if path == "/body" {
         return body_digest(&control, request).await;
     }
+    if path == "/small-body" {
+        // Like a node with a body limit: 413 as soon as the body passes 1 KiB, the rest unread.
+        let limited = http_body_util::Limited::new(request.into_body(), 1024);
+        return match limited.collect().await {
+            Ok(_) => reply(&control, 200, Bytes::from_static(b"{}")),
+            Err(_) => reply(&control, 413, Bytes::from_static(b"{}")),
+        };
+    }
     let mode = *control.mode.lock().unwrap();
     let status = match mode {
         Mode::Ok => 200,

@@ -13,7 +13,8 @@
 //! responses framed by `Content-Length`, the chunked coding, or the end of the connection; no
 //! body for HEAD, 204 and 304; interim 1xx responses skipped. `Connection: close`, HTTP/1.0
 //! without keep-alive, a close-delimited body or any doubt about the framing end reuse.
-//! Trailers are read and dropped.
+//! Trailers are read and dropped. While a request body streams, the socket is watched for an
+//! early answer (a node's 413 arrives before it has read the body, and it stops reading).
 //!
 //! An idle pooled connection is watched by no task. Before reuse, its socket's readiness says
 //! whether anything (a FIN, stray bytes) arrived while it was idle; tokio clears readiness after
@@ -33,7 +34,7 @@ use futures_util::FutureExt as _;
 use http::{header, request::Parts, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body::{Frame, SizeHint};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
 };
 
@@ -42,7 +43,7 @@ use super::{
     http::{is_hop_by_hop, remove_hop_by_hop, Forwarding, RequestBody},
     InFlight,
 };
-use crate::error::{BoxError, ErrorKind, ProxyError};
+use crate::error::{BoxError, ErrorKind, ProxyError, Side};
 
 /// Most header fields a node's response may have (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -163,16 +164,12 @@ impl Connection {
         let chunked = streaming && !head.headers.contains_key(header::CONTENT_LENGTH);
         encode_head(&mut self.write, head, forwarding, chunked);
         let mut finished = !streaming;
+        let mut large_first = None;
         match first {
             Some(Some(data)) if data.len() <= COALESCE_BYTES => {
                 encode_data(&mut self.write, &data, chunked);
             }
-            Some(Some(data)) => {
-                self.send_head()
-                    .await
-                    .map_err(|(err, sent)| ExchangeError::upstream(err, sent))?;
-                self.send_data(&data, chunked).await?;
-            }
+            Some(Some(data)) => large_first = Some(data),
             Some(None) => {
                 if chunked {
                     self.write.extend_from_slice(b"0\r\n\r\n");
@@ -181,19 +178,18 @@ impl Connection {
             }
             None => {}
         }
-        if !self.write.is_empty() {
-            self.send_head().await.map_err(|(err, sent)| {
-                let closed_early = !sent && is_disconnect(&err);
-                ExchangeError {
-                    closed_early,
-                    ..ExchangeError::upstream(err, sent)
-                }
-            })?;
-        }
-        if !finished {
-            self.send_body(body, chunked).await?;
-        }
-        self.read_head(head.method == Method::HEAD).await
+        self.send_head().await.map_err(|(err, sent)| {
+            let closed_early = !sent && is_disconnect(&err);
+            ExchangeError {
+                closed_early,
+                ..ExchangeError::upstream(err, sent)
+            }
+        })?;
+        let answered_early = !finished && self.send_body(large_first, body, chunked).await?;
+        let mut response = self.read_head(head.method == Method::HEAD).await?;
+        // The rest of the body is still in flight or unsent: the connection is done.
+        response.keep_alive &= !answered_early;
+        Ok(response)
     }
 
     /// Writes the buffered head (and whatever was coalesced with it); on failure, says
@@ -211,57 +207,67 @@ impl Connection {
         Ok(())
     }
 
-    /// Streams the rest of the client's body.
+    /// Streams the rest of the client's body (`first`, then what is still to come) while
+    /// watching for an answer: a node may answer (413, 401, ...) before it has read the whole
+    /// body and stop reading, and a proxy that only wrote would then wait for the response
+    /// timeout. Returns whether the node answered (or stopped taking the body) before the
+    /// body was complete.
     async fn send_body(
         &mut self,
+        first: Option<Bytes>,
         body: &mut RequestBody,
         chunked: bool,
-    ) -> Result<(), ExchangeError> {
+    ) -> Result<bool, ExchangeError> {
+        let Self {
+            stream,
+            read,
+            write: scratch,
+        } = self;
+        let (reader, mut writer) = stream.split();
+        let send = async {
+            if let Some(data) = first {
+                send_data(&mut writer, scratch, &data, chunked).await?;
+            }
+            while let Some(data) = body.next_data().await.map_err(|error| ExchangeError {
+                error,
+                sent: true,
+                closed_early: false,
+            })? {
+                send_data(&mut writer, scratch, &data, chunked).await?;
+            }
+            if chunked {
+                write_all(&mut writer, b"0\r\n\r\n").await?;
+            }
+            Ok::<(), ExchangeError>(())
+        };
+        tokio::pin!(send);
         loop {
-            match body.next_data().await {
-                Ok(Some(data)) => self.send_data(&data, chunked).await?,
-                Ok(None) => break,
-                Err(error) => {
-                    return Err(ExchangeError {
-                        error,
-                        sent: true,
-                        closed_early: false,
-                    })
+            tokio::select! {
+                sent = &mut send => return match sent {
+                    Ok(()) => Ok(false),
+                    // A node that answers early often closes at once and the write fails;
+                    // its answer may still be there to read (if not, reading says so).
+                    Err(failed) if failed.error.side == Side::Upstream => Ok(true),
+                    Err(failed) => Err(failed),
+                },
+                readable = reader.readable() => {
+                    readable.map_err(|err| ExchangeError::upstream(err, true))?;
+                    read.reserve(READ_RESERVE);
+                    match reader.try_read_buf(read) {
+                        Ok(0) => {
+                            return Err(ExchangeError::upstream(
+                                "the node closed the connection during the request body",
+                                true,
+                            ))
+                        }
+                        Ok(_) => return Ok(true),
+                        // Readiness left over from the last exchange: keep sending.
+                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(err) => return Err(ExchangeError::upstream(err, true)),
+                    }
                 }
             }
         }
-        if chunked {
-            self.write_all(b"0\r\n\r\n").await?;
-        }
-        Ok(())
-    }
-
-    /// Writes one piece of the body, framed as a chunk when `chunked`.
-    async fn send_data(&mut self, data: &Bytes, chunked: bool) -> Result<(), ExchangeError> {
-        if data.len() <= COALESCE_BYTES {
-            let mut framed = std::mem::take(&mut self.write);
-            encode_data(&mut framed, data, chunked);
-            let result = self.write_all(&framed).await;
-            framed.clear();
-            self.write = framed;
-            return result;
-        }
-        if chunked {
-            self.write_all(format!("{:x}\r\n", data.len()).as_bytes())
-                .await?;
-        }
-        self.write_all(data).await?;
-        if chunked {
-            self.write_all(b"\r\n").await?;
-        }
-        Ok(())
-    }
-
-    async fn write_all(&mut self, bytes: &[u8]) -> Result<(), ExchangeError> {
-        self.stream
-            .write_all(bytes)
-            .await
-            .map_err(|err| ExchangeError::upstream(err, true))
     }
 
     /// Reads until a final response head is complete, skipping interim (1xx) responses.
@@ -293,6 +299,40 @@ impl Connection {
             });
         }
     }
+}
+
+/// Writes one piece of the body, framed as a chunk when `chunked`; `scratch` (empty, left
+/// empty) holds small pieces with their framing so that each takes one write.
+async fn send_data(
+    writer: &mut (impl AsyncWrite + Unpin),
+    scratch: &mut Vec<u8>,
+    data: &Bytes,
+    chunked: bool,
+) -> Result<(), ExchangeError> {
+    if data.len() <= COALESCE_BYTES {
+        encode_data(scratch, data, chunked);
+        let result = write_all(writer, scratch).await;
+        scratch.clear();
+        return result;
+    }
+    if chunked {
+        write_all(writer, format!("{:x}\r\n", data.len()).as_bytes()).await?;
+    }
+    write_all(writer, data).await?;
+    if chunked {
+        write_all(writer, b"\r\n").await?;
+    }
+    Ok(())
+}
+
+async fn write_all(
+    writer: &mut (impl AsyncWrite + Unpin),
+    bytes: &[u8],
+) -> Result<(), ExchangeError> {
+    writer
+        .write_all(bytes)
+        .await
+        .map_err(|err| ExchangeError::upstream(err, true))
 }
 
 /// Whether `err` means the peer closed or reset the connection.
