@@ -70,6 +70,30 @@ async fn request_bodies_reach_the_node_whole_whatever_their_framing() {
     assert_eq!(chunked["digest"], digest(&big));
     assert_eq!(chunked["transfer-encoding"], "chunked");
     assert_eq!(chunked["content-length"], Value::Null);
+
+    // The node's `100 Continue` (its answer to `Expect`) is no reason to stop sending: an
+    // upload slow enough that the node's 100 comes in the middle of it.
+    let slow = futures_util::stream::unfold(0, |piece| async move {
+        if piece == 10 {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let bytes = Bytes::from(pattern(65_536));
+        Some((Ok::<_, std::io::Error>(bytes), piece + 1))
+    });
+    let expecting: Value = client
+        .post(balancer.url("/body"))
+        .header("expect", "100-continue")
+        .body(reqwest::Body::wrap_stream(slow))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let whole: Vec<u8> = (0..10).flat_map(|_| pattern(65_536)).collect();
+    assert_eq!(expecting["len"], whole.len());
+    assert_eq!(expecting["digest"], digest(&whole));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

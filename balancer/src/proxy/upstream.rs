@@ -14,7 +14,9 @@
 //! body for HEAD, 204 and 304; interim 1xx responses skipped. `Connection: close`, HTTP/1.0
 //! without keep-alive, a close-delimited body or any doubt about the framing end reuse.
 //! Trailers are read and dropped. While a request body streams, the socket is watched for an
-//! early answer (a node's 413 arrives before it has read the body, and it stops reading).
+//! early answer (a node's 413 arrives before it has read the body, and it stops reading); the
+//! rest of the body is then not sent, so exchanges are never full-duplex. Interim answers such
+//! as `100 Continue` (to a forwarded `Expect`) are skipped.
 //!
 //! An idle pooled connection is watched by no task. Before reuse, its socket's readiness says
 //! whether anything (a FIN, stray bytes) arrived while it was idle; tokio clears readiness after
@@ -185,10 +187,20 @@ impl Connection {
                 ..ExchangeError::upstream(err, sent)
             }
         })?;
-        let answered_early = !finished && self.send_body(large_first, body, chunked).await?;
-        let mut response = self.read_head(head.method == Method::HEAD).await?;
+        let head_request = head.method == Method::HEAD;
+        let sent = if finished {
+            BodySent::Whole
+        } else {
+            self.send_body(large_first, body, chunked, head_request)
+                .await?
+        };
+        let mut response = match sent {
+            BodySent::Whole => return self.read_head(head_request).await,
+            BodySent::Answered(response) => response,
+            BodySent::Refused => self.read_head(head_request).await?,
+        };
         // The rest of the body is still in flight or unsent: the connection is done.
-        response.keep_alive &= !answered_early;
+        response.keep_alive = false;
         Ok(response)
     }
 
@@ -210,14 +222,14 @@ impl Connection {
     /// Streams the rest of the client's body (`first`, then what is still to come) while
     /// watching for an answer: a node may answer (413, 401, ...) before it has read the whole
     /// body and stop reading, and a proxy that only wrote would then wait for the response
-    /// timeout. Returns whether the node answered (or stopped taking the body) before the
-    /// body was complete.
+    /// timeout. Interim answers (`100 Continue`) are consumed on the way.
     async fn send_body(
         &mut self,
         first: Option<Bytes>,
         body: &mut RequestBody,
         chunked: bool,
-    ) -> Result<bool, ExchangeError> {
+        head_request: bool,
+    ) -> Result<BodySent, ExchangeError> {
         let Self {
             stream,
             read,
@@ -244,10 +256,10 @@ impl Connection {
         loop {
             tokio::select! {
                 sent = &mut send => return match sent {
-                    Ok(()) => Ok(false),
+                    Ok(()) => Ok(BodySent::Whole),
                     // A node that answers early often closes at once and the write fails;
                     // its answer may still be there to read (if not, reading says so).
-                    Err(failed) if failed.error.side == Side::Upstream => Ok(true),
+                    Err(failed) if failed.error.side == Side::Upstream => Ok(BodySent::Refused),
                     Err(failed) => Err(failed),
                 },
                 readable = reader.readable() => {
@@ -260,10 +272,22 @@ impl Connection {
                                 true,
                             ))
                         }
-                        Ok(_) => return Ok(true),
                         // Readiness left over from the last exchange: keep sending.
-                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
                         Err(err) => return Err(ExchangeError::upstream(err, true)),
+                        Ok(_) => {}
+                    }
+                    // Interim answers are consumed; an incomplete head waits for more.
+                    loop {
+                        match parse_head(read, head_request) {
+                            Ok(Some(Parsed::Interim)) => continue,
+                            Ok(Some(Parsed::Final(head))) => return Ok(BodySent::Answered(head)),
+                            Ok(None) if read.len() > MAX_HEAD_BYTES => {
+                                return Err(ExchangeError::upstream("response head too large", true))
+                            }
+                            Ok(None) => break,
+                            Err(err) => return Err(ExchangeError::upstream(err, true)),
+                        }
                     }
                 }
             }
@@ -382,6 +406,16 @@ fn encode_data(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
     if chunked {
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// How far a streamed request body got.
+enum BodySent {
+    /// All of it.
+    Whole,
+    /// The node answered before it had all of it.
+    Answered(ResponseHead),
+    /// The node stopped taking it (the connection broke); it may have answered.
+    Refused,
 }
 
 /// A complete head found at the start of the read buffer.
