@@ -57,6 +57,11 @@ impl Spread {
         (Arc::new(Self { workers }), receivers)
     }
 
+    /// How many workers there are.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
     /// The worker that should serve a connection `worker` has just accepted: itself, unless
     /// another worker serves fewer (then the least loaded), so that connections opened one
     /// after another end up exactly balanced.

@@ -145,7 +145,7 @@ impl Application {
             std::thread::Builder::new()
                 .name(format!("petmesh-worker-{index}"))
                 .spawn(move || {
-                    let _ = done_tx.send(worker::run(state, listener, seat, workers, stop));
+                    let _ = done_tx.send(worker::run(state, listener, seat, stop));
                 })
                 .context("starting a worker thread")?;
             finished.push(done_rx);

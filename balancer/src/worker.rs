@@ -79,8 +79,6 @@ pub struct Worker {
     open: Cell<usize>,
     /// Woken whenever `open` drops to zero.
     idle: tokio::sync::Notify,
-    /// The balancer's shutdown signal (see [`Worker::is_stopping`] for the per-request check).
-    pub shutdown: watch::Receiver<bool>,
     /// Shutdown has begun on this worker: connections finish their current request and close.
     stopping: Cell<bool>,
     /// Wakes the client connections when `stopping` turns true.
@@ -90,8 +88,8 @@ pub struct Worker {
 // === impl Worker ===
 
 impl Worker {
-    /// A worker over `state`, stopping when `shutdown` turns true.
-    pub fn new(state: Arc<BalancerState>, workers: usize, shutdown: watch::Receiver<bool>) -> Self {
+    /// A worker over `state`, one of `workers`.
+    pub fn new(state: Arc<BalancerState>, workers: usize) -> Self {
         let retry = &state.settings.retry;
         let budget = RetryBudget::new(
             retry.budget_ratio,
@@ -107,7 +105,6 @@ impl Worker {
             id_counter: Cell::new(0),
             open: Cell::new(0),
             idle: tokio::sync::Notify::new(),
-            shutdown,
             stopping: Cell::new(false),
             stop: tokio::sync::Notify::new(),
             state,
@@ -323,7 +320,6 @@ pub fn run(
     state: Arc<BalancerState>,
     listener: std::net::TcpListener,
     seat: Seat,
-    workers: usize,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -338,13 +334,19 @@ pub fn run(
         let tick = deadline::tick_for(Duration::from_millis(shortest));
         tokio::task::spawn_local(deadline::run_ticker(tick));
         let listener = TcpListener::from_std(listener)?;
-        let worker = Rc::new(Worker::new(state, workers, shutdown));
-        serve(worker, listener, seat).await;
+        let worker = Rc::new(Worker::new(state, seat.spread.workers()));
+        serve(worker, listener, seat, shutdown).await;
         anyhow::Ok(())
     })
 }
 
-async fn serve(worker: Rc<Worker>, listener: TcpListener, mut seat: Seat) {
+/// Accepts (and takes handed-over connections) until `shutdown`, then drains.
+async fn serve(
+    worker: Rc<Worker>,
+    listener: TcpListener,
+    mut seat: Seat,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let limits = &worker.state.settings.limits;
     let mut builder = http1::Builder::new();
     builder
@@ -353,7 +355,6 @@ async fn serve(worker: Rc<Worker>, listener: TcpListener, mut seat: Seat) {
         .keep_alive(true)
         .writev(false);
     let builder = Rc::new(builder);
-    let mut shutdown = worker.shutdown.clone();
     let mut generation = worker.snapshot().generation;
     let start = |stream: tokio::net::TcpStream, peer: SocketAddr, slot: ConnectionSlot| {
         let _ = stream.set_nodelay(true);

@@ -481,10 +481,8 @@ async fn raw_connection(
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break end + 4;
             }
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return nth > 0,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            if matches!(stream.read_buf(&mut buf).await, Ok(0) | Err(_)) {
+                return nth > 0;
             }
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
@@ -495,10 +493,8 @@ async fn raw_connection(
             .and_then(|(_, v)| v.trim().parse().ok())
             .unwrap_or(0);
         while buf.len() < head_end + length {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return nth > 0,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            if matches!(stream.read_buf(&mut buf).await, Ok(0) | Err(_)) {
+                return nth > 0;
             }
         }
         buf.drain(..head_end + length);

@@ -53,9 +53,10 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// names. With `keep_upgrade` (a WebSocket handshake) `Upgrade` and `Connection: upgrade` are
 /// passed on, because the upgrade is what the next hop must see.
 ///
-/// Runs twice per proxied request, so it looks at the names present once and removes only
-/// those: most requests carry no hop-by-hop header at all, and removing an absent one still
-/// costs a hash lookup.
+/// Runs on every request (responses from nodes drop theirs while being parsed, see
+/// [`super::upstream`]), so it looks at the names present once and removes only those: most
+/// requests carry no hop-by-hop header at all, and removing an absent one still costs a hash
+/// lookup.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Headers named in `Connection` can only be present when `Connection` is.
     if !headers.keys().any(is_hop_by_hop) {

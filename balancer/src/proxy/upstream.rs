@@ -579,6 +579,12 @@ impl std::fmt::Debug for UpstreamBody {
     }
 }
 
+/// `conn` after a response that allows `keep_alive`, if it can carry another request: nothing
+/// of the node's left unread (bytes beyond the response mean the node broke the framing).
+fn reusable(conn: Connection, keep_alive: bool) -> Option<Connection> {
+    (keep_alive && conn.read.is_empty()).then_some(conn)
+}
+
 /// What a response's body is once its head has been read.
 pub enum StartedBody {
     /// Complete already: no body, or all of it came with the head.
@@ -599,8 +605,7 @@ impl UpstreamBody {
             _ => None,
         };
         if let Some(body) = complete {
-            let reusable = head.keep_alive && conn.read.is_empty();
-            in_flight.release(reusable.then_some(conn));
+            in_flight.release(reusable(conn, head.keep_alive));
             return StartedBody::Complete(body);
         }
         let state = match head.framing {
@@ -620,8 +625,7 @@ impl UpstreamBody {
     fn finish(&mut self, complete: bool) {
         let conn = self.conn.take();
         if let Some(in_flight) = self.in_flight.take() {
-            let reusable = complete && self.keep_alive;
-            in_flight.release(conn.filter(|conn| reusable && conn.read.is_empty()));
+            in_flight.release(conn.and_then(|conn| reusable(conn, complete && self.keep_alive)));
         }
     }
 

@@ -60,6 +60,32 @@ pub enum System {
     Socketio,
 }
 
+/// The system under test and how to get in (options shared by `fanout` and `idle-memory`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct Target {
+    /// The protocol the nodes speak.
+    #[arg(long, value_enum)]
+    pub system: System,
+    /// Access token (petmesh only), sent as `Authorization: Bearer` on every connection.
+    #[arg(
+        long,
+        env = "PETMESH_BENCH_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub token: String,
+}
+
+impl Target {
+    /// Refuses petmesh without a token (its connections would be closed unauthenticated).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.system == System::Petmesh && self.token.is_empty() {
+            anyhow::bail!("petmesh needs an access token (--token or PETMESH_BENCH_TOKEN)");
+        }
+        Ok(())
+    }
+}
+
 /// What a received text frame means to the load generator.
 #[derive(Debug, PartialEq, Eq)]
 enum Inbound {

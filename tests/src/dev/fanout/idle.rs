@@ -16,7 +16,7 @@ use anyhow::{bail, Context as _};
 use futures_util::{stream, StreamExt as _};
 
 use super::procfs::{rss_kib, CpuProbe};
-use super::System;
+use super::Target;
 
 /// How long the node may take to go quiet before each reading.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,23 +24,15 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Options of `petmesh-dev idle-memory`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct IdleArgs {
-    /// The protocol the node speaks.
-    #[arg(long, value_enum)]
-    pub system: System,
+    /// The system under test and its access token.
+    #[command(flatten)]
+    pub target: Target,
     /// Base URL of the node (`http://host:port`).
     #[arg(long)]
     pub url: String,
     /// Process id of that node, whose `VmRSS` is read.
     #[arg(long)]
     pub pid: u32,
-    /// Access token (petmesh only), sent as `Authorization: Bearer` on every connection.
-    #[arg(
-        long,
-        env = "PETMESH_BENCH_TOKEN",
-        default_value = "",
-        hide_env_values = true
-    )]
-    pub token: String,
     /// Connections to open (the process needs that many file descriptors: `ulimit -n`).
     #[arg(long, default_value_t = 10_000)]
     pub connections: usize,
@@ -54,16 +46,14 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<i32> {
     if args.connections == 0 || args.concurrency == 0 {
         bail!("--connections and --concurrency must be at least 1");
     }
-    if args.system == System::Petmesh && args.token.is_empty() {
-        bail!("petmesh needs an access token (--token or PETMESH_BENCH_TOKEN)");
-    }
+    args.target.check()?;
     let node = CpuProbe::new(&[args.pid], None)?;
     node.settle(SETTLE_TIMEOUT).await?;
     let before = rss_kib(args.pid)?;
 
     let started = Instant::now();
     let sockets = stream::iter(0..args.connections)
-        .map(|_| args.system.idle(&args.url, &args.token))
+        .map(|_| args.target.system.idle(&args.url, &args.target.token))
         .buffer_unordered(args.concurrency)
         .collect::<Vec<_>>()
         .await
@@ -78,13 +68,13 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<i32> {
     eprintln!(
         "idle-memory: {}: {} connections opened in {opened:.1?}; VmRSS {before} KiB -> \
          {after} KiB, {per_connection:.2} KiB per connection",
-        args.system.name(),
+        args.target.system.name(),
         sockets.len(),
     );
     println!(
         "result contender={} connections={} rss_before_kib={before} rss_after_kib={after} \
          kib_per_connection={per_connection:.2}",
-        args.system.name(),
+        args.target.system.name(),
         sockets.len(),
     );
     drop(sockets);

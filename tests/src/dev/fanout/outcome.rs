@@ -61,7 +61,7 @@ impl Outcome {
             last_error = report.last_error.or(last_error);
         }
         Self {
-            contender: args.system.name(),
+            contender: args.target.system.name(),
             subscribers: args.subscribers,
             target_per_sec: args.rate * args.subscribers as f64,
             window_secs: publisher.window.as_secs_f64(),

@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::outcome::Outcome;
 use super::procfs::{process_ticks, CpuProbe};
-use super::{now_us, Inbound, Socket, System};
+use super::{now_us, Inbound, Socket, System, Target};
 
 /// How long all subscribers together may take to connect and join.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(180);
@@ -45,21 +45,13 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Options of `petmesh-dev fanout`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct FanoutArgs {
-    /// The protocol the nodes speak.
-    #[arg(long, value_enum)]
-    pub system: System,
+    /// The system under test and its access token.
+    #[command(flatten)]
+    pub target: Target,
     /// Base URL of a node (`http://host:port`); repeat or comma-separate for several.
     /// Subscribers are spread over them round-robin; the publisher uses the first.
     #[arg(long = "url", required = true, value_delimiter = ',')]
     pub urls: Vec<String>,
-    /// Access token (petmesh only), sent as `Authorization: Bearer` on every connection.
-    #[arg(
-        long,
-        env = "PETMESH_BENCH_TOKEN",
-        default_value = "",
-        hide_env_values = true
-    )]
-    pub token: String,
     /// Subscriber connections.
     #[arg(long, default_value_t = 1000)]
     pub subscribers: usize,
@@ -128,15 +120,19 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<i32> {
     eprintln!(
         "fanout: {} {} subscribers joined in {:.1?}",
         args.subscribers,
-        args.system.name(),
+        args.target.system.name(),
         started.elapsed()
     );
     cpu.settle(SETTLE_TIMEOUT).await?;
 
-    let socket = args.system.publisher(&args.urls[0], &args.token).await?;
+    let socket = args
+        .target
+        .system
+        .publisher(&args.urls[0], &args.target.token)
+        .await?;
     let (opened, window_open) = oneshot::channel();
     let publisher = tokio::spawn(publish(
-        args.system,
+        args.target.system,
         socket,
         args.clone(),
         Arc::clone(&window),
@@ -174,9 +170,7 @@ fn validate(args: &FanoutArgs) -> anyhow::Result<()> {
     if !(args.rate > 0.0 && args.duration_secs > 0.0 && args.warmup_secs >= 0.0) {
         bail!("--rate and --duration-secs must be positive, --warmup-secs not negative");
     }
-    if args.system == System::Petmesh && args.token.is_empty() {
-        bail!("petmesh needs an access token (--token or PETMESH_BENCH_TOKEN)");
-    }
+    args.target.check()?;
     Ok(())
 }
 
@@ -192,7 +186,7 @@ async fn connect_subscribers(
     let mut tasks = Vec::with_capacity(args.subscribers);
     for i in 0..args.subscribers {
         let url = args.urls[i % args.urls.len()].clone();
-        let (system, token) = (args.system, args.token.clone());
+        let (system, token) = (args.target.system, args.target.token.clone());
         let (permits, joined) = (Arc::clone(&permits), joined.clone());
         let (window, stopped) = (Arc::clone(window), stopped.clone());
         tasks.push(tokio::spawn(async move {
