@@ -55,8 +55,6 @@ create table job
 -- The claim query: due queued jobs by priority, and expired leases.
 create index job_due_idx on job (priority desc, run_at) where status = 'queued';
 create index job_lease_idx on job (locked_until) where status = 'running';
--- Cancelling an order retires its waiting payment job.
-create index job_payment_order_idx on job ((payload ->> 'orderId')) where kind = 'payment';
 
 select trigger_updated_at('job');
 
