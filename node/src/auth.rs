@@ -83,15 +83,20 @@ impl Claims {
 #[oai(ty = "bearer", bearer_format = "JWT", checker = "check_bearer")]
 pub struct BearerAuth(pub Claims);
 
-/// Verifies signature, algorithm, issuer and expiry, then asks Redis whether the token was
-/// revoked.
 async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Claims> {
     let state = req
         .data::<AppState>()
         .expect("AppState is attached to every API route");
+    Ok(authenticate(state, &bearer.token).await?)
+}
+
+/// The claims of a valid access token: verifies signature, algorithm, issuer and expiry, then
+/// asks Redis whether the token was revoked. The one check behind REST's `BearerAuth` and the
+/// WebSocket handshake and `auth:login`.
+pub async fn authenticate(state: &AppState, token: &str) -> Result<Claims, ApiError> {
     let claims = state
         .tokens
-        .verify(&bearer.token)
+        .verify(token)
         .map_err(|reason| ApiError::unauthorized(format!("invalid access token: {reason}")))?;
     state.revocations.ensure_not_revoked(&claims).await?;
     Ok(claims)

@@ -32,11 +32,6 @@ impl Events {
         }
     }
 
-    /// The per-topic logs (for recovery reads).
-    pub fn log(&self) -> &EventLog {
-        &self.log
-    }
-
     /// Publishes `event` about `payload` on `topic`. The change is already committed, so a Redis
     /// failure cannot undo it: it is logged and counted, and the caller's response stands.
     pub async fn publish(

@@ -65,13 +65,9 @@ pub async fn websocket(req: &Request, Data(state): Data<&AppState>) -> poem::Res
     }
     let session = match token_of(req) {
         None => None,
-        Some(token) => {
-            let claims = state.tokens.verify(&token).map_err(|reason| {
-                ApiError::unauthorized(format!("invalid access token: {reason}"))
-            })?;
-            state.revocations.ensure_not_revoked(&claims).await?;
-            Some(Session { claims })
-        }
+        Some(token) => Some(Session {
+            claims: crate::auth::authenticate(state, &token).await?,
+        }),
     };
     let upgrade = req
         .take_upgrade()
@@ -167,7 +163,7 @@ mod tests {
     #[test]
     fn the_asyncapi_document_describes_every_action_and_event() {
         let names = message_names();
-        for action in actions::ACTIONS {
+        for action in actions::ACTIONS.iter().chain(resources::RESOURCE_ACTIONS) {
             assert!(
                 names.iter().any(|n| n == action),
                 "{action} is not documented"

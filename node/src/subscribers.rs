@@ -108,11 +108,7 @@ struct UpsertRow {
 /// The schema already checks length and characters for REST; this repeats them because the
 /// WebSocket layer and other callers come in without the schema.
 pub fn validate_event_listener(name: &str) -> Result<(), ApiError> {
-    let mut chars = name.chars();
-    let well_formed = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
-        && name.len() <= EVENT_LISTENER_MAX_CHARS;
-    if !well_formed {
+    if !is_well_formed_event_name(name) {
         return Err(ApiError::bad_request(format!(
             "eventListener must be 1–{EVENT_LISTENER_MAX_CHARS} characters: a letter, then \
              letters, digits, `_`, `.`, `:` or `-`"
@@ -124,6 +120,15 @@ pub fn validate_event_listener(name: &str) -> Result<(), ApiError> {
         )));
     }
     Ok(())
+}
+
+/// Whether `name` has the shape of a custom event name: a letter, then up to
+/// `EVENT_LISTENER_MAX_CHARS - 1` of `A-Z a-z 0-9 _ . : -` (reserved names not checked).
+pub fn is_well_formed_event_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && name.len() <= EVENT_LISTENER_MAX_CHARS
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
 fn validate(input: &SubscriberInput) -> Result<(), ApiError> {

@@ -112,13 +112,16 @@ pub async fn logout(state: &AppState, claims: &Claims) -> Result<(), ApiError> {
             .bind(claims.jti)
             .fetch_optional(&mut *tx)
             .await?;
-    if let Some(family_id) = family {
-        revoke_family(state, &mut tx, family_id).await?;
+    match family {
+        // The family's tokens include this one (it was found by its `access_jti`).
+        Some(family_id) => revoke_family(state, &mut tx, family_id).await?,
+        None => {
+            state
+                .revocations
+                .revoke_tokens(&[(claims.jti, claims.exp)])
+                .await?
+        }
     }
-    state
-        .revocations
-        .revoke_tokens(&[(claims.jti, claims.exp)])
-        .await?;
     tx.commit().await?;
     Ok(())
 }

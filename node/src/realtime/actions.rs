@@ -10,7 +10,7 @@ use super::{
     hub::{require_session, Joined, Session},
     protocol::{field, string_field, ErrorCode, WsError},
     resources,
-    topic::{custom_log, is_valid_event_name, room_log, Audience, Topic},
+    topic::{custom_log, room_log, Audience, Topic},
 };
 use crate::{events::log::Offset, subscribers};
 
@@ -20,7 +20,8 @@ const MAX_TOPICS: usize = 50;
 /// Longest room message.
 const MAX_MESSAGE_CHARS: usize = 4000;
 
-/// The protocol's actions (each has a metric label of its own; anything else is `other`).
+/// The protocol's own actions; with [`resources::RESOURCE_ACTIONS`] these are the actions with
+/// a metric label of their own (anything else is `other`).
 pub const ACTIONS: &[&str] = &[
     "ping",
     "auth:login",
@@ -30,22 +31,13 @@ pub const ACTIONS: &[&str] = &[
     "room:join",
     "room:leave",
     "room:message",
-    "pets.list",
-    "pets.get",
-    "pets.create",
-    "pets.update",
-    "pets.delete",
-    "orders.create",
-    "orders.get",
-    "orders.list",
-    "orders.cancel",
-    "inventory.get",
 ];
 
 /// The `type` label of a request in `petmesh_node_ws_messages_in_total` (bounded).
 pub fn metric_label(action: &str) -> &'static str {
     ACTIONS
         .iter()
+        .chain(resources::RESOURCE_ACTIONS)
         .find(|known| **known == action)
         .copied()
         .unwrap_or("other")
@@ -86,13 +78,7 @@ impl Conn {
 
     async fn login(&mut self, payload: &Value) -> Result<Value, WsError> {
         let token = string_field(payload, "token")?;
-        let claims = self.state.tokens.verify(token).map_err(|reason| {
-            WsError::new(
-                ErrorCode::Unauthorized,
-                format!("invalid access token: {reason}"),
-            )
-        })?;
-        self.state.revocations.ensure_not_revoked(&claims).await?;
+        let claims = crate::auth::authenticate(&self.state, token).await?;
         if let Some(current) = &self.session {
             if current.claims.sub != claims.sub {
                 return Err(WsError::new(
@@ -193,7 +179,7 @@ impl Conn {
                 ),
             )
         };
-        if !is_valid_event_name(name) {
+        if !crate::subscribers::is_well_formed_event_name(name) {
             return Err(unknown());
         }
         let session = self.session()?.clone();
@@ -363,17 +349,7 @@ impl Conn {
             .state
             .events
             .envelope(event, &room_log(room), data, None, None);
-        self.state
-            .events
-            .publish_envelope(&envelope)
-            .await
-            .map_err(|err| {
-                tracing::warn!(error = %err, room, event, "publishing a room event failed");
-                WsError::new(
-                    ErrorCode::Unavailable,
-                    "events are unavailable (Redis is unreachable)",
-                )
-            })
+        self.publish(&envelope).await
     }
 
     /// Leaves every room (the connection is ending), telling the other members.

@@ -23,7 +23,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, OnceLock,
     },
     time::Duration,
 };
@@ -71,8 +71,8 @@ pub enum Outbound {
 /// Shared between a connection's tasks and the hub: how to stop it and when it was last heard.
 #[derive(Debug, Default)]
 pub struct Control {
-    closed: AtomicBool,
-    close_frame: Mutex<Option<(u16, &'static str)>>,
+    /// Set once by [`Control::force_close`]: the connection is closing, with this frame.
+    close_frame: OnceLock<(u16, &'static str)>,
     notify: Notify,
     last_seen_ms: AtomicU64,
     ping_sent: AtomicBool,
@@ -82,18 +82,18 @@ impl Control {
     /// Stops the connection at once (whatever is queued is dropped) with a close frame
     /// `code`/`reason` if the socket still takes one. The first reason wins.
     pub fn force_close(&self, code: u16, reason: &'static str) {
-        let mut frame = self.close_frame.lock().expect("close frame lock");
-        if frame.is_none() {
-            *frame = Some((code, reason));
-        }
-        drop(frame);
-        self.closed.store(true, Ordering::SeqCst);
+        let _ = self.close_frame.set((code, reason));
         self.notify.notify_waiters();
     }
 
     /// The close frame to send after [`Control::force_close`].
     pub fn close_frame(&self) -> Option<(u16, &'static str)> {
-        *self.close_frame.lock().expect("close frame lock")
+        self.close_frame.get().copied()
+    }
+
+    /// Whether the connection is being force-closed.
+    pub fn is_closing(&self) -> bool {
+        self.close_frame.get().is_some()
     }
 
     /// Resolves once the connection is being force-closed.
@@ -102,7 +102,7 @@ impl Control {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.closed.load(Ordering::SeqCst) {
+            if self.is_closing() {
                 return;
             }
             notified.await;
@@ -132,7 +132,7 @@ impl Outbox {
         match self.queue.try_send(frame) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.control.closed.load(Ordering::SeqCst) {
+                if !self.control.is_closing() {
                     metrics.slow_consumers.inc();
                 }
                 self.control.force_close(1013, "slow consumer");

@@ -35,21 +35,23 @@ use crate::{
     state::AppState,
 };
 
+/// The resource actions, each answered by [`run`].
+pub const RESOURCE_ACTIONS: &[&str] = &[
+    "pets.list",
+    "pets.get",
+    "pets.create",
+    "pets.update",
+    "pets.delete",
+    "orders.create",
+    "orders.get",
+    "orders.list",
+    "orders.cancel",
+    "inventory.get",
+];
+
 /// Whether `action` is one of the resource actions.
 pub fn is_resource_action(action: &str) -> bool {
-    matches!(
-        action,
-        "pets.list"
-            | "pets.get"
-            | "pets.create"
-            | "pets.update"
-            | "pets.delete"
-            | "orders.create"
-            | "orders.get"
-            | "orders.list"
-            | "orders.cancel"
-            | "inventory.get"
-    )
+    RESOURCE_ACTIONS.contains(&action)
 }
 
 /// Runs resource action `action` for `claims`.

@@ -60,15 +60,6 @@ pub fn is_valid_room_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-/// Whether `name` can be a custom event name: a letter, then up to 99 of
-/// `A-Z a-z 0-9 _ . : -`.
-pub fn is_valid_event_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
-        && name.len() <= 100
-        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
-}
-
 impl Topic {
     /// Parses a topic name.
     pub fn parse(name: &str) -> Result<Self, WsError> {
@@ -91,7 +82,7 @@ impl Topic {
             }
             return Ok(Topic::Room(id.to_owned()));
         }
-        if is_valid_event_name(name) {
+        if crate::subscribers::is_well_formed_event_name(name) {
             return Ok(Topic::Custom(name.to_owned()));
         }
         Err(WsError::invalid(format!(
