@@ -26,9 +26,13 @@ use crate::{
 /// Reads the whole node set once and applies it; failures keep the last known set.
 pub async fn refresh<D: ServiceDiscovery>(state: &BalancerState, discovery: &D) {
     match discovery.discover().await {
-        Ok(found) => apply(state, found).await,
+        Ok(found) => {
+            state.metrics.discovery_up.set(1);
+            apply(state, found).await
+        }
         Err(err) => {
             state.metrics.discovery_failures.inc();
+            state.metrics.discovery_up.set(0);
             tracing::warn!(
                 error = format!("{err:#}"),
                 "discovery failed; keeping the last known nodes"
@@ -60,6 +64,7 @@ pub async fn run_discovery<D: ServiceDiscovery>(
                 Some(event) => apply_event(&state, event).await,
                 None => {
                     state.metrics.discovery_failures.inc();
+                    state.metrics.discovery_up.set(0);
                     tracing::warn!("membership event stream ended; resubscribing at the next resync");
                     events = None;
                 }
@@ -78,6 +83,7 @@ pub async fn subscribe<D: ServiceDiscovery>(
         Ok(events) => events,
         Err(err) => {
             state.metrics.discovery_failures.inc();
+            state.metrics.discovery_up.set(0);
             tracing::warn!(
                 error = format!("{err:#}"),
                 "cannot subscribe to membership events"
@@ -228,6 +234,7 @@ fn update_gauges(state: &BalancerState, was_panicking: bool) -> bool {
         .filter(|n| !n.is_draining() && n.looks_unhealthy())
         .count();
     let metrics = &state.metrics;
+    metrics.observe_nodes(&nodes);
     metrics
         .nodes
         .with_label_values(&["ready"])

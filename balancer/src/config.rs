@@ -353,8 +353,7 @@ impl Settings {
             env,
             aliases: &[("REDIS_URL", "redis.url")],
         };
-        let settings: Settings = layered::load(ENV_PREFIX, sources).map_err(|p| vec![p])?;
-        settings.validate()
+        layered::load(ENV_PREFIX, sources).validate(Settings::validate)
     }
 
     /// Checks what types alone cannot, returning all problems at once.

@@ -72,6 +72,20 @@ pub struct ProxyError {
 // === impl ErrorKind ===
 
 impl ErrorKind {
+    /// Every kind, so that each `proxy_errors_total` series exists (at 0) from start-up.
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::NoHealthyNode,
+        ErrorKind::ConnectFailed,
+        ErrorKind::ConnectTimedOut,
+        ErrorKind::ResponseTimedOut,
+        ErrorKind::UpstreamFailed,
+        ErrorKind::BodyTooLarge,
+        ErrorKind::BadRequest,
+        ErrorKind::TooManyWebSockets,
+        ErrorKind::ShuttingDown,
+        ErrorKind::Internal,
+    ];
+
     /// The snake_case name used in the header, logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -9,7 +9,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use petmesh_balancer::{Application, Settings};
-use petmesh_shared::{config, shutdown, telemetry};
+use petmesh_shared::{config, probe, shutdown, telemetry};
 
 /// mimalloc rather than the system allocator: the data path allocates a few small buffers per
 /// request (header maps, bodies, futures), and glibc's malloc/free were about a tenth of the
@@ -32,6 +32,12 @@ struct Cli {
 enum Command {
     /// Proxy HTTP and WebSocket traffic to the nodes until SIGTERM or Ctrl-C, then drain and exit.
     Serve,
+    /// Load and validate the settings exactly as `serve` would, connecting to nothing: exit 0,
+    /// or 64 with one line per unknown or invalid setting.
+    CheckConfig,
+    /// Ask this balancer's admin `/health` (on `admin.port`) whether it is up: exit 0 or 1. For
+    /// container health checks.
+    Healthcheck,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -41,8 +47,18 @@ async fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(problems) => return config::refuse(&problems),
     };
+    match cli.command {
+        Command::Serve => {}
+        Command::CheckConfig => {
+            println!("configuration ok");
+            return ExitCode::SUCCESS;
+        }
+        Command::Healthcheck => {
+            let addr = probe::local_addr(settings.admin.host, settings.admin.port);
+            return probe::healthcheck("petmesh-balancer", addr, "/health");
+        }
+    }
     telemetry::init(settings.log.format, &settings.log.level);
-    let Command::Serve = cli.command;
     let result = async {
         let app = Application::build(settings).await?;
         app.run_until_stopped(shutdown::signal()).await

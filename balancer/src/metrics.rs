@@ -3,11 +3,23 @@
 //! Per-node series (`node` label) are created when a node joins and their handles are kept in
 //! the node's [`NodeStats`](crate::backend::NodeStats), so the data path never looks a label up:
 //! it bumps an atomic. Series of a departed node are removed once nothing references it.
+//!
+//! Every series whose labels are known in advance exists from start-up (at 0), as Prometheus'
+//! instrumentation guidelines ask, so dashboards and alerts never see a metric appear late.
+//! The per-node state gauges (`node_healthy`, `node_draining`, `node_breaker_state`) are
+//! rewritten from the node set by the control plane's health loop, never by the data path.
+
+use std::sync::Arc;
 
 use prometheus::{
     exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::{backend::NodeState, breaker::BreakerState, error::ErrorKind};
+
+/// The values of the `state` label of `petmesh_balancer_nodes`.
+const NODE_STATES: [&str; 3] = ["ready", "draining", "unhealthy"];
 
 /// Every metric the balancer exports, registered in one private registry.
 #[derive(Debug, Clone)]
@@ -48,6 +60,17 @@ pub struct Metrics {
     pub nodes: IntGaugeVec,
     /// Failed discovery rounds (Redis unreachable, bad entries).
     pub discovery_failures: IntCounter,
+    /// 1 while the last read of the node registry succeeded (and its event stream is open),
+    /// else 0.
+    pub discovery_up: IntGauge,
+    /// 1 for the running version (`version` label).
+    pub info: IntGaugeVec,
+    /// 1 while a node in the set passes its health probes, by node.
+    pub node_healthy: IntGaugeVec,
+    /// 1 while a node in the set is draining, by node.
+    pub node_draining: IntGaugeVec,
+    /// 1 for each node's current breaker state (`closed`, `open`, `half_open`), 0 for the others.
+    pub node_breaker_state: IntGaugeVec,
 }
 
 impl Metrics {
@@ -159,6 +182,34 @@ impl Metrics {
                 "Failed discovery rounds.",
             ))
             .unwrap(),
+            discovery_up: IntGauge::with_opts(opts(
+                "discovery_up",
+                "1 while the last read of the node registry succeeded, else 0.",
+            ))
+            .unwrap(),
+            info: IntGaugeVec::new(opts("info", "The running version (value 1)."), &["version"])
+                .unwrap(),
+            node_healthy: IntGaugeVec::new(
+                opts("node_healthy", "1 while the node passes its health probes."),
+                node,
+            )
+            .unwrap(),
+            node_draining: IntGaugeVec::new(
+                opts(
+                    "node_draining",
+                    "1 while the node is draining (no new work).",
+                ),
+                node,
+            )
+            .unwrap(),
+            node_breaker_state: IntGaugeVec::new(
+                opts(
+                    "node_breaker_state",
+                    "1 for the node's current circuit breaker state, 0 for the others.",
+                ),
+                &["node", "state"],
+            )
+            .unwrap(),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -179,13 +230,54 @@ impl Metrics {
             Box::new(m.panic_mode.clone()),
             Box::new(m.nodes.clone()),
             Box::new(m.discovery_failures.clone()),
+            Box::new(m.discovery_up.clone()),
+            Box::new(m.info.clone()),
+            Box::new(m.node_healthy.clone()),
+            Box::new(m.node_draining.clone()),
+            Box::new(m.node_breaker_state.clone()),
         ];
         for collector in collectors {
             m.registry
                 .register(collector)
                 .expect("metric names are unique");
         }
+        m.info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for kind in ErrorKind::ALL {
+            m.proxy_errors.with_label_values(&[kind.as_str()]);
+        }
+        for state in NODE_STATES {
+            m.nodes.with_label_values(&[state]);
+        }
         m
+    }
+
+    /// Rewrites the per-node state gauges from `nodes` (the published set): departed nodes
+    /// lose their series, the others get their health, draining flag and breaker state.
+    pub fn observe_nodes(&self, nodes: &[Arc<NodeState>]) {
+        self.node_healthy.reset();
+        self.node_draining.reset();
+        self.node_breaker_state.reset();
+        for node in nodes {
+            let id = node.id();
+            self.node_healthy
+                .with_label_values(&[id])
+                .set(i64::from(node.health.is_healthy()));
+            self.node_draining
+                .with_label_values(&[id])
+                .set(i64::from(node.is_draining()));
+            let current = node.breaker.state();
+            for state in [
+                BreakerState::Closed,
+                BreakerState::Open,
+                BreakerState::HalfOpen,
+            ] {
+                self.node_breaker_state
+                    .with_label_values(&[id, state.as_str()])
+                    .set(i64::from(state == current));
+            }
+        }
     }
 
     /// The Prometheus text exposition of every metric.

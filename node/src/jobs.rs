@@ -77,6 +77,31 @@ pub async fn queue_depth(db: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
         .await
 }
 
+/// The queue as [`crate::monitor`] samples it for `/metrics`.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct QueueStats {
+    /// Jobs queued or running.
+    pub depth: i64,
+    /// Jobs that exhausted their attempts and are kept as dead letters.
+    pub dead_letters: i64,
+    /// Seconds since the oldest queued job became due; 0 when none is due.
+    pub oldest_due_secs: f64,
+}
+
+/// Samples the whole cluster's queue: three index scans (the partial indexes on queued,
+/// running and dead jobs), never the finished jobs.
+pub async fn queue_stats(db: impl PgExecutor<'_>) -> Result<QueueStats, sqlx::Error> {
+    sqlx::query_as::<_, QueueStats>(
+        "select (select count(*) from job where status = 'queued')
+              + (select count(*) from job where status = 'running') as depth,
+                (select count(*) from job where status = 'dead') as dead_letters,
+                coalesce((select extract(epoch from now() - min(run_at))::float8
+                          from job where status = 'queued' and run_at <= now()), 0) as oldest_due_secs",
+    )
+    .fetch_one(db)
+    .await
+}
+
 /// Claims the most urgent due job for `node_id` for `lease`, if any.
 pub async fn claim(
     db: impl PgExecutor<'_>,

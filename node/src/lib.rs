@@ -18,7 +18,8 @@
 //! - [`seed`]: the demo catalogue.
 //! - [`membership`]: this node's entry in the Redis registry, from start to drain.
 //! - [`request_id`], [`metrics`], [`limits`]: cross-cutting middleware; [`routes`] is what
-//!   they know of the documented routes.
+//!   they know of the documented routes. [`monitor`] samples what no request shows
+//!   (dependencies, the pool, the job queue) for `/metrics`.
 
 pub mod api;
 pub mod auth;
@@ -30,6 +31,7 @@ pub mod jobs;
 pub mod limits;
 pub mod membership;
 pub mod metrics;
+pub mod monitor;
 pub mod orders;
 pub mod payments;
 pub mod pets;

@@ -10,7 +10,7 @@ use petmesh_node::{
     startup::{Application, MIGRATOR},
     users,
 };
-use petmesh_shared::{config, shutdown, telemetry};
+use petmesh_shared::{config, probe, shutdown, telemetry};
 use secrecy::ExposeSecret;
 
 /// The petmesh API node.
@@ -45,6 +45,12 @@ enum Command {
         #[arg(long)]
         password: Option<String>,
     },
+    /// Load and validate the settings exactly as `serve` would, connecting to nothing: exit 0,
+    /// or 64 with one line per unknown or invalid setting.
+    CheckConfig,
+    /// Ask this node's `/health/live` (on `server.port`) whether it is up: exit 0 or 1. For
+    /// container health checks.
+    Healthcheck,
 }
 
 #[tokio::main]
@@ -54,6 +60,17 @@ async fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(problems) => return config::refuse(&problems),
     };
+    match cli.command {
+        Command::CheckConfig => {
+            println!("configuration ok");
+            return ExitCode::SUCCESS;
+        }
+        Command::Healthcheck => {
+            let addr = probe::local_addr(settings.server.host, settings.server.port);
+            return probe::healthcheck("petmesh-node", addr, "/health/live");
+        }
+        _ => {}
+    }
     telemetry::init(settings.log_format(), &settings.log.level);
     match run(cli.command, settings).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,5 +126,6 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("admin `{username}` {verb}");
             Ok(())
         }
+        Command::CheckConfig | Command::Healthcheck => unreachable!("answered before start-up"),
     }
 }

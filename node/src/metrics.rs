@@ -1,17 +1,21 @@
 //! Prometheus metrics of the node and the middleware that records every HTTP request by route
 //! template (never the raw path, so label cardinality stays bounded), method and status.
+//!
+//! Every series whose labels are known in advance exists from start-up (at 0), as Prometheus'
+//! instrumentation guidelines ask, so dashboards and alerts never see a metric appear late.
 
+pub mod dependencies;
 pub mod realtime;
 pub mod store;
 
 use std::time::Instant;
 
-use self::{realtime::RealtimeMetrics, store::StoreMetrics};
+use self::{dependencies::DependencyMetrics, realtime::RealtimeMetrics, store::StoreMetrics};
 use crate::routes::RouteTable;
 use poem::{Endpoint, IntoResponse, PathPattern, Request, Response};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The node's registry and collectors. One per process, shared through `AppState`.
@@ -30,6 +34,10 @@ pub struct Metrics {
     /// `petmesh_node_registry_heartbeat_failures_total`: registry writes that failed (Redis
     /// unreachable); the entry expires after a few of them in a row.
     pub registry_failures: IntCounter,
+    /// `petmesh_node_draining`: 1 once shutdown has begun.
+    pub draining: IntGauge,
+    /// PostgreSQL and Redis reachability, the PostgreSQL pool.
+    pub dependencies: DependencyMetrics,
     /// Orders, jobs, cache and events.
     pub store: StoreMetrics,
     /// WebSocket connections, messages and broadcasts.
@@ -76,6 +84,18 @@ impl Metrics {
         registry.register(Box::new(http_in_flight.clone()))?;
         registry.register(Box::new(ws_connections.clone()))?;
         registry.register(Box::new(registry_failures.clone()))?;
+        let info = IntGaugeVec::new(
+            Opts::new("petmesh_node_info", "The running version (value 1)."),
+            &["version"],
+        )?;
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let draining = IntGauge::new(
+            "petmesh_node_draining",
+            "1 once the node is shutting down (readiness 503, no new work), else 0.",
+        )?;
+        registry.register(Box::new(info))?;
+        registry.register(Box::new(draining.clone()))?;
+        let dependencies = DependencyMetrics::register(&registry)?;
         let store = StoreMetrics::register(&registry)?;
         let realtime = RealtimeMetrics::register(&registry)?;
         Ok(Self {
@@ -85,6 +105,8 @@ impl Metrics {
             http_in_flight,
             ws_connections,
             registry_failures,
+            draining,
+            dependencies,
             store,
             realtime,
         })

@@ -147,6 +147,7 @@ impl Application {
         let workers = Workers::new(self.state.clone()).spawn(workers_stopped);
         let connections = self.state.hub.clone();
         let feed = tokio::spawn(self.state.hub.clone().run());
+        let monitor = tokio::spawn(crate::monitor::run(self.state.clone()));
         let metrics = std::sync::Arc::clone(&self.state.metrics);
         let state = self.state.clone();
         let drain_delay = self.drain_delay;
@@ -183,6 +184,7 @@ impl Application {
             );
         }
         feed.abort();
+        monitor.abort();
         // 4.
         membership.leave().await;
         served.context("serving HTTP")?;

@@ -118,6 +118,7 @@ impl AppState {
     /// Marks the node as draining (readiness turns 503).
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.metrics.draining.set(1);
     }
 
     /// Whether shutdown has begun.

@@ -8,10 +8,12 @@
 //!   one-line problem reports used when start-up is refused.
 //! - [`telemetry`]: the tracing subscriber (JSON or pretty).
 //! - [`shutdown`]: the future that resolves on SIGTERM or SIGINT.
+//! - [`probe`]: the `healthcheck` subcommand's one HTTP GET (container HEALTHCHECKs).
 
 pub mod config;
 pub mod error_body;
 pub mod event;
+pub mod probe;
 pub mod registry;
 pub mod shutdown;
 pub mod telemetry;

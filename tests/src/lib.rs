@@ -17,6 +17,7 @@
 //! - [`client`]: [`ApiClient`] and [`TestResponse`] for requests and [`assert_error`] for
 //!   the common error body.
 //! - [`ws`]: [`WsClient`], a client of the WebSocket protocol.
+//! - [`metrics`]: one series' value in a `/metrics` body.
 //! - [`mod@eventually`]: [`assert_eventually!`] and [`eventually()`] for state that converges.
 //! - [`dev`]: the `petmesh-dev` subcommands the scripts use (`with-servers`, `cluster`).
 //!
@@ -41,6 +42,7 @@ pub mod cluster;
 pub mod database;
 pub mod dev;
 pub mod eventually;
+pub mod metrics;
 pub mod node;
 pub mod process;
 pub mod servers;

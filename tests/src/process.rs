@@ -141,6 +141,26 @@ pub fn owned_command(program: &Path) -> Command {
     cmd
 }
 
+/// Runs `program subcommand` to completion with only `env` in its environment (nothing
+/// inherited, as a container would run it), returning its exit code and stderr.
+pub async fn run_isolated(
+    program: &Path,
+    subcommand: &str,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
+    let output = tokio::process::Command::new(program)
+        .arg(subcommand)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .unwrap_or_else(|err| panic!("running {}: {err}", program.display()));
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// Finds a binary of the workspace: the path in `env_var` if set, else `file_name` next to
 /// the running executable or one directory up.
 ///

@@ -1,19 +1,13 @@
 //! Health endpoints. Liveness says the process runs; readiness says this node should get
 //! traffic (dependencies reachable and not draining); `/health` details each dependency.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
+use std::collections::BTreeMap;
 
 use poem::web::Data;
 use poem_openapi::{payload::Json, ApiResponse, Object, OpenApi};
 
 use super::ApiTags;
-use crate::state::AppState;
-
-/// How long one dependency check may take before it counts as down.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::{monitor, state::AppState};
 
 /// Liveness, readiness and details.
 pub struct HealthApi;
@@ -130,37 +124,16 @@ fn overall(state: &AppState, checks: &BTreeMap<String, DependencyHealth>) -> &'s
 }
 
 async fn check_all(state: &AppState) -> BTreeMap<String, DependencyHealth> {
-    let (postgres, redis) = tokio::join!(
-        timed(async {
-            sqlx::query("select 1")
-                .execute(&state.db)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        }),
-        timed(async {
-            let mut conn = state.redis.clone();
-            redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        }),
-    );
-    BTreeMap::from([
-        ("postgres".to_owned(), postgres),
-        ("redis".to_owned(), redis),
-    ])
-}
-
-async fn timed(check: impl std::future::Future<Output = Result<(), String>>) -> DependencyHealth {
-    let started = Instant::now();
-    let outcome = tokio::time::timeout(CHECK_TIMEOUT, check)
+    monitor::check_dependencies(state)
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())));
-    DependencyHealth {
-        status: if outcome.is_ok() { "up" } else { "down" }.into(),
-        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-        error: outcome.err(),
-    }
+        .into_iter()
+        .map(|check| {
+            let health = DependencyHealth {
+                status: if check.error.is_none() { "up" } else { "down" }.into(),
+                latency_ms: check.took.as_secs_f64() * 1000.0,
+                error: check.error,
+            };
+            (check.dependency.to_owned(), health)
+        })
+        .collect()
 }

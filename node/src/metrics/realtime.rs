@@ -2,6 +2,16 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
+/// Why connections close (`petmesh_node_ws_connections_closed_total{reason}`).
+pub const CLOSE_REASONS: [&str; 6] = [
+    "closed",
+    "idle_timeout",
+    "frame_too_large",
+    "node_restarting",
+    "slow_consumer",
+    "unauthenticated",
+];
+
 /// Real-time collectors, registered in the node's registry. (The open-connection gauge,
 /// `petmesh_node_websocket_connections`, lives in [`super::Metrics`] because the registry
 /// heartbeat reports it too.)
@@ -88,6 +98,15 @@ impl RealtimeMetrics {
         registry.register(Box::new(recoveries.clone()))?;
         registry.register(Box::new(gap_fills.clone()))?;
         registry.register(Box::new(slow_consumers.clone()))?;
+        for reason in CLOSE_REASONS {
+            closed.with_label_values(&[reason]);
+        }
+        for kind in ["event", "response"] {
+            messages_out.with_label_values(&[kind]);
+        }
+        for result in ["recovered", "lost"] {
+            recoveries.with_label_values(&[result]);
+        }
         Ok(Self {
             opened,
             closed,

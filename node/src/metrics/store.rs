@@ -2,15 +2,34 @@
 //! dependency fallbacks that keep it serving (skipped revocation checks).
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
+
+/// The statuses an order enters (`petmesh_node_orders_total{status}`).
+const ORDER_STATUSES: [&str; 4] = ["placed", "approved", "delivered", "cancelled"];
+
+/// The job kinds the queue runs.
+const JOB_KINDS: [&str; 1] = ["payment"];
+
+/// The domain events the store publishes (room and custom events are counted as they come).
+const DOMAIN_EVENTS: [&str; 5] = [
+    "pet:created",
+    "pet:updated",
+    "pet:deleted",
+    "order:created",
+    "order:updated",
+];
 
 /// Store collectors, registered in the node's registry.
 pub struct StoreMetrics {
     /// `petmesh_node_orders_total{status}`: orders entering each status.
     pub orders: IntCounterVec,
-    /// `petmesh_node_job_queue_depth`: jobs queued or running (as last measured).
+    /// `petmesh_node_job_queue_depth`: jobs queued or running, cluster-wide (as last sampled).
     pub job_queue_depth: IntGauge,
+    /// `petmesh_node_job_queue_dead_letters`: dead-letter jobs kept in the table, cluster-wide.
+    pub job_queue_dead_letters: IntGauge,
+    /// `petmesh_node_job_queue_oldest_age_seconds`: how long the oldest due job has waited.
+    pub job_queue_oldest_age: Gauge,
     /// `petmesh_node_job_duration_seconds{kind,outcome}`: enqueue to final outcome.
     pub job_duration: HistogramVec,
     /// `petmesh_node_job_attempts{kind}`: attempts a job took to finish.
@@ -37,7 +56,15 @@ impl StoreMetrics {
         )?;
         let job_queue_depth = IntGauge::new(
             "petmesh_node_job_queue_depth",
-            "Jobs queued or running, as last measured.",
+            "Jobs queued or running in the cluster, as last sampled.",
+        )?;
+        let job_queue_dead_letters = IntGauge::new(
+            "petmesh_node_job_queue_dead_letters",
+            "Dead-letter jobs kept in the cluster's queue table, as last sampled.",
+        )?;
+        let job_queue_oldest_age = Gauge::new(
+            "petmesh_node_job_queue_oldest_age_seconds",
+            "How long the oldest due job of the cluster has been waiting (0 when none).",
         )?;
         let job_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -85,14 +112,36 @@ impl StoreMetrics {
         registry.register(Box::new(revocation_checks_skipped.clone()))?;
         registry.register(Box::new(orders.clone()))?;
         registry.register(Box::new(job_queue_depth.clone()))?;
+        registry.register(Box::new(job_queue_dead_letters.clone()))?;
+        registry.register(Box::new(job_queue_oldest_age.clone()))?;
         registry.register(Box::new(job_duration.clone()))?;
         registry.register(Box::new(job_attempts.clone()))?;
         registry.register(Box::new(job_dead_letters.clone()))?;
         registry.register(Box::new(cache_requests.clone()))?;
         registry.register(Box::new(events_published.clone()))?;
+        for status in ORDER_STATUSES {
+            orders.with_label_values(&[status]);
+        }
+        for kind in JOB_KINDS {
+            job_attempts.with_label_values(&[kind]);
+            job_dead_letters.with_label_values(&[kind]);
+            for outcome in ["done", "dead"] {
+                job_duration.with_label_values(&[kind, outcome]);
+            }
+        }
+        for result in ["hit", "miss", "error"] {
+            cache_requests.with_label_values(&["pet", result]);
+        }
+        for event in DOMAIN_EVENTS {
+            for result in ["ok", "error"] {
+                events_published.with_label_values(&[event, result]);
+            }
+        }
         Ok(Self {
             orders,
             job_queue_depth,
+            job_queue_dead_letters,
+            job_queue_oldest_age,
             job_duration,
             job_attempts,
             job_dead_letters,

@@ -236,7 +236,7 @@ impl Conn {
     }
 }
 
-/// The metric label of a close.
+/// The metric label of a close; one of [`crate::metrics::realtime::CLOSE_REASONS`].
 fn close_reason(frame: Option<(u16, &'static str)>) -> &'static str {
     match frame.map(|(code, _)| code) {
         Some(1001) => "idle_timeout",
@@ -341,6 +341,25 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_close_reason_is_a_metric_series_from_start_up() {
+        for code in [
+            None,
+            Some(1000),
+            1001.into(),
+            1009.into(),
+            1012.into(),
+            1013.into(),
+            4401.into(),
+        ] {
+            let reason = close_reason(code.map(|code| (code, "")));
+            assert!(
+                crate::metrics::realtime::CLOSE_REASONS.contains(&reason),
+                "{reason}"
+            );
+        }
+    }
 
     #[test]
     fn the_bucket_allows_a_burst_then_the_rate() {

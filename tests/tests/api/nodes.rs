@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use petmesh_tests::{assert_error, node::node_binary, TestCluster};
+use petmesh_tests::{assert_error, node::node_binary, process::run_isolated, TestCluster};
 use serde_json::json;
 
 use crate::helpers::{admin, signed_up};
@@ -156,36 +156,101 @@ async fn sigterm_drains_and_exits_zero() {
     assert!(logs.contains("drained, exiting"), "{logs}");
 }
 
+/// Runs `petmesh-node <subcommand>` with only `env`.
+async fn node_command(subcommand: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    run_isolated(&node_binary().unwrap(), subcommand, env).await
+}
+
 #[tokio::test]
-async fn invalid_configuration_stops_start_up_with_one_line_naming_the_setting() {
-    let output = tokio::process::Command::new(node_binary().unwrap())
-        .arg("serve")
-        .env("PETMESH_NODE__ENVIRONMENT", "production")
-        .env("PETMESH_NODE__SERVER__PORT", "eighty")
-        .env_remove("PETMESH_NODE__AUTH__JWT_SECRET")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(64));
-    let stderr = String::from_utf8(output.stderr).unwrap();
+async fn invalid_configuration_stops_start_up_with_one_line_per_problem() {
+    // A wrong type and a refused default at once: both are named, each on its own line.
+    let (code, stderr) = node_command(
+        "serve",
+        &[
+            ("PETMESH_NODE__ENVIRONMENT", "production"),
+            ("PETMESH_NODE__SERVER__PORT", "eighty"),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(64), "{stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
+    assert_eq!(lines.len(), 2, "{stderr}");
     assert!(
         lines[0].starts_with("invalid configuration: server.port (PETMESH_NODE__SERVER__PORT)"),
         "{stderr}"
     );
+    assert!(
+        lines[1]
+            .starts_with("invalid configuration: auth.jwt_secret (PETMESH_NODE__AUTH__JWT_SECRET)"),
+        "{stderr}"
+    );
+}
 
-    // The default secret alone is refused outside development.
-    let output = tokio::process::Command::new(node_binary().unwrap())
-        .arg("serve")
-        .env("PETMESH_NODE__ENVIRONMENT", "production")
-        .env_remove("PETMESH_NODE__AUTH__JWT_SECRET")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&output.stderr)
-        .contains("auth.jwt_secret (PETMESH_NODE__AUTH__JWT_SECRET)"));
+#[tokio::test]
+async fn check_config_names_every_unknown_or_invalid_setting_and_connects_to_nothing() {
+    let secret = (
+        "PETMESH_NODE__AUTH__JWT_SECRET",
+        "0123456789abcdef0123456789abcdef",
+    );
+    // Nothing listens at these URLs: check-config must not try.
+    let unreachable = [
+        ("DATABASE_URL", "postgres://petmesh@127.0.0.1:1/petmesh"),
+        ("REDIS_URL", "redis://127.0.0.1:1"),
+    ];
+    let (code, stderr) =
+        node_command("check-config", &[secret, unreachable[0], unreachable[1]]).await;
+    assert_eq!((code, stderr.as_str()), (Some(0), ""));
+
+    let (code, stderr) = node_command(
+        "check-config",
+        &[
+            secret,
+            ("PETMESH_NODE__SERVER__PROT", "9000"),
+            ("PETMESH_NODE__JOBS__CONCURRENCY", "many"),
+            ("PETMESH_NODE__CLUSTER__WEIGHT", "0"),
+            ("PETMESH_NODE_LOG__LEVEL", "debug"),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(64), "{stderr}");
+    for named in [
+        "PETMESH_NODE_LOG__LEVEL",
+        "jobs.concurrency (PETMESH_NODE__JOBS__CONCURRENCY)",
+        "server.prot (PETMESH_NODE__SERVER__PROT): unknown field `prot`",
+        "cluster.weight (PETMESH_NODE__CLUSTER__WEIGHT)",
+    ] {
+        assert!(stderr.contains(named), "{named} not in {stderr}");
+    }
+    assert_eq!(stderr.lines().count(), 4, "{stderr}");
+}
+
+#[tokio::test]
+async fn healthcheck_asks_the_running_node() {
+    let cluster = TestCluster::start(1).await;
+    let port = cluster.node(0).addr().port().to_string();
+    let (code, stderr) = node_command(
+        "healthcheck",
+        &[
+            ("PETMESH_NODE__ENVIRONMENT", "development"),
+            ("PETMESH_NODE__SERVER__PORT", &port),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let free_port = free.local_addr().unwrap().port().to_string();
+    drop(free);
+    let (code, stderr) = node_command(
+        "healthcheck",
+        &[
+            ("PETMESH_NODE__ENVIRONMENT", "development"),
+            ("PETMESH_NODE__SERVER__PORT", &free_port),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("connecting to 127.0.0.1:"), "{stderr}");
 }
 
 #[tokio::test]

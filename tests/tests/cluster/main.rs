@@ -7,11 +7,14 @@
 //! - [`draining`]: a SIGTERMed node finishing its work while getting none.
 //! - [`strategies`]: how requests spread across real nodes.
 //! - [`realtime`]: WebSocket clients surviving the loss or drain of their node.
+//! - [`operations`]: the balancer's `check-config` and `healthcheck`; the metrics dashboards
+//!   and alerts read.
 
 mod discovery;
 mod draining;
 mod failover;
 mod membership;
+mod operations;
 mod realtime;
 mod strategies;
 mod support;

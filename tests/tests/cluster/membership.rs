@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use petmesh_shared::registry::{MembershipKind, NodeStatus, NODE_TTL_SECS};
-use petmesh_tests::{assert_eventually, TestCluster};
+use petmesh_tests::{assert_eventually, metrics, TestCluster};
 use reqwest::Method;
 
 use crate::support::{registration_in_parts, Registry, SlowBody, TcpProxy, PASSWORD};
@@ -188,6 +188,14 @@ async fn a_redis_outage_keeps_the_node_serving_and_registration_resumes() {
 
     // Heartbeats fail, so the entry expires...
     assert_eventually!(registry.entry(&id).await.is_none(), "the entry expires");
+    // The node's own checks notice without any request asking.
+    assert_eventually!(
+        metrics::value(
+            &client.get("/metrics").await.unwrap().text,
+            r#"petmesh_node_dependency_up{dependency="redis"}"#
+        ) == Some(0.0),
+        "the Redis outage shows in the metrics"
+    );
     // ...while the node keeps serving whatever needs no Redis, and says it isn't ready.
     client.get("/health/live").await.unwrap().assert_status(200);
     client
@@ -201,13 +209,9 @@ async fn a_redis_outage_keeps_the_node_serving_and_registration_resumes() {
         .unwrap()
         .assert_status(503);
     // The outage is worth one warning, not one per failed heartbeat (several by now).
-    let metrics = client.get("/metrics").await.unwrap().text;
-    let failures: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("petmesh_node_registry_heartbeat_failures_total "))
-        .expect("failure counter exposed")
-        .parse()
-        .unwrap();
+    let text = client.get("/metrics").await.unwrap().text;
+    let failures = metrics::value(&text, "petmesh_node_registry_heartbeat_failures_total")
+        .expect("failure counter exposed");
     assert!(failures >= 3.0, "{failures} failures counted");
     let warnings = cluster
         .node(0)
@@ -224,6 +228,13 @@ async fn a_redis_outage_keeps_the_node_serving_and_registration_resumes() {
     let back = events.next_about(&id).await;
     assert_eq!(back.kind, MembershipKind::Joined);
     assert!(registry.entry(&id).await.is_some());
+    assert_eventually!(
+        metrics::value(
+            &client.get("/metrics").await.unwrap().text,
+            r#"petmesh_node_dependency_up{dependency="redis"}"#
+        ) == Some(1.0),
+        "Redis shows as up again"
+    );
     // Logged right after the announcement, which may arrive first.
     assert_eventually!(cluster
         .node(0)

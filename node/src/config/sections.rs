@@ -1,0 +1,420 @@
+//! The sections of the node's settings: one struct per section, its defaults, and the clients
+//! a section knows how to build (the PostgreSQL pool, the Redis connection).
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
+
+use petmesh_shared::telemetry::LogFormat;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The signing secret used when none is configured. It is public (it is in this file), so it is
+/// refused outside `development`.
+pub(super) const DEVELOPMENT_JWT_SECRET: &str =
+    "petmesh-development-secret-do-not-use-in-production";
+
+/// Default of `server.drain_delay_ms`. Balancers learn of `draining` over pub/sub within
+/// milliseconds; the delay covers a request they dispatched just before, which would otherwise
+/// meet a connection the node is closing.
+const DEFAULT_DRAIN_DELAY_MS: u64 = 0;
+
+/// HTTP listener and request limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to bind.
+    pub host: IpAddr,
+    /// Port to bind; 0 picks a free one (logged as `listening` with its `addr`).
+    pub port: u16,
+    /// Largest accepted request body; larger ones get 413.
+    pub body_limit_bytes: usize,
+    /// A request taking longer is answered with 503, so draining can never hang.
+    pub request_timeout_secs: u64,
+    /// On SIGTERM, how long in-flight requests may take before the node exits anyway.
+    pub grace_period_secs: u64,
+    /// On SIGTERM, how long the node keeps accepting after announcing `draining`, so that
+    /// balancers have stopped sending before the listener and idle connections close.
+    pub drain_delay_ms: u64,
+}
+
+/// PostgreSQL connection pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Connection URL (`DATABASE_URL` also works).
+    pub url: SecretString,
+    /// Pool size.
+    pub max_connections: u32,
+    /// How long a request waits for a pooled connection before failing with 503.
+    pub acquire_timeout_ms: u64,
+    /// Apply pending migrations when `serve` starts.
+    pub migrate_on_start: bool,
+}
+
+/// Redis connection pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Connection URL (`REDIS_URL` also works).
+    pub url: SecretString,
+    /// How long connecting to Redis, or one command, may take before it counts as failed.
+    pub timeout_ms: u64,
+}
+
+/// Cluster membership.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Prefixes every Redis key (`petmesh:{name}:`), so clusters can share one Redis.
+    pub name: String,
+    /// `host:port` balancers reach this node at, as registered; empty means the bound address
+    /// with an unspecified IP (`0.0.0.0`, `::`) replaced by loopback.
+    pub advertise_addr: String,
+    /// Relative capacity for weighted strategies; at least 1.
+    pub weight: u32,
+    /// Failure domain (rack, zone) reported in the registry; empty when unknown.
+    pub zone: String,
+}
+
+/// Tokens and passwords.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HMAC-SHA256 key for access tokens; at least 32 bytes outside development.
+    pub jwt_secret: SecretString,
+    /// `iss` claim written and required.
+    pub jwt_issuer: String,
+    /// Access token lifetime.
+    pub access_token_ttl_secs: u64,
+    /// Refresh token lifetime.
+    pub refresh_token_ttl_secs: u64,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `json` or `pretty`; defaults to pretty in development and JSON elsewhere.
+    pub format: Option<LogFormat>,
+    /// Filter directive, e.g. `info` or `petmesh_node=debug,info` (`RUST_LOG` wins when set).
+    pub level: String,
+}
+
+/// The first admin account, created by `serve` when it does not exist yet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BootstrapSettings {
+    /// Username of the bootstrap admin.
+    pub admin_username: String,
+    /// Email of the bootstrap admin.
+    pub admin_email: String,
+    /// Password of the bootstrap admin (`PETMESH_ADMIN_PASSWORD` also works); no admin is
+    /// created when unset.
+    pub admin_password: Option<SecretString>,
+}
+
+/// The durable job queue (PostgreSQL) and the workers every node runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobSettings {
+    /// Jobs this node processes at once.
+    pub concurrency: usize,
+    /// How often an idle worker looks for due jobs (jobs enqueued on this node wake it at once).
+    pub poll_interval_ms: u64,
+    /// How long a claimed job stays leased to its node; renewed while it runs. A node that dies
+    /// loses its jobs to another node once the lease runs out.
+    pub lease_secs: u64,
+    /// Delay before the first retry; each retry doubles it (with jitter), up to the cap.
+    pub backoff_base_ms: u64,
+    /// Longest delay between retries.
+    pub backoff_cap_ms: u64,
+    /// Attempts before a job becomes a dead letter.
+    pub max_attempts: i32,
+    /// When more jobs than this are waiting, new orders get 503 with `Retry-After`.
+    pub max_queue_depth: i64,
+}
+
+/// The simulated payment gateway: `tok_ok` succeeds, `tok_declined` fails for good,
+/// `tok_flaky_<n>` fails `n` times then succeeds; orders without a token succeed with
+/// probability `success_rate`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentSettings {
+    /// Probability (0–1) that a payment without a token is approved.
+    pub success_rate: f64,
+    /// How long the gateway takes to answer.
+    pub simulated_latency_ms: u64,
+}
+
+/// The Redis read cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSettings {
+    /// How long a cached pet lives; also bounds staleness if Redis missed an update while it was
+    /// unreachable.
+    pub pet_ttl_secs: u64,
+}
+
+impl RealtimeSettings {
+    /// Whether a WebSocket handshake from `origin` (its `Origin` header, if any) is allowed.
+    pub fn allows_origin(&self, origin: Option<&str>) -> bool {
+        let Some(origin) = origin else {
+            return true;
+        };
+        let mut allowed = self
+            .allowed_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .peekable();
+        allowed.peek().is_none() || allowed.any(|o| o.eq_ignore_ascii_case(origin))
+    }
+}
+
+/// The WebSocket endpoint (`/ws`) and the per-topic event history in Redis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RealtimeSettings {
+    /// Events kept per topic in its Redis stream for recovery after a reconnect.
+    pub history_len: u64,
+    /// A topic's history (and its offset counter) expires after this long without events.
+    pub history_ttl_secs: u64,
+    /// Frames queued for one connection before it counts as a slow consumer (closed 1013).
+    pub send_queue: usize,
+    /// Largest frame a client may send; bigger ones close the connection (1009).
+    pub max_frame_bytes: usize,
+    /// Time a connection has to authenticate before it is closed (4401).
+    pub auth_timeout_ms: u64,
+    /// The server pings a connection it has not heard from for this long.
+    pub ping_interval_secs: u64,
+    /// A connection silent (no frame, no pong) for this long is closed (1001).
+    pub idle_timeout_secs: u64,
+    /// Requests a connection may send per minute (token bucket refill).
+    pub rate_per_minute: u32,
+    /// Requests a connection may send in a burst (token bucket size).
+    pub rate_burst: u32,
+    /// Longest a request may take before it is answered with a `TIMEOUT` error.
+    pub request_timeout_ms: u64,
+    /// Comma-separated browser origins allowed to open a WebSocket (`Origin` header, e.g.
+    /// `https://shop.example`); empty allows any. Requests without `Origin` (non-browser
+    /// clients) are always allowed.
+    pub allowed_origins: String,
+}
+
+// === defaults ===
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([0, 0, 0, 0]),
+            port: 8080,
+            body_limit_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
+            grace_period_secs: 10,
+            drain_delay_ms: DEFAULT_DRAIN_DELAY_MS,
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/petmesh".into(),
+            max_connections: 20,
+            acquire_timeout_ms: 3000,
+            migrate_on_start: false,
+        }
+    }
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            timeout_ms: 1000,
+        }
+    }
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            name: "default".into(),
+            advertise_addr: String::new(),
+            weight: 1,
+            zone: String::new(),
+        }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            jwt_secret: DEVELOPMENT_JWT_SECRET.into(),
+            jwt_issuer: "petmesh".into(),
+            access_token_ttl_secs: 3600,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            poll_interval_ms: 500,
+            lease_secs: 30,
+            backoff_base_ms: 1000,
+            backoff_cap_ms: 60_000,
+            max_attempts: 5,
+            max_queue_depth: 10_000,
+        }
+    }
+}
+
+impl Default for PaymentSettings {
+    fn default() -> Self {
+        Self {
+            success_rate: 0.95,
+            simulated_latency_ms: 50,
+        }
+    }
+}
+
+impl Default for RealtimeSettings {
+    fn default() -> Self {
+        Self {
+            history_len: 10_000,
+            history_ttl_secs: 86_400,
+            send_queue: 256,
+            max_frame_bytes: 64 * 1024,
+            auth_timeout_ms: 10_000,
+            ping_interval_secs: 25,
+            idle_timeout_secs: 60,
+            rate_per_minute: 100,
+            rate_burst: 20,
+            request_timeout_ms: 10_000,
+            allowed_origins: String::new(),
+        }
+    }
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self { pet_ttl_secs: 60 }
+    }
+}
+
+impl Default for BootstrapSettings {
+    fn default() -> Self {
+        Self {
+            admin_username: "admin".into(),
+            admin_email: "admin@petmesh.local".into(),
+            admin_password: None,
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: None,
+            level: "info".into(),
+        }
+    }
+}
+
+// === clients and derived values ===
+
+impl ClusterSettings {
+    /// The `host:port` registered for this node bound to `bound`: `advertise_addr` when set,
+    /// else `bound` with an unspecified IP replaced by loopback (a registry entry saying
+    /// `0.0.0.0` would send balancers nowhere).
+    pub fn advertised_addr(&self, bound: SocketAddr) -> String {
+        if !self.advertise_addr.is_empty() {
+            return self.advertise_addr.clone();
+        }
+        let ip = match bound.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        SocketAddr::new(ip, bound.port()).to_string()
+    }
+}
+
+impl DatabaseSettings {
+    /// Connection options parsed from the URL.
+    pub fn connect_options(&self) -> Result<sqlx::postgres::PgConnectOptions, sqlx::Error> {
+        self.url.expose_secret().parse()
+    }
+
+    /// A lazily connecting pool: the node starts (and reports not-ready) while PostgreSQL is down.
+    pub fn lazy_pool(&self) -> Result<sqlx::PgPool, sqlx::Error> {
+        Ok(sqlx::postgres::PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(Duration::from_millis(self.acquire_timeout_ms))
+            .connect_lazy_with(self.connect_options()?))
+    }
+}
+
+impl RedisSettings {
+    /// A client for connections of their own (the WebSocket hub's pub/sub subscription).
+    pub fn client(&self) -> anyhow::Result<redis::Client> {
+        Ok(redis::Client::open(self.url.expose_secret())?)
+    }
+
+    /// The node's Redis connection: one multiplexed connection shared by every request (commands
+    /// from concurrent requests are pipelined on it), connected lazily and re-established in the
+    /// background, with every command bounded by `timeout_ms`. A pool of connections would cost a
+    /// health-check round trip per checkout, which measured as half of an authenticated
+    /// request's time.
+    pub fn connect(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+        let timeout = Some(Duration::from_millis(self.timeout_ms));
+        let client = self.client()?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout)
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        Ok(redis::aio::ConnectionManager::new_lazy_with_config(
+            client, config,
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_origins_are_checked_only_when_listed() {
+        let mut realtime = RealtimeSettings::default();
+        assert!(realtime.allows_origin(Some("https://anywhere.example")));
+        realtime.allowed_origins = "https://shop.example, https://admin.example".into();
+        assert!(realtime.allows_origin(Some("https://shop.example")));
+        assert!(realtime.allows_origin(Some("https://ADMIN.example")));
+        assert!(!realtime.allows_origin(Some("https://evil.example")));
+        assert!(realtime.allows_origin(None));
+    }
+
+    #[test]
+    fn advertised_address_defaults_to_the_bound_one_made_reachable() {
+        let mut cluster = ClusterSettings::default();
+        let bound = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            cluster.advertised_addr(bound("0.0.0.0:8080")),
+            "127.0.0.1:8080"
+        );
+        assert_eq!(cluster.advertised_addr(bound("[::]:8080")), "[::1]:8080");
+        assert_eq!(cluster.advertised_addr(bound("10.1.2.3:9")), "10.1.2.3:9");
+        cluster.advertise_addr = "node-1.petmesh:8080".into();
+        assert_eq!(
+            cluster.advertised_addr(bound("0.0.0.0:8080")),
+            "node-1.petmesh:8080"
+        );
+        assert_eq!((cluster.weight, cluster.zone.as_str()), (1, ""));
+    }
+}
