@@ -174,6 +174,9 @@ impl NodeState {
             id,
             metrics.breaker_transitions.clone(),
         );
+        for healthy in ["true", "false"] {
+            metrics.health_transitions.with_label_values(&[id, healthy]);
+        }
         let id_header = http::HeaderValue::from_str(id)
             .unwrap_or_else(|_| http::HeaderValue::from_static("invalid-node-id"));
         Self {

@@ -111,6 +111,10 @@ async fn apply_event(state: &BalancerState, event: MembershipEvent) {
         tracing::info!(node = %id, "node draining: no new work");
         return;
     }
+    if event.kind == MembershipKind::Left {
+        // Announced: a graceful departure, even if its `draining` announcement was missed.
+        state.membership.set_draining(&id);
+    }
     let mut found: Vec<Discovered> = state
         .membership
         .current()
@@ -156,7 +160,13 @@ async fn apply(state: &BalancerState, found: Vec<Discovered>) {
         tracing::info!(node = %id, "node joined");
     }
     for id in &change.left {
-        tracing::info!(node = %id, "node left");
+        let drained = current.iter().any(|n| n.id() == id && n.is_draining());
+        if drained {
+            tracing::info!(node = %id, "node left");
+        } else {
+            state.metrics.nodes_lost.inc();
+            tracing::warn!(node = %id, "node lost: it left the registry without draining (crashed, killed or cut off)");
+        }
     }
     for id in &change.draining {
         tracing::info!(node = %id, "node draining: no new work");

@@ -82,6 +82,13 @@ impl Breaker {
         transitions: IntCounterVec,
     ) -> Self {
         let state = Arc::new(AtomicU8::new(0));
+        for to in [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+        ] {
+            transitions.with_label_values(&[node, to.as_str()]);
+        }
         let mirror = Mirror {
             state: state.clone(),
             node: node.to_owned(),

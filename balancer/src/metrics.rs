@@ -60,6 +60,9 @@ pub struct Metrics {
     pub nodes: IntGaugeVec,
     /// Failed discovery rounds (Redis unreachable, bad entries).
     pub discovery_failures: IntCounter,
+    /// Nodes that left the set without draining first (their registry entry expired: crashed,
+    /// killed or cut off from Redis).
+    pub nodes_lost: IntCounter,
     /// 1 while the last read of the node registry succeeded (and its event stream is open),
     /// else 0.
     pub discovery_up: IntGauge,
@@ -182,6 +185,11 @@ impl Metrics {
                 "Failed discovery rounds.",
             ))
             .unwrap(),
+            nodes_lost: IntCounter::with_opts(opts(
+                "nodes_lost_total",
+                "Nodes that left without draining (registry entry expired).",
+            ))
+            .unwrap(),
             discovery_up: IntGauge::with_opts(opts(
                 "discovery_up",
                 "1 while the last read of the node registry succeeded, else 0.",
@@ -230,6 +238,7 @@ impl Metrics {
             Box::new(m.panic_mode.clone()),
             Box::new(m.nodes.clone()),
             Box::new(m.discovery_failures.clone()),
+            Box::new(m.nodes_lost.clone()),
             Box::new(m.discovery_up.clone()),
             Box::new(m.info.clone()),
             Box::new(m.node_healthy.clone()),

@@ -13,7 +13,9 @@ use std::{sync::LazyLock, time::Duration};
 use petmesh_shared::registry::RedisKeys;
 use prometheus::IntCounterVec;
 
-use crate::{pets::Pet, state::Redis};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::config::Redis;
 
 /// Stores ARGV[2] at KEYS[1] with version ARGV[1] unless the cached version is the same or newer.
 static STORE_IF_NEWER: LazyLock<redis::Script> = LazyLock::new(|| {
@@ -30,11 +32,12 @@ static STORE_IF_NEWER: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
-/// What the cache knows about a pet.
+/// What the cache knows about a pet (`T`: the pet as the caller models it; the cache only
+/// stores its JSON, so it does not depend on the catalogue's types).
 #[derive(Debug)]
-pub enum Cached {
+pub enum Cached<T> {
     /// The pet as of its latest write.
-    Present(Box<Pet>),
+    Present(Box<T>),
     /// The pet was deleted.
     Deleted,
     /// Nothing cached (or Redis unavailable): ask PostgreSQL.
@@ -66,7 +69,7 @@ impl PetCache {
     }
 
     /// The cached pet, if any. Errors count as misses: the database answers instead.
-    pub async fn get(&self, pet_id: i64) -> Cached {
+    pub async fn get<T: DeserializeOwned>(&self, pet_id: i64) -> Cached<T> {
         let result: anyhow::Result<Option<String>> = async {
             let mut conn = self.redis.clone();
             Ok(redis::cmd("GET")
@@ -98,10 +101,10 @@ impl PetCache {
         cached
     }
 
-    /// Caches `pet` unless a newer version is cached already.
-    pub async fn store(&self, pet: &Pet) {
+    /// Caches `pet` (pet `pet_id` at `version`) unless a newer version is cached already.
+    pub async fn store<T: Serialize>(&self, pet_id: i64, version: i32, pet: &T) {
         let json = serde_json::to_string(pet).expect("pets serialise");
-        self.store_raw(pet.id, pet.version, &json).await;
+        self.store_raw(pet_id, version, &json).await;
     }
 
     /// Marks `pet_id` deleted; `last_version` is the version it had.

@@ -31,7 +31,11 @@ use petmesh_shared::registry::{
 };
 use tokio::{sync::watch, task::JoinHandle};
 
-use crate::{config::Settings, metrics::Metrics, state::AppState, state::Redis};
+use crate::{
+    config::{Redis, Settings},
+    metrics::Metrics,
+    state::AppState,
+};
 
 /// After the first warning of a registry outage, how long until the next one.
 pub const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(30);

@@ -192,13 +192,13 @@ fn not_found(id: i64) -> ApiError {
 
 /// One pet, from the cache when it has it.
 pub async fn get(state: &AppState, id: i64) -> Result<Pet, ApiError> {
-    match state.pet_cache.get(id).await {
+    match state.pet_cache.get::<Pet>(id).await {
         Cached::Present(pet) => return Ok(*pet),
         Cached::Deleted => return Err(not_found(id)),
         Cached::Unknown => {}
     }
     let pet = find(&state.db, id).await?.ok_or_else(|| not_found(id))?;
-    state.pet_cache.store(&pet).await;
+    state.pet_cache.store(pet.id, pet.version, &pet).await;
     Ok(pet)
 }
 
@@ -312,7 +312,7 @@ async fn stale_or_missing(state: &AppState, id: i64) -> ApiError {
 
 /// After a committed change to `pet`: refresh the cache, then tell the cluster.
 pub async fn changed(state: &AppState, event: &str, pet: &Pet) {
-    state.pet_cache.store(pet).await;
+    state.pet_cache.store(pet.id, pet.version, pet).await;
     state.events.publish(event, "pets", pet, None).await;
 }
 

@@ -14,14 +14,11 @@ use tokio::sync::Notify;
 use crate::{
     auth::{revocation::Revocations, tokens::TokenKeys},
     cache::PetCache,
-    config::{JobSettings, PaymentSettings, Settings},
+    config::{JobSettings, PaymentSettings, Redis, Settings},
     events::{log::EventLog, Events},
     metrics::Metrics,
     realtime::hub::Hub,
 };
-
-/// The node's Redis connection (see [`crate::config::RedisSettings::connect`]); clones share it.
-pub type Redis = redis::aio::ConnectionManager;
 
 /// Shared by every request.
 #[derive(Clone)]

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{tokens::issued_at_millis, Claims};
-use crate::{error::ApiError, state::Redis};
+use crate::{config::Redis, error::ApiError};
 
 /// What a revocation announcement says: these token ids, or every token of a user issued up to
 /// a time.

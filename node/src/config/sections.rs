@@ -328,6 +328,9 @@ impl Default for LogSettings {
 
 // === clients and derived values ===
 
+/// The node's Redis connection (see [`RedisSettings::connect`]); clones share it.
+pub type Redis = redis::aio::ConnectionManager;
+
 impl ClusterSettings {
     /// The `host:port` registered for this node bound to `bound`: `advertise_addr` when set,
     /// else `bound` with an unspecified IP replaced by loopback (a registry entry saying
@@ -371,7 +374,7 @@ impl RedisSettings {
     /// background, with every command bounded by `timeout_ms`. A pool of connections would cost a
     /// health-check round trip per checkout, which measured as half of an authenticated
     /// request's time.
-    pub fn connect(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+    pub fn connect(&self) -> anyhow::Result<Redis> {
         let timeout = Some(Duration::from_millis(self.timeout_ms));
         let client = self.client()?;
         let config = redis::aio::ConnectionManagerConfig::new()

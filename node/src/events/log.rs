@@ -13,7 +13,7 @@ use std::{fmt, str::FromStr, sync::Arc};
 
 use petmesh_shared::{event::EventEnvelope, registry::RedisKeys};
 
-use crate::state::Redis;
+use crate::config::Redis;
 
 /// Assigns the next offset, appends to the history and publishes (see the module doc).
 /// KEYS: offsets hash, history stream. ARGV: channel, envelope JSON, history length, epoch

@@ -33,6 +33,20 @@ pub const ACTIONS: &[&str] = &[
     "room:message",
 ];
 
+/// Labels of `petmesh_node_ws_messages_in_total` that are not actions: requests refused
+/// before dispatch.
+const REFUSED_LABELS: &[&str] = &["other", "rate_limited", "invalid"];
+
+/// Every `type` label of `petmesh_node_ws_messages_in_total`, so that each series exists (at 0)
+/// from start-up.
+pub fn metric_labels() -> impl Iterator<Item = &'static str> {
+    ACTIONS
+        .iter()
+        .chain(resources::RESOURCE_ACTIONS)
+        .chain(REFUSED_LABELS)
+        .copied()
+}
+
 /// The `type` label of a request in `petmesh_node_ws_messages_in_total` (bounded).
 pub fn metric_label(action: &str) -> &'static str {
     ACTIONS

@@ -248,6 +248,9 @@ impl Hub {
         settings: RealtimeSettings,
         metrics: Arc<Metrics>,
     ) -> Self {
+        for label in super::actions::metric_labels() {
+            metrics.realtime.messages_in.with_label_values(&[label]);
+        }
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),

@@ -2,6 +2,8 @@
 //! metrics dashboards and alerts read — present from start-up (at 0 where nothing happened
 //! yet) and following the cluster's state.
 
+use std::time::Duration;
+
 use petmesh_tests::{
     assert_eventually, balancer::balancer_binary, metrics, process::run_isolated, TestCluster,
 };
@@ -126,5 +128,36 @@ async fn dashboard_metrics_exist_from_start_up_and_follow_a_draining_node() {
         },
         "the balancer reports {} draining",
         ids[0]
+    );
+}
+
+#[tokio::test]
+async fn a_node_gone_without_draining_is_counted_lost_and_a_drained_one_is_not() {
+    let mut cluster = TestCluster::builder().nodes(3).balancer(true).start().await;
+    until_balanced(&cluster).await;
+    let admin = cluster.balancer().admin_client();
+    let series = |text: &str, name: &str| metrics::value(text, name).unwrap_or(f64::NAN);
+
+    cluster
+        .node_mut(1)
+        .terminate(Duration::from_secs(30))
+        .await
+        .unwrap();
+    cluster.node_mut(2).kill().unwrap();
+    // The killed node's registry entry expires; the drained one said `left`.
+    assert_eventually!(
+        {
+            let text = admin.get("/metrics").await.unwrap().text;
+            series(&text, r#"petmesh_balancer_nodes{state="ready"}"#) == 1.0
+                && series(&text, r#"petmesh_balancer_nodes{state="unhealthy"}"#) == 0.0
+                && series(&text, r#"petmesh_balancer_nodes{state="draining"}"#) == 0.0
+        },
+        "both nodes have left the balancer's set"
+    );
+    let text = admin.get("/metrics").await.unwrap().text;
+    assert_eq!(
+        series(&text, "petmesh_balancer_nodes_lost_total"),
+        1.0,
+        "{text}"
     );
 }
