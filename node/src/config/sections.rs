@@ -332,12 +332,18 @@ impl Default for LogSettings {
 pub type Redis = redis::aio::ConnectionManager;
 
 impl ClusterSettings {
-    /// The `host:port` registered for this node bound to `bound`: `advertise_addr` when set,
+    /// The `host:port` registered for this node bound to `bound`: `advertise_addr` when set
+    /// (an IPv6 host given without brackets, as `$(POD_IP):8080` is on an IPv6 pod, gets them),
     /// else `bound` with an unspecified IP replaced by loopback (a registry entry saying
     /// `0.0.0.0` would send balancers nowhere).
     pub fn advertised_addr(&self, bound: SocketAddr) -> String {
         if !self.advertise_addr.is_empty() {
-            return self.advertise_addr.clone();
+            return match self.advertise_addr.rsplit_once(':') {
+                Some((host, port)) if host.parse::<Ipv6Addr>().is_ok() => {
+                    format!("[{host}]:{port}")
+                }
+                _ => self.advertise_addr.clone(),
+            };
         }
         let ip = match bound.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -413,6 +419,16 @@ mod tests {
         );
         assert_eq!(cluster.advertised_addr(bound("[::]:8080")), "[::1]:8080");
         assert_eq!(cluster.advertised_addr(bound("10.1.2.3:9")), "10.1.2.3:9");
+        cluster.advertise_addr = "fd00::7:8080".into();
+        assert_eq!(
+            cluster.advertised_addr(bound("[::]:8080")),
+            "[fd00::7]:8080"
+        );
+        cluster.advertise_addr = "[fd00::7]:8080".into();
+        assert_eq!(
+            cluster.advertised_addr(bound("[::]:8080")),
+            "[fd00::7]:8080"
+        );
         cluster.advertise_addr = "node-1.petmesh:8080".into();
         assert_eq!(
             cluster.advertised_addr(bound("0.0.0.0:8080")),
