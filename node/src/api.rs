@@ -90,8 +90,13 @@ pub fn app(state: AppState, limits: Limits) -> impl Endpoint {
         .at("/asyncapi.json", get(crate::realtime::asyncapi))
         .nest("/", api);
     let metrics = Arc::clone(&state.metrics);
+    let trusted = state.trusted_proxies.clone();
     routes
         .around(move |ep, req| limits.apply(ep, req))
+        .around(move |ep, req| {
+            let trusted = trusted.clone();
+            async move { trusted.tag(ep, req).await }
+        })
         .around({
             let table = Arc::clone(&table);
             move |ep, req| {

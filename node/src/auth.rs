@@ -10,6 +10,7 @@
 //! [`BearerAuth`] is the poem-openapi security scheme: a handler that takes it requires a valid,
 //! unrevoked access token.
 
+pub mod lockout;
 pub mod password;
 pub mod revocation;
 pub mod sessions;

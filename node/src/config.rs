@@ -63,6 +63,8 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// The WebSocket endpoint and cluster broadcasts.
     pub realtime: RealtimeSettings,
+    /// Client addresses behind proxies (and, later, request rate limits).
+    pub rate_limit: RateLimitSettings,
 }
 
 impl Default for Settings {
@@ -81,6 +83,7 @@ impl Default for Settings {
             payments: PaymentSettings::default(),
             cache: CacheSettings::default(),
             realtime: RealtimeSettings::default(),
+            rate_limit: RateLimitSettings::default(),
         }
     }
 }
@@ -131,11 +134,27 @@ impl Settings {
         if self.auth.jwt_issuer.is_empty() {
             problem("auth.jwt_issuer", "must not be empty");
         }
-        if self.auth.access_token_ttl_secs == 0 {
-            problem("auth.access_token_ttl_secs", "must be at least 1");
+        let auth = &self.auth;
+        for (name, value) in [
+            ("auth.access_token_ttl_secs", auth.access_token_ttl_secs),
+            ("auth.refresh_token_ttl_secs", auth.refresh_token_ttl_secs),
+            ("auth.login_max_failures", auth.login_max_failures.into()),
+            ("auth.login_lock_secs", auth.login_lock_secs),
+            (
+                "auth.login_ip_max_failures",
+                auth.login_ip_max_failures.into(),
+            ),
+            ("auth.login_ip_window_secs", auth.login_ip_window_secs),
+        ] {
+            if value == 0 {
+                problem(name, "must be at least 1");
+            }
         }
-        if self.auth.refresh_token_ttl_secs == 0 {
-            problem("auth.refresh_token_ttl_secs", "must be at least 1");
+        if auth.login_max_lock_secs < auth.login_lock_secs {
+            problem(
+                "auth.login_max_lock_secs",
+                "must be at least auth.login_lock_secs",
+            );
         }
         if self.server.body_limit_bytes == 0 {
             problem("server.body_limit_bytes", "must be at least 1");

@@ -47,6 +47,14 @@ pub enum ApiError {
     /// The request body's content type is not `application/json`.
     #[oai(status = 415)]
     UnsupportedMediaType(Json<ErrorBody>),
+    /// Too many attempts (failed logins); retry after the given time.
+    #[oai(status = 429)]
+    TooManyRequests(
+        Json<ErrorBody>,
+        /// Seconds to wait before trying again.
+        #[oai(header = "Retry-After")]
+        u64,
+    ),
     /// A bug; details are in the node's log under the request id.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
@@ -104,6 +112,11 @@ impl ApiError {
         Self::Unavailable(body(503, message), None)
     }
 
+    /// 429 with `message` and `Retry-After: retry_after_secs`.
+    pub fn too_many_requests(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::TooManyRequests(body(429, message), retry_after_secs)
+    }
+
     /// 503 with `message` and `Retry-After: retry_after_secs`.
     pub fn overloaded(message: impl Into<String>, retry_after_secs: u64) -> Self {
         Self::Unavailable(body(503, message), Some(retry_after_secs))
@@ -121,6 +134,7 @@ impl ApiError {
             | Self::UnprocessableEntity(body)
             | Self::PayloadTooLarge(body)
             | Self::UnsupportedMediaType(body)
+            | Self::TooManyRequests(body, _)
             | Self::Internal(body)
             | Self::Unavailable(body, _) => &body.0,
         }

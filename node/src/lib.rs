@@ -24,6 +24,7 @@
 pub mod api;
 pub mod auth;
 pub mod cache;
+pub mod client_ip;
 pub mod config;
 pub mod error;
 pub mod events;

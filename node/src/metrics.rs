@@ -4,13 +4,17 @@
 //! Every series whose labels are known in advance exists from start-up (at 0), as Prometheus'
 //! instrumentation guidelines ask, so dashboards and alerts never see a metric appear late.
 
+pub mod auth;
 pub mod dependencies;
 pub mod realtime;
 pub mod store;
 
 use std::time::Instant;
 
-use self::{dependencies::DependencyMetrics, realtime::RealtimeMetrics, store::StoreMetrics};
+use self::{
+    auth::AuthMetrics, dependencies::DependencyMetrics, realtime::RealtimeMetrics,
+    store::StoreMetrics,
+};
 use crate::routes::RouteTable;
 use poem::{Endpoint, IntoResponse, PathPattern, Request, Response};
 use prometheus::{
@@ -38,6 +42,8 @@ pub struct Metrics {
     pub draining: IntGauge,
     /// PostgreSQL and Redis reachability, the PostgreSQL pool.
     pub dependencies: DependencyMetrics,
+    /// Logins and their protection.
+    pub auth: AuthMetrics,
     /// Orders, jobs, cache and events.
     pub store: StoreMetrics,
     /// WebSocket connections, messages and broadcasts.
@@ -96,6 +102,7 @@ impl Metrics {
         registry.register(Box::new(info))?;
         registry.register(Box::new(draining.clone()))?;
         let dependencies = DependencyMetrics::register(&registry)?;
+        let auth = AuthMetrics::register(&registry)?;
         let store = StoreMetrics::register(&registry)?;
         let realtime = RealtimeMetrics::register(&registry)?;
         Ok(Self {
@@ -107,6 +114,7 @@ impl Metrics {
             registry_failures,
             draining,
             dependencies,
+            auth,
             store,
             realtime,
         })

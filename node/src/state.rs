@@ -12,8 +12,9 @@ use petmesh_shared::registry::RedisKeys;
 use tokio::sync::Notify;
 
 use crate::{
-    auth::{revocation::Revocations, tokens::TokenKeys},
+    auth::{lockout::LoginGuard, revocation::Revocations, tokens::TokenKeys},
     cache::PetCache,
+    client_ip::TrustedProxies,
     config::{JobSettings, PaymentSettings, Redis, Settings},
     events::{log::EventLog, Events},
     metrics::Metrics,
@@ -33,6 +34,10 @@ pub struct AppState {
     pub tokens: TokenKeys,
     /// Revoked tokens, cluster-wide.
     pub revocations: Revocations,
+    /// Failed-login lock-outs, cluster-wide.
+    pub login_guard: LoginGuard,
+    /// Whose `X-Forwarded-For` names the client (`rate_limit.trusted_proxies`).
+    pub trusted_proxies: TrustedProxies,
     /// Prometheus registry and the node's collectors.
     pub metrics: Arc<Metrics>,
     /// This node's id.
@@ -68,6 +73,12 @@ impl AppState {
             tokens.access_ttl,
             metrics.store.revocation_checks_skipped.clone(),
         );
+        let login_guard = LoginGuard::new(
+            redis.clone(),
+            keys.clone(),
+            settings.auth.clone(),
+            &metrics.auth,
+        );
         let pet_cache = PetCache::new(
             redis.clone(),
             keys.clone(),
@@ -99,6 +110,8 @@ impl AppState {
             keys,
             tokens,
             revocations,
+            login_guard,
+            trusted_proxies: settings.rate_limit.trusted_proxies.clone(),
             metrics,
             node_id: settings.node_id.as_str().into(),
             started_at: Instant::now(),

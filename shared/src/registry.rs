@@ -151,6 +151,17 @@ impl RedisKeys {
     pub fn sessions_revoked_before(&self, user_id: &str) -> String {
         format!("{}auth:revoked-before:{user_id}", self.prefix)
     }
+
+    /// The failed-login state of one login name (a hash: consecutive `failures`, lock `level`,
+    /// locked `until`), keyed by a digest of the lower-cased name so any name makes a short key.
+    pub fn login_failures(&self, name_digest: &str) -> String {
+        format!("{}auth:login-failures:{name_digest}", self.prefix)
+    }
+
+    /// Failed logins from one client address in its current window (a counter with a TTL).
+    pub fn login_ip_failures(&self, ip: &str) -> String {
+        format!("{}auth:login-ip-failures:{ip}", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -166,6 +177,14 @@ mod tests {
             "petmesh:blue:auth:revoked-before:u1"
         );
         assert_eq!(keys.node("n1"), "petmesh:blue:registry:node:n1");
+        assert_eq!(
+            keys.login_failures("ab12"),
+            "petmesh:blue:auth:login-failures:ab12"
+        );
+        assert_eq!(
+            keys.login_ip_failures("127.0.0.9"),
+            "petmesh:blue:auth:login-ip-failures:127.0.0.9"
+        );
         assert_eq!(keys.nodes(), "petmesh:blue:registry:nodes");
         assert_eq!(keys.membership_channel(), "petmesh:blue:registry:events");
         assert_eq!(keys.event_channel("pets"), "petmesh:blue:events:pets");

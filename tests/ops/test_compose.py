@@ -150,3 +150,11 @@ def test_mounted_files_exist_and_grafana_is_provisioned(services):
     assert (dashboards / home.rsplit("/", 1)[1]).is_file(), home
     prometheus = {m["target"]: m["source"] for m in services["prometheus"]["volumes"] if m["type"] == "bind"}
     assert sorted((REPO / prometheus["/etc/prometheus/rules"]).glob("*.yml")), "no rules mounted"
+
+
+def test_nodes_trust_exactly_the_balancers_forwarded_for(services):
+    # Login lock-outs (and rate limits) go by client address: only the balancer may name it.
+    balancer_ip = services["balancer"]["networks"]["default"]["ipv4_address"]
+    for node in NODES:
+        trusted = services[node]["environment"]["PETMESH_NODE__RATE_LIMIT__TRUSTED_PROXIES"]
+        assert trusted == f"{balancer_ip}/32", node

@@ -69,6 +69,18 @@ impl ApiClient {
         }
     }
 
+    /// This client, connecting from `source` (a loopback address such as `127.0.0.23`: all of
+    /// 127.0.0.0/8 reaches loopback), so that one test can play many client addresses.
+    pub fn from_address(mut self, source: std::net::IpAddr) -> Self {
+        self.http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(REQUEST_TIMEOUT)
+            .local_address(source)
+            .build()
+            .expect("building an HTTP client");
+        self
+    }
+
     /// This client, sending `token` as a bearer token from now on.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());

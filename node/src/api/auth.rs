@@ -6,6 +6,7 @@ use poem_openapi::{payload::Json, ApiResponse, Object, OpenApi};
 use super::{ApiTags, NoContent};
 use crate::{
     auth::{sessions, sessions::TokenPair, BearerAuth, Role},
+    client_ip::ClientIp,
     error::{ApiError, ApiResult},
     state::AppState,
     users::{self, NewUser, User},
@@ -94,11 +95,15 @@ impl AuthApi {
         )))
     }
 
-    /// Exchanges credentials for an access token (JWT) and a refresh token.
+    /// Exchanges credentials for an access token (JWT) and a refresh token. Guarded against
+    /// guessing: after `auth.login_max_failures` failures in a row a login name is locked
+    /// (429 with `Retry-After`, even for the right password), and so is a client address after
+    /// `auth.login_ip_max_failures` failures within `auth.login_ip_window_secs`.
     #[oai(path = "/login", method = "post")]
     async fn login(
         &self,
         state: Data<&AppState>,
+        client: Data<&ClientIp>,
         body: Json<LoginRequest>,
     ) -> ApiResult<Json<TokenPair>> {
         let login = match (&body.username, &body.email) {
@@ -109,7 +114,9 @@ impl AuthApi {
                 ))
             }
         };
-        Ok(Json(sessions::login(&state, login, &body.password).await?))
+        Ok(Json(
+            sessions::login(&state, login, &body.password, client.0 .0).await?,
+        ))
     }
 
     /// Spends a refresh token for a new pair. Each refresh token works once; presenting a spent

@@ -4,11 +4,14 @@
 //! changes and the matching Redis revocations happen inside one transaction that commits only
 //! after Redis accepted the revocation, so a failure leaves the session as it was.
 
+use std::net::IpAddr;
+
 use poem_openapi::Object;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{
+    lockout::Refusal,
     password,
     tokens::{hash_refresh_token, new_refresh_token},
     Claims, Role,
@@ -32,8 +35,28 @@ pub struct TokenPair {
 const INVALID_CREDENTIALS: &str = "invalid username/email or password";
 const INVALID_REFRESH: &str = "refresh token is invalid, expired or revoked";
 
-/// Checks credentials (`login` is a username or an email) and starts a session.
-pub async fn login(state: &AppState, login: &str, password: &str) -> Result<TokenPair, ApiError> {
+/// Checks credentials (`login` is a username or an email) of a client at `client` and starts a
+/// session. Guarded against guessing (see [`super::lockout`]): a locked name or an address over
+/// its failure budget gets 429 before the password is looked at.
+pub async fn login(
+    state: &AppState,
+    login: &str,
+    password: &str,
+    client: IpAddr,
+) -> Result<TokenPair, ApiError> {
+    let guard = &state.login_guard;
+    if let Err(refusal) = guard.check(login, client).await {
+        let wait = refusal.retry_after().as_secs_f64().ceil() as u64;
+        let message = match refusal {
+            Refusal::NameLocked(_) => {
+                format!("too many failed logins for this name; try again in {wait} s")
+            }
+            Refusal::AddressBlocked(_) => {
+                format!("too many failed logins from this address; try again in {wait} s")
+            }
+        };
+        return Err(ApiError::too_many_requests(message, wait.max(1)));
+    }
     let user: Option<(Uuid, String, String, String)> = sqlx::query_as(
         "select user_id, password_hash, role, status from app_user
          where lower(username) = lower($1) or lower(email) = lower($1)",
@@ -43,8 +66,10 @@ pub async fn login(state: &AppState, login: &str, password: &str) -> Result<Toke
     .await?;
     let stored_hash = user.as_ref().map(|u| u.1.clone());
     if !password::verify(password.to_owned(), stored_hash).await? {
+        guard.failed(login, client).await;
         return Err(ApiError::unauthorized(INVALID_CREDENTIALS));
     }
+    guard.succeeded(login).await;
     let (user_id, _, role, status) = user.expect("verified users exist");
     if status != "active" {
         return Err(ApiError::forbidden("account is disabled"));

@@ -7,6 +7,8 @@ use std::{
 };
 
 use petmesh_shared::telemetry::LogFormat;
+
+use crate::client_ip::TrustedProxies;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -90,6 +92,28 @@ pub struct AuthSettings {
     pub access_token_ttl_secs: u64,
     /// Refresh token lifetime.
     pub refresh_token_ttl_secs: u64,
+    /// Consecutive failed logins for one login name (from any address) that lock it.
+    pub login_max_failures: u32,
+    /// How long the first lock lasts; each failure after a lock has ended locks the name again
+    /// for twice as long as the lock before.
+    pub login_lock_secs: u64,
+    /// The longest lock.
+    pub login_max_lock_secs: u64,
+    /// Failed logins one client address may make (over any login names) per
+    /// `login_ip_window_secs` before its logins are refused: against credential stuffing.
+    pub login_ip_max_failures: u32,
+    /// The window of `login_ip_max_failures`, counted from the address's first failure in it.
+    pub login_ip_window_secs: u64,
+}
+
+/// Client addresses and (later) request rate limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Comma-separated CIDRs of proxies whose `X-Forwarded-For` is believed (balancers, an
+    /// ingress): a request from one of them is attributed to the right-most forwarded address
+    /// that is not itself trusted; any other request to its TCP peer.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Logging.
@@ -256,6 +280,21 @@ impl Default for AuthSettings {
             jwt_issuer: "petmesh".into(),
             access_token_ttl_secs: 3600,
             refresh_token_ttl_secs: 30 * 24 * 3600,
+            login_max_failures: 5,
+            login_lock_secs: 60,
+            login_max_lock_secs: 3600,
+            login_ip_max_failures: 50,
+            login_ip_window_secs: 3600,
+        }
+    }
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: "127.0.0.1/32,::1/128"
+                .parse()
+                .expect("the default trusted proxies parse"),
         }
     }
 }

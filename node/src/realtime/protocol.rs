@@ -101,6 +101,7 @@ impl From<ApiError> for WsError {
             409 => ErrorCode::Conflict,
             412 => ErrorCode::PreconditionFailed,
             422 => ErrorCode::Unprocessable,
+            429 => ErrorCode::RateLimited,
             503 => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,
         };

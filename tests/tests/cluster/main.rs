@@ -2,6 +2,7 @@
 //! processes on free loopback ports (issue 4, membership and balancing).
 //!
 //! - [`membership`]: a node's own registry entry, from start to drain, read straight from Redis.
+//! - [`abuse`]: login lock-outs the whole cluster agrees on; client addresses nobody can forge.
 //! - [`discovery`]: the balancer following the registry: new nodes, departed ones.
 //! - [`failover`]: nodes dying under load, and no node left at all.
 //! - [`draining`]: a SIGTERMed node finishing its work while getting none.
@@ -10,6 +11,7 @@
 //! - [`operations`]: the balancer's `check-config` and `healthcheck`; the metrics dashboards
 //!   and alerts read.
 
+mod abuse;
 mod discovery;
 mod draining;
 mod failover;

@@ -215,14 +215,32 @@ export function node(): DashboardJson {
           timeseries({
             title: 'Redis degradation',
             description:
-              'What the node skips while Redis is unreachable: token revocation checks (petmesh_node_revocation_checks_skipped_total) ' +
+              'What the node skips while Redis is unreachable: token revocation checks (petmesh_node_revocation_checks_skipped_total), ' +
+              'login lock-out checks (petmesh_node_login_checks_skipped_total) ' +
               'and registry heartbeats (petmesh_node_registry_heartbeat_failures_total), per second.',
             unit: 'cps',
             queries: [
               q(`sum(rate(petmesh_node_revocation_checks_skipped_total{${N}}[$__rate_interval]))`, 'revocation checks skipped'),
+              q(`sum(rate(petmesh_node_login_checks_skipped_total{${N}}[$__rate_interval]))`, 'login checks skipped'),
               q(`sum(rate(petmesh_node_registry_heartbeat_failures_total{${N}}[$__rate_interval]))`, 'heartbeat failures'),
             ],
             w: 8,
+            h: 8,
+          }),
+        ],
+      },
+      {
+        title: 'Logins',
+        panels: [
+          timeseries({
+            title: 'Login attempts by result',
+            description:
+              'Password logins per second by result (petmesh_node_login_attempts_total): success; failure (wrong password or ' +
+              'unknown name); locked_out (a failure that locked its login name); name_locked and address_blocked (refused with ' +
+              '429 before the password was looked at). Many name_locked or address_blocked: someone is guessing passwords.',
+            unit: 'cps',
+            queries: [q(`sum by (result) (rate(petmesh_node_login_attempts_total{${N}}[$__rate_interval]))`, '{{result}}')],
+            w: 24,
             h: 8,
           }),
         ],
