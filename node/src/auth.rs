@@ -52,6 +52,8 @@ pub struct Claims {
     pub exp: i64,
     /// Issuer.
     pub iss: String,
+    /// Audience.
+    pub aud: String,
 }
 
 impl Claims {

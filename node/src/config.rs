@@ -5,6 +5,7 @@
 //! This module holds the root [`Settings`], loading and validation; [`sections`] holds the
 //! sections (one struct each, with its defaults and the clients it builds).
 
+pub mod jwt;
 mod sections;
 
 use std::{collections::HashMap, path::Path};
@@ -114,25 +115,19 @@ impl Settings {
         let mut problem = |setting: &str, message: &str| {
             problems.push(ConfigProblem::new(ENV_PREFIX, setting, message));
         };
-        let secret = self.auth.jwt_secret.expose_secret();
-        if self.environment != Environment::Development {
-            if secret == DEVELOPMENT_JWT_SECRET {
-                problem(
-                    "auth.jwt_secret",
-                    "the built-in development secret is refused outside environment=development; set a secret of at least 32 bytes",
-                );
-            } else if secret.len() < 32 {
-                problem(
-                    "auth.jwt_secret",
-                    "must be at least 32 bytes outside development",
-                );
+        if let Err(key_problems) = self
+            .auth
+            .jwt_key_set(self.environment == Environment::Development)
+        {
+            for (setting, message) in key_problems {
+                problem(setting, &message);
             }
-        }
-        if secret.is_empty() {
-            problem("auth.jwt_secret", "must not be empty");
         }
         if self.auth.jwt_issuer.is_empty() {
             problem("auth.jwt_issuer", "must not be empty");
+        }
+        if self.auth.jwt_audience.is_empty() {
+            problem("auth.jwt_audience", "must not be empty");
         }
         let auth = &self.auth;
         for (name, value) in [

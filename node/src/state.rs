@@ -65,7 +65,12 @@ impl AppState {
     /// Builds the state from settings and already created pools.
     pub fn new(settings: &Settings, db: sqlx::PgPool, redis: Redis) -> anyhow::Result<Self> {
         let keys = RedisKeys::new(&settings.cluster.name);
-        let tokens = TokenKeys::new(&settings.auth);
+        let development = settings.environment == crate::config::Environment::Development;
+        let key_set = settings
+            .auth
+            .jwt_key_set(development)
+            .map_err(|problems| anyhow::anyhow!("auth keys: {problems:?}"))?;
+        let tokens = TokenKeys::new(&settings.auth, &key_set)?;
         let metrics = Arc::new(Metrics::new()?);
         let revocations = Revocations::new(
             redis.clone(),

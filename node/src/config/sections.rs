@@ -84,10 +84,18 @@ pub struct ClusterSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
-    /// HMAC-SHA256 key for access tokens; at least 32 bytes outside development.
+    /// HMAC-SHA256 key for access tokens (kid `default`); at least 32 bytes outside
+    /// development. Optional when `jwt_keys` lists keys.
     pub jwt_secret: SecretString,
+    /// More access-token keys, `kid=ALG:material` comma-separated (HS256 secrets, EdDSA keys;
+    /// see [`super::jwt`]): every one verifies, one signs.
+    pub jwt_keys: SecretString,
+    /// The kid of the signing key; empty: `default` (the secret) when set, else the only key.
+    pub jwt_signing_kid: String,
     /// `iss` claim written and required.
     pub jwt_issuer: String,
+    /// `aud` claim written and required.
+    pub jwt_audience: String,
     /// Access token lifetime.
     pub access_token_ttl_secs: u64,
     /// Refresh token lifetime.
@@ -277,7 +285,10 @@ impl Default for AuthSettings {
     fn default() -> Self {
         Self {
             jwt_secret: DEVELOPMENT_JWT_SECRET.into(),
+            jwt_keys: SecretString::from(""),
+            jwt_signing_kid: String::new(),
             jwt_issuer: "petmesh".into(),
+            jwt_audience: "petmesh".into(),
             access_token_ttl_secs: 3600,
             refresh_token_ttl_secs: 30 * 24 * 3600,
             login_max_failures: 5,

@@ -153,6 +153,7 @@ mod tests {
             iat: 0,
             exp: 0,
             iss: String::new(),
+            aud: String::new(),
         }
     }
 

@@ -2,7 +2,7 @@
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{EncodingKey, Header};
-use petmesh_tests::{assert_error, TestCluster};
+use petmesh_tests::{assert_error, ApiClient, TestCluster};
 use serde_json::json;
 
 use crate::helpers::{admin, refresh, signed_up, PASSWORD};
@@ -193,6 +193,7 @@ struct ForgedClaims<'a> {
     iat: i64,
     exp: i64,
     iss: &'a str,
+    aud: &'a str,
 }
 
 fn forge(secret: &str, sub: &str, role: &str, exp_offset_secs: i64) -> String {
@@ -204,6 +205,7 @@ fn forge(secret: &str, sub: &str, role: &str, exp_offset_secs: i64) -> String {
         iat: now,
         exp: now + exp_offset_secs,
         iss: "petmesh",
+        aud: "petmesh",
     };
     jsonwebtoken::encode(
         &Header::default(),
@@ -383,4 +385,78 @@ async fn the_bootstrap_admin_exists_with_the_admin_role() {
     me.assert_status(200);
     assert_eq!(me.body["username"], "admin");
     assert_eq!(me.body["role"], "admin");
+}
+
+#[tokio::test]
+async fn keys_rotate_without_refusing_a_valid_token() {
+    // 1. The cluster signs with its secret (kid `default`).
+    let mut cluster = TestCluster::start(1).await;
+    let user = signed_up(&cluster.client(0), "rotor").await;
+    let old_token = user.tokens.access_token.clone();
+    let new_key = "k2027=HS256:a-brand-new-key-a-brand-new-key-0123";
+
+    // 2. A node that also lists the new key and signs with it (every node would first list it,
+    //    then switch signing): it accepts the old token and issues tokens of the new kid.
+    let switched = cluster
+        .spawn_node(|config| {
+            config
+                .env("PETMESH_NODE__AUTH__JWT_KEYS", new_key)
+                .env("PETMESH_NODE__AUTH__JWT_SIGNING_KID", "k2027")
+        })
+        .await
+        .unwrap()
+        .base_url();
+    let switched = ApiClient::new(switched);
+    switched
+        .clone()
+        .token(&old_token)
+        .get("/api/v1/auth/me")
+        .await
+        .unwrap()
+        .assert_status(200);
+    let new_token = switched
+        .login("rotor", PASSWORD)
+        .await
+        .unwrap()
+        .access_token;
+    // The old node does not know the new key yet: this is why every node lists it first.
+    assert_error(
+        &cluster
+            .client(0)
+            .token(&new_token)
+            .get("/api/v1/auth/me")
+            .await
+            .unwrap(),
+        401,
+    );
+
+    // 3. After the token lifetime the secret is removed: old tokens get 401, new ones work.
+    let rotated = cluster
+        .spawn_node(|config| {
+            config
+                .jwt_secret("")
+                .env("PETMESH_NODE__AUTH__JWT_KEYS", new_key)
+        })
+        .await
+        .unwrap()
+        .base_url();
+    let rotated = ApiClient::new(rotated);
+    let refused = rotated
+        .clone()
+        .token(&old_token)
+        .get("/api/v1/auth/me")
+        .await
+        .unwrap();
+    assert_error(&refused, 401);
+    assert!(refused.body["message"]
+        .as_str()
+        .unwrap()
+        .contains("key this node does not accept"));
+    rotated
+        .clone()
+        .token(&new_token)
+        .get("/api/v1/auth/me")
+        .await
+        .unwrap()
+        .assert_status(200);
 }
