@@ -15,7 +15,11 @@ use poem::{get, handler, web::Data, Endpoint, EndpointExt, Route};
 use poem_openapi::{ApiResponse, OpenApiService, Tags};
 
 use crate::{
-    error::render_errors, limits::Limits, request_id::with_request_id, routes::RouteTable,
+    error::render_errors,
+    hardening::{secure_headers, Hardening},
+    limits::Limits,
+    request_id::with_request_id,
+    routes::RouteTable,
     state::AppState,
 };
 
@@ -75,8 +79,9 @@ pub fn service() -> OpenApiService<
 }
 
 /// The whole node endpoint with its middleware, outermost first:
-/// state → request id and span → metrics → error rendering → limits → routes.
-pub fn app(state: AppState, limits: Limits) -> impl Endpoint {
+/// state → security headers → CORS (when origins are allowed) → request id and span → metrics →
+/// error rendering → client address → header limits → body and time limits → routes.
+pub fn app(state: AppState, limits: Limits, hardening: Hardening) -> impl Endpoint {
     let api = service();
     let spec: serde_json::Value =
         serde_json::from_str(&api.spec()).expect("the generated spec is JSON");
@@ -91,8 +96,11 @@ pub fn app(state: AppState, limits: Limits) -> impl Endpoint {
         .nest("/", api);
     let metrics = Arc::clone(&state.metrics);
     let trusted = state.trusted_proxies.clone();
+    let header_limits = hardening.header_limits;
+    let cors = (!hardening.cors_origins.is_empty()).then(|| hardening.cors());
     routes
         .around(move |ep, req| limits.apply(ep, req))
+        .around(move |ep, req| header_limits.apply(ep, req))
         .around(move |ep, req| {
             let trusted = trusted.clone();
             async move { trusted.tag(ep, req).await }
@@ -109,6 +117,8 @@ pub fn app(state: AppState, limits: Limits) -> impl Endpoint {
             async move { metrics.track(&table, ep, req).await }
         })
         .around(with_request_id)
+        .with_if(cors.is_some(), cors.unwrap_or_default())
+        .around(secure_headers)
         .data(state)
 }
 

@@ -154,6 +154,24 @@ impl Settings {
         if self.server.body_limit_bytes == 0 {
             problem("server.body_limit_bytes", "must be at least 1");
         }
+        if self.server.max_headers == 0 {
+            problem("server.max_headers", "must be at least 1");
+        }
+        if self.server.max_header_bytes < 1024 {
+            problem("server.max_header_bytes", "must be at least 1024");
+        }
+        for origin in self.server.cors_origins() {
+            let scheme_host = origin.split_once("://").is_some_and(|(scheme, host)| {
+                matches!(scheme, "http" | "https") && !host.is_empty() && !host.contains('/')
+            });
+            if !scheme_host {
+                problem(
+                    "server.cors_allowed_origins",
+                    "origins are `scheme://host[:port]`, comma-separated (no paths, no `*`)",
+                );
+                break;
+            }
+        }
         if self.server.request_timeout_secs == 0 {
             problem("server.request_timeout_secs", "must be at least 1");
         }

@@ -28,6 +28,7 @@ pub mod client_ip;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod hardening;
 pub mod jobs;
 pub mod limits;
 pub mod membership;

@@ -15,6 +15,7 @@ use crate::{
     api,
     config::Settings,
     error::ApiError,
+    hardening::Hardening,
     jobs::worker::Workers,
     limits::Limits,
     membership::{Membership, Registration},
@@ -62,6 +63,8 @@ pub struct Application {
     state: AppState,
     /// Request limits from the settings.
     limits: Limits,
+    /// Security headers, header limits and CORS from the settings.
+    hardening: Hardening,
     /// How long in-flight requests may take once shutdown begins.
     grace_period: Duration,
     /// How long the node keeps accepting after announcing `draining`.
@@ -112,6 +115,7 @@ impl Application {
                 body_limit_bytes: settings.server.body_limit_bytes,
                 request_timeout: Duration::from_secs(settings.server.request_timeout_secs),
             },
+            hardening: Hardening::new(&settings.server),
             grace_period: Duration::from_secs(settings.server.grace_period_secs),
             drain_delay: Duration::from_millis(settings.server.drain_delay_ms),
             registration,
@@ -167,7 +171,7 @@ impl Application {
                 "shutting down: draining in-flight requests"
             );
         };
-        let app = api::app(self.state, self.limits);
+        let app = api::app(self.state, self.limits, self.hardening);
         // 2.
         let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, signal, Some(self.grace_period))

@@ -39,6 +39,13 @@ pub struct ServerSettings {
     /// On SIGTERM, how long the node keeps accepting after announcing `draining`, so that
     /// balancers have stopped sending before the listener and idle connections close.
     pub drain_delay_ms: u64,
+    /// Most header fields a request may have; more get 431.
+    pub max_headers: usize,
+    /// Most bytes of header names and values a request may have; more get 431.
+    pub max_header_bytes: usize,
+    /// Comma-separated browser origins allowed to call the API cross-origin (CORS, e.g.
+    /// `https://shop.example`); empty: no cross-origin access.
+    pub cors_allowed_origins: String,
 }
 
 /// PostgreSQL connection pool.
@@ -246,6 +253,9 @@ impl Default for ServerSettings {
             request_timeout_secs: 30,
             grace_period_secs: 10,
             drain_delay_ms: DEFAULT_DRAIN_DELAY_MS,
+            max_headers: 64,
+            max_header_bytes: 16 * 1024,
+            cors_allowed_origins: String::new(),
         }
     }
 }
@@ -377,6 +387,18 @@ impl Default for LogSettings {
 }
 
 // === clients and derived values ===
+
+impl ServerSettings {
+    /// The origins of `cors_allowed_origins`.
+    pub fn cors_origins(&self) -> Vec<String> {
+        self.cors_allowed_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
 
 /// The node's Redis connection (see [`RedisSettings::connect`]); clones share it.
 pub type Redis = redis::aio::ConnectionManager;

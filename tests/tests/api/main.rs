@@ -4,6 +4,7 @@
 mod auth;
 mod errors;
 mod events;
+mod hardening;
 mod helpers;
 mod nodes;
 mod orders;
