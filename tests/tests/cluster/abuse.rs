@@ -199,3 +199,121 @@ async fn a_forged_x_forwarded_for_names_nobody_else() {
         assert_eq!(statuses, [401, 401, 401, 429], "via the {via}");
     }
 }
+
+#[tokio::test]
+async fn secrets_never_reach_the_logs_or_error_bodies() {
+    let cluster = TestCluster::builder()
+        .nodes(2)
+        .balancer(true)
+        .env("PETMESH_NODE__LOG__LEVEL", "petmesh_node=debug,info")
+        .balancer_env(
+            "PETMESH_BALANCER__LOG__LEVEL",
+            "petmesh_balancer=debug,info",
+        )
+        .start()
+        .await;
+    until_balanced(&cluster).await;
+    let entry = cluster.entry_client();
+    let password = "a-very-private-passphrase-42";
+    let mut secrets = vec![
+        cluster.jwt_secret().to_owned(),
+        cluster.admin_password().to_owned(),
+        password.to_owned(),
+    ];
+    let mut bodies = Vec::new();
+
+    // Everything that handles a secret: registration, logins right and wrong, refresh (and a
+    // replayed refresh token), the WebSocket login, logout, and malformed credentials.
+    bodies.push(
+        entry
+            .register("keeper", "keeper@example.com", password)
+            .await
+            .unwrap(),
+    );
+    bodies.push(
+        entry
+            .register("keeper2", "k2@example.com", "short")
+            .await
+            .unwrap(),
+    );
+    bodies.push(login(&entry, "keeper", "not-the-passphrase").await);
+    let tokens = entry.login("keeper", password).await.unwrap();
+    secrets.push(tokens.access_token.clone());
+    secrets.push(tokens.refresh_token.clone());
+    let admin = entry
+        .login("admin", cluster.admin_password())
+        .await
+        .unwrap();
+    secrets.push(admin.access_token.clone());
+    for _ in 0..2 {
+        bodies.push(
+            entry
+                .post(
+                    "/api/v1/auth/refresh",
+                    &json!({"refreshToken": tokens.refresh_token}),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    bodies.push(
+        entry
+            .post(
+                "/api/v1/auth/login",
+                &json!({"username": "keeper", "password": 12345678}),
+            )
+            .await
+            .unwrap(),
+    );
+    let mut ws =
+        petmesh_tests::WsClient::login(&cluster.balancer().base_url(), &admin.access_token)
+            .await
+            .unwrap();
+    ws.request("ping", json!({})).await.unwrap();
+    bodies.push(
+        entry
+            .clone()
+            .token(format!("{}x", admin.access_token))
+            .get("/api/v1/auth/me")
+            .await
+            .unwrap(),
+    );
+    entry
+        .clone()
+        .token(&admin.access_token)
+        .post("/api/v1/auth/logout", &json!({}))
+        .await
+        .unwrap()
+        .assert_status(204);
+
+    let mut logs: Vec<String> = cluster.nodes().iter().flat_map(|n| n.logs()).collect();
+    let balancer_logs = cluster.balancer().logs();
+    assert!(
+        balancer_logs.len() < 500,
+        "the balancer's log tail overflowed"
+    );
+    for node in cluster.nodes() {
+        assert!(
+            node.logs().len() < 500,
+            "{}'s log tail overflowed",
+            node.id()
+        );
+    }
+    logs.extend(balancer_logs);
+    assert!(logs.len() > 20, "debug logs were written: {}", logs.len());
+    for secret in &secrets {
+        for line in &logs {
+            assert!(
+                !line.contains(secret.as_str()),
+                "a secret in the logs: {line}"
+            );
+        }
+        for body in &bodies {
+            assert!(
+                !body.text.contains(secret.as_str()),
+                "a secret in an answer: {}",
+                body.text
+            );
+        }
+    }
+}
