@@ -6,7 +6,8 @@
 //! - [`worker`]: one event loop per core (own listener, snapshot, upstream pool, retry budget);
 //!   [`spread`] keeps client connections even over them, [`deadline`] keeps their timeouts.
 //! - [`proxy`]: the request path; [`proxy::http`] rewrites messages, [`proxy::upstream`] is the
-//!   HTTP/1.1 client to the nodes, [`proxy::ws`] splices WebSockets.
+//!   HTTP/1.1 client to the nodes, [`proxy::ws`] splices WebSockets, [`proxy::linger`] reads
+//!   away the rest of a body answered early (so that the client can read the answer).
 //! - [`error`]: [`ProxyError`](error::ProxyError) and the one status mapping.
 //! - [`backend`]: nodes and the membership the workers snapshot.
 //! - [`selection`]: the strategies, one per file.

@@ -15,8 +15,11 @@
 //!    and the retry budget allows.
 //! 7. The response streams back with `X-Petmesh-Node`; its connection returns to the pool when
 //!    the body has been passed on completely.
+//! 8. If the client's body was not read to its end (a 413, a node's early answer), the rest
+//!    is discarded within bounds so that the client can read the answer ([`linger`]).
 
 pub mod http;
+pub mod linger;
 pub mod upstream;
 pub mod ws;
 
@@ -112,89 +115,114 @@ fn prepare_head<'c>(
     }
 }
 
+/// Forwards an HTTP request (or answers it with a generated error). When the answer is ready
+/// before the client's body was read to its end (a 413, a node's early answer, a failure in
+/// the middle of the upload), the rest of the body is discarded by a lingering close, so that
+/// a client still sending can read the answer; the answer then says `Connection: close`.
+///
+/// One function with one exit, and the answer passed through untouched when the body was
+/// read: a wrapper future around the sending part moved the request head and the response
+/// once more per request (+1 % instructions per request, `BENCH_INSTRUCTIONS=1
+/// scripts/bench-balancer`).
 async fn forward(
     worker: &Rc<Worker>,
     request: Request<Incoming>,
     client: &Client,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let settings = &worker.state.settings;
-    if worker.is_stopping() {
-        return Err(ProxyError::new(ErrorKind::ShuttingDown));
-    }
     let (mut parts, body) = request.into_parts();
     let max_body = settings.limits.max_body_bytes;
-    if body.size_hint().lower() > max_body {
-        return Err(ProxyError::new(ErrorKind::BodyTooLarge));
-    }
-    let forwarding = prepare_head(worker, &mut parts, client, false);
-    let snapshot = worker.snapshot();
-    let order = snapshot.order(&worker.state, Traffic::Http, &parts.headers, client.addr);
-    let Some(&first) = order.first() else {
-        return Err(ProxyError::new(ErrorKind::NoHealthyNode));
-    };
-    snapshot.nodes[first].stats.picks[0].inc();
-    if !parts.headers.contains_key(header::HOST) {
-        if let Ok(host) = HeaderValue::from_str(&snapshot.nodes[first].backend.addr) {
-            parts.headers.insert(header::HOST, host);
-        }
-    }
-
+    let declared_too_large = body.size_hint().lower() > max_body;
     // The head is only borrowed by each attempt, so a retry sends it again as it is; the body
     // can go again when there is none or when it was never sent.
     let mut body = RequestBody::new(body, max_body);
-    let max_attempts = (settings.retry.max_attempts as usize).min(order.len());
-    let idempotent = is_idempotent(&parts.method, &parts.headers);
-    worker
-        .budget
-        .borrow_mut()
-        .deposit(std::time::Instant::now());
-
-    let mut last: Option<Result<Response<ResponseBody>, ProxyError>> = None;
-    for (attempt, &index) in order.iter().take(max_attempts).enumerate() {
-        if attempt > 0 {
-            let retryable = match &last {
-                Some(Err(err)) => err.retryable,
-                Some(Ok(_)) => true,
-                None => false,
-            };
-            if !retryable {
-                break;
-            }
-            if !worker
-                .budget
-                .borrow_mut()
-                .try_withdraw(std::time::Instant::now())
-            {
-                worker.state.metrics.retries_budget_exhausted.inc();
-                break;
-            }
-            worker.state.metrics.retries.inc();
+    let result: Result<Response<ResponseBody>, ProxyError> = 'answer: {
+        if worker.is_stopping() {
+            break 'answer Err(ProxyError::new(ErrorKind::ShuttingDown));
         }
-        let node = &snapshot.nodes[index];
-        let request = Outgoing {
-            head: &parts,
-            forwarding: &forwarding,
-            idempotent,
+        if declared_too_large {
+            break 'answer Err(ProxyError::new(ErrorKind::BodyTooLarge));
+        }
+        let forwarding = prepare_head(worker, &mut parts, client, false);
+        let snapshot = worker.snapshot();
+        let order = snapshot.order(&worker.state, Traffic::Http, &parts.headers, client.addr);
+        let Some(&first) = order.first() else {
+            break 'answer Err(ProxyError::new(ErrorKind::NoHealthyNode));
         };
-        match attempt_once(worker, &snapshot, index, &request, &mut body).await {
-            Ok(response) => {
-                let status = response.status();
-                let retry_status =
-                    status == StatusCode::BAD_GATEWAY || status == StatusCode::SERVICE_UNAVAILABLE;
-                if retry_status && idempotent && body.is_empty() {
-                    tracing::debug!(node = %node.id(), %status, "node refused, trying another");
-                    last = Some(Ok(response));
-                    continue;
-                }
-                return Ok(response);
-            }
-            Err(err) => {
-                tracing::debug!(node = %node.id(), error = %err, "attempt failed");
-                last = Some(Err(err));
+        snapshot.nodes[first].stats.picks[0].inc();
+        if !parts.headers.contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(&snapshot.nodes[first].backend.addr) {
+                parts.headers.insert(header::HOST, host);
             }
         }
-    }
-    last.unwrap_or_else(|| Err(ProxyError::new(ErrorKind::NoHealthyNode)))
+
+        let max_attempts = (settings.retry.max_attempts as usize).min(order.len());
+        let idempotent = is_idempotent(&parts.method, &parts.headers);
+        worker
+            .budget
+            .borrow_mut()
+            .deposit(std::time::Instant::now());
+
+        let mut last: Option<Result<Response<ResponseBody>, ProxyError>> = None;
+        for (attempt, &index) in order.iter().take(max_attempts).enumerate() {
+            if attempt > 0 {
+                let retryable = match &last {
+                    Some(Err(err)) => err.retryable,
+                    Some(Ok(_)) => true,
+                    None => false,
+                };
+                if !retryable {
+                    break;
+                }
+                if !worker
+                    .budget
+                    .borrow_mut()
+                    .try_withdraw(std::time::Instant::now())
+                {
+                    worker.state.metrics.retries_budget_exhausted.inc();
+                    break;
+                }
+                worker.state.metrics.retries.inc();
+            }
+            let node = &snapshot.nodes[index];
+            let request = Outgoing {
+                head: &parts,
+                forwarding: &forwarding,
+                idempotent,
+            };
+            match attempt_once(worker, &snapshot, index, &request, &mut body).await {
+                Ok(response) => {
+                    let status = response.status();
+                    let retry_status = status == StatusCode::BAD_GATEWAY
+                        || status == StatusCode::SERVICE_UNAVAILABLE;
+                    if retry_status && idempotent && body.is_empty() {
+                        tracing::debug!(node = %node.id(), %status, "node refused, trying another");
+                        last = Some(Ok(response));
+                        continue;
+                    }
+                    if !body.is_unread() {
+                        // The usual case, straight into the return slot.
+                        return Ok(response);
+                    }
+                    break 'answer Ok(response);
+                }
+                Err(err) => {
+                    tracing::debug!(node = %node.id(), error = %err, "attempt failed");
+                    last = Some(Err(err));
+                }
+            }
+        }
+        last.unwrap_or_else(|| Err(ProxyError::new(ErrorKind::NoHealthyNode)))
+    };
+    let Some(unread) = body.into_unread() else {
+        return result;
+    };
+    linger::spawn(unread);
+    let mut response = result.unwrap_or_else(|err| error_response(worker, err, client.addr));
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Ok(response)
 }
 
 /// What every attempt of a request sends.

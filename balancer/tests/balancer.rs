@@ -3,6 +3,7 @@
 //! discovery). One binary, one module per concern; `support` holds the builders.
 
 mod balancing;
+mod bodies;
 mod discovery;
 mod failures;
 mod forwarding;

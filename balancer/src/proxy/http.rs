@@ -216,6 +216,8 @@ pub enum RequestBody {
         /// Bytes still allowed.
         remaining: u64,
     },
+    /// The client's body was read to its end, or broke off: nothing of it is left to read.
+    Ended,
 }
 
 impl RequestBody {
@@ -236,17 +238,38 @@ impl RequestBody {
         matches!(self, RequestBody::Empty)
     }
 
+    /// Whether part of the client's body is still to come.
+    pub fn is_unread(&self) -> bool {
+        matches!(self, RequestBody::Stream { inner, .. } if !inner.is_end_stream())
+    }
+
+    /// The client's body if part of it is still to come: the answer is ready before the body
+    /// was read to its end (see [`super::linger`]).
+    pub fn into_unread(self) -> Option<Incoming> {
+        match self {
+            RequestBody::Stream { inner, .. } if !inner.is_end_stream() => Some(inner),
+            _ => None,
+        }
+    }
+
     /// The next piece of the client's body, `None` at its end. Trailers are dropped. A body
-    /// over the limit is [`ErrorKind::BodyTooLarge`]; one the client broke off, `BadRequest`.
+    /// over the limit is [`ErrorKind::BodyTooLarge`] (and the rest of it stays unread); one
+    /// the client broke off, `BadRequest`.
     pub async fn next_data(&mut self) -> Result<Option<Bytes>, ProxyError> {
         let RequestBody::Stream { inner, remaining } = self else {
             return Ok(None);
         };
         loop {
             let frame = match inner.frame().await {
-                None => return Ok(None),
+                None => {
+                    *self = RequestBody::Ended;
+                    return Ok(None);
+                }
                 Some(Ok(frame)) => frame,
-                Some(Err(err)) => return Err(ProxyError::because(ErrorKind::BadRequest, err)),
+                Some(Err(err)) => {
+                    *self = RequestBody::Ended;
+                    return Err(ProxyError::because(ErrorKind::BadRequest, err));
+                }
             };
             let Ok(data) = frame.into_data() else {
                 continue;

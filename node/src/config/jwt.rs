@@ -79,7 +79,8 @@ impl AuthSettings {
             Err(message) => problems.push(("auth.jwt_keys", message)),
         }
         // The built-in secret only stands in when nothing else is configured, in development.
-        if !secret.is_empty() && !(builtin && !listed.is_empty()) {
+        let secret_in_use = !secret.is_empty() && (!builtin || listed.is_empty());
+        if secret_in_use {
             if builtin && !development {
                 problems.push((
                     "auth.jwt_secret",

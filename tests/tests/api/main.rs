@@ -2,6 +2,7 @@
 //! processes on free loopback ports, driven over HTTP. One binary, one module per area.
 
 mod auth;
+mod bodies;
 mod errors;
 mod events;
 mod hardening;
