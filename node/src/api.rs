@@ -79,8 +79,9 @@ pub fn service() -> OpenApiService<
 }
 
 /// The whole node endpoint with its middleware, outermost first:
-/// state → security headers → CORS (when origins are allowed) → request id and span → metrics →
-/// error rendering → client address → header limits → body and time limits → routes.
+/// state → security headers → CORS → request id and span → metrics →
+/// client address → rate limits → error rendering → header limits → body and time limits →
+/// routes.
 pub fn app(state: AppState, limits: Limits, hardening: Hardening) -> impl Endpoint {
     let api = service();
     let spec: serde_json::Value =
@@ -96,15 +97,12 @@ pub fn app(state: AppState, limits: Limits, hardening: Hardening) -> impl Endpoi
         .nest("/", api);
     let metrics = Arc::clone(&state.metrics);
     let trusted = state.trusted_proxies.clone();
+    let (limiter, tokens) = (state.rate_limiter.clone(), state.tokens.clone());
     let header_limits = hardening.header_limits;
-    let cors = (!hardening.cors_origins.is_empty()).then(|| hardening.cors());
+    let cors = hardening.cors;
     routes
         .around(move |ep, req| limits.apply(ep, req))
         .around(move |ep, req| header_limits.apply(ep, req))
-        .around(move |ep, req| {
-            let trusted = trusted.clone();
-            async move { trusted.tag(ep, req).await }
-        })
         .around({
             let table = Arc::clone(&table);
             move |ep, req| {
@@ -112,12 +110,24 @@ pub fn app(state: AppState, limits: Limits, hardening: Hardening) -> impl Endpoi
                 async move { render_errors(&table, ep, req).await }
             }
         })
+        // Sees every answer rendered, so it can add its headers to each.
+        .around(move |ep, req| {
+            let (limiter, tokens) = (limiter.clone(), tokens.clone());
+            async move { limiter.apply(&tokens, ep, req).await }
+        })
+        .around(move |ep, req| {
+            let trusted = trusted.clone();
+            async move { trusted.tag(ep, req).await }
+        })
         .around(move |ep, req| {
             let (metrics, table) = (Arc::clone(&metrics), Arc::clone(&table));
             async move { metrics.track(&table, ep, req).await }
         })
         .around(with_request_id)
-        .with_if(cors.is_some(), cors.unwrap_or_default())
+        .around(move |ep, req| {
+            let cors = cors.clone();
+            async move { cors.apply(ep, req).await }
+        })
         .around(secure_headers)
         .data(state)
 }

@@ -81,6 +81,24 @@ impl Claims {
     }
 }
 
+/// The access token a request presents: `Authorization: Bearer <token>`, or else the `token`
+/// query parameter (browsers cannot set headers on a WebSocket handshake).
+pub fn presented_token(req: &poem::Request) -> Option<String> {
+    if let Some(value) = req.headers().get(poem::http::header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned());
+    }
+    req.uri().query().and_then(|query| {
+        query.split('&').find_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            (name == "token").then(|| value.to_owned())
+        })
+    })
+}
+
 /// `Authorization: Bearer <access token>`; a handler taking this requires a valid token.
 #[derive(SecurityScheme)]
 #[oai(ty = "bearer", bearer_format = "JWT", checker = "check_bearer")]

@@ -64,7 +64,7 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// The WebSocket endpoint and cluster broadcasts.
     pub realtime: RealtimeSettings,
-    /// Client addresses behind proxies (and, later, request rate limits).
+    /// Request rate limits and client addresses behind proxies.
     pub rate_limit: RateLimitSettings,
 }
 
@@ -153,6 +153,23 @@ impl Settings {
         }
         if self.server.body_limit_bytes == 0 {
             problem("server.body_limit_bytes", "must be at least 1");
+        }
+        for (name, value) in [
+            (
+                "rate_limit.anonymous_per_hour",
+                self.rate_limit.anonymous_per_hour,
+            ),
+            (
+                "rate_limit.authenticated_per_hour",
+                self.rate_limit.authenticated_per_hour,
+            ),
+        ] {
+            if value == 0 {
+                problem(
+                    name,
+                    "must be at least 1 (set rate_limit.enabled=false to lift limits)",
+                );
+            }
         }
         if self.server.max_headers == 0 {
             problem("server.max_headers", "must be at least 1");

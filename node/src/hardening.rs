@@ -11,6 +11,8 @@
 //! Cross-origin access (CORS) is off unless `server.cors_allowed_origins` lists origins; see
 //! [`crate::api::app`].
 
+use std::sync::Arc;
+
 use poem::{
     http::{header, HeaderValue, StatusCode},
     Endpoint, IntoResponse, Request, Response,
@@ -21,8 +23,8 @@ use poem::{
 pub struct Hardening {
     /// Request header limits.
     pub header_limits: HeaderLimits,
-    /// Origins allowed cross-origin access; empty: none.
-    pub cors_origins: Vec<String>,
+    /// Cross-origin access (none unless origins are listed).
+    pub cors: Cors,
 }
 
 impl Hardening {
@@ -33,26 +35,86 @@ impl Hardening {
                 max_headers: server.max_headers,
                 max_header_bytes: server.max_header_bytes,
             },
-            cors_origins: server.cors_origins(),
+            cors: Cors::new(server.cors_origins()),
+        }
+    }
+}
+
+/// Cross-origin access for the listed origins (CORS): preflights answered, the allowed origin
+/// echoed; the API's methods and headers, no credentials (tokens travel in `Authorization`,
+/// never in cookies). Requests from other origins get no CORS headers, so browsers keep their
+/// answers from the page; same-origin and non-browser clients are unaffected.
+#[derive(Debug, Clone, Default)]
+pub struct Cors {
+    /// Allowed origins, exactly as browsers send them (`https://shop.example`).
+    origins: Arc<[String]>,
+}
+
+/// Methods a cross-origin page may use.
+const CORS_METHODS: &str = "GET, POST, PUT, PATCH, DELETE";
+/// Request headers a cross-origin page may send.
+const CORS_HEADERS: &str = "authorization, content-type, idempotency-key, if-match, x-request-id";
+/// Response headers a cross-origin page may read.
+const CORS_EXPOSED: &str =
+    "etag, x-request-id, retry-after, ratelimit-limit, ratelimit-remaining, ratelimit-reset";
+
+impl Cors {
+    /// For `origins`; empty allows none.
+    pub fn new(origins: Vec<String>) -> Self {
+        Self {
+            origins: origins.into(),
         }
     }
 
-    /// CORS for the allowed origins: the methods and headers the API uses, no credentials
-    /// (tokens travel in `Authorization`, never in cookies), `X-Request-Id` readable.
-    pub fn cors(&self) -> poem::middleware::Cors {
-        poem::middleware::Cors::new()
-            .allow_origins(self.cors_origins.iter().map(String::as_str))
-            .allow_methods(["GET", "POST", "PUT", "PATCH", "DELETE"])
-            .allow_headers([
-                "authorization",
-                "content-type",
-                "idempotency-key",
-                "if-match",
-                "x-request-id",
-            ])
-            .expose_headers(["etag", "x-request-id", "retry-after"])
-            .allow_credentials(false)
-            .max_age(600)
+    /// Middleware body.
+    pub async fn apply<E: Endpoint>(&self, next: E, req: Request) -> poem::Result<Response> {
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .filter(|o| {
+                self.origins
+                    .iter()
+                    .any(|allowed| allowed.eq_ignore_ascii_case(o))
+            })
+            .map(str::to_owned);
+        let Some(origin) = origin else {
+            return next.call(req).await.map(IntoResponse::into_response);
+        };
+        let preflight = req.method() == poem::http::Method::OPTIONS
+            && req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let mut resp = if preflight {
+            let mut resp = StatusCode::NO_CONTENT.into_response();
+            let headers = resp.headers_mut();
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static(CORS_METHODS),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static(CORS_HEADERS),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("600"),
+            );
+            resp
+        } else {
+            let mut resp = next.call(req).await?.into_response();
+            resp.headers_mut().insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(CORS_EXPOSED),
+            );
+            resp
+        };
+        let headers = resp.headers_mut();
+        if let Ok(value) = HeaderValue::from_str(&origin) {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        }
+        headers.append(header::VARY, HeaderValue::from_static("origin"));
+        Ok(resp)
     }
 }
 

@@ -37,6 +37,7 @@ pub mod monitor;
 pub mod orders;
 pub mod payments;
 pub mod pets;
+pub mod ratelimit;
 pub mod realtime;
 pub mod request_id;
 pub mod routes;

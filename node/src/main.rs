@@ -1,6 +1,10 @@
 //! `petmesh-node`: thin entry point. Parses the command line, loads and validates the settings
 //! (refusing to start with one line per problem), installs telemetry, and runs the subcommand.
 
+// The middleware stack of `api::app` nests one type per layer (twice for function layers), and
+// the compiler's default depth of 128 no longer covers the layout of its request future.
+#![recursion_limit = "256"]
+
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;

@@ -6,14 +6,15 @@
 
 pub mod auth;
 pub mod dependencies;
+pub mod ratelimit;
 pub mod realtime;
 pub mod store;
 
 use std::time::Instant;
 
 use self::{
-    auth::AuthMetrics, dependencies::DependencyMetrics, realtime::RealtimeMetrics,
-    store::StoreMetrics,
+    auth::AuthMetrics, dependencies::DependencyMetrics, ratelimit::RateLimitMetrics,
+    realtime::RealtimeMetrics, store::StoreMetrics,
 };
 use crate::routes::RouteTable;
 use poem::{Endpoint, IntoResponse, PathPattern, Request, Response};
@@ -44,6 +45,8 @@ pub struct Metrics {
     pub dependencies: DependencyMetrics,
     /// Logins and their protection.
     pub auth: AuthMetrics,
+    /// Request rate limits.
+    pub rate_limits: RateLimitMetrics,
     /// Orders, jobs, cache and events.
     pub store: StoreMetrics,
     /// WebSocket connections, messages and broadcasts.
@@ -103,6 +106,7 @@ impl Metrics {
         registry.register(Box::new(draining.clone()))?;
         let dependencies = DependencyMetrics::register(&registry)?;
         let auth = AuthMetrics::register(&registry)?;
+        let rate_limits = RateLimitMetrics::register(&registry)?;
         let store = StoreMetrics::register(&registry)?;
         let realtime = RealtimeMetrics::register(&registry)?;
         Ok(Self {
@@ -115,6 +119,7 @@ impl Metrics {
             draining,
             dependencies,
             auth,
+            rate_limits,
             store,
             realtime,
         })

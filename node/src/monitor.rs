@@ -1,6 +1,7 @@
 //! What the node watches in the background so that `/metrics` shows it even when no request
-//! asks: whether PostgreSQL and Redis answer, the PostgreSQL pool, and the job queue (depth,
-//! dead letters, the oldest due job). The health endpoints use the same dependency checks.
+//! asks: whether PostgreSQL and Redis answer, the PostgreSQL pool, the job queue (depth, dead
+//! letters, the oldest due job), and how many nodes the registry lists (which the rate limits'
+//! fallback divides by). The health endpoints use the same dependency checks.
 
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,15 @@ pub async fn run(state: AppState) {
 pub async fn sample(state: &AppState) {
     let checks = check_dependencies(state).await;
     state.metrics.dependencies.observe_pool(&state.db);
+    if checks[1].error.is_none() {
+        match live_nodes(state).await {
+            Ok(nodes) => {
+                state.metrics.dependencies.registry_nodes.set(nodes as i64);
+                state.rate_limiter.observe_nodes(nodes);
+            }
+            Err(err) => tracing::debug!(error = %err, "counting registry entries failed"),
+        }
+    }
     // Without PostgreSQL the queue figures keep their last values; `dependency_up` says why.
     if checks[0].error.is_none() {
         match jobs::queue_stats(&state.db).await {
@@ -95,4 +105,19 @@ pub async fn sample(state: &AppState) {
             Err(err) => tracing::warn!(error = %err, "sampling the job queue failed"),
         }
     }
+}
+
+/// Nodes whose registry entry is alive: the members of the registry's set whose entry has not
+/// expired (the set keeps ids until someone prunes them).
+async fn live_nodes(state: &AppState) -> redis::RedisResult<usize> {
+    let mut conn = state.redis.clone();
+    let ids: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(state.keys.nodes())
+        .query_async(&mut conn)
+        .await?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let keys: Vec<String> = ids.iter().map(|id| state.keys.node(id)).collect();
+    redis::cmd("EXISTS").arg(keys).query_async(&mut conn).await
 }

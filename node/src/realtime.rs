@@ -63,7 +63,7 @@ pub async fn websocket(req: &Request, Data(state): Data<&AppState>) -> poem::Res
     if state.is_draining() {
         return Err(ApiError::unavailable("node is shutting down; connect to another node").into());
     }
-    let session = match token_of(req) {
+    let session = match crate::auth::presented_token(req) {
         None => None,
         Some(token) => Some(Session {
             claims: crate::auth::authenticate(state, &token).await?,
@@ -124,23 +124,6 @@ fn handshake_key(headers: &HeaderMap) -> Result<String, ApiError> {
         .filter(|key| !key.is_empty())
         .map(str::to_owned)
         .ok_or_else(|| ApiError::bad_request("Sec-WebSocket-Key is missing"))
-}
-
-/// The access token from `Authorization: Bearer` or the `token` query parameter.
-fn token_of(req: &Request) -> Option<String> {
-    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
-        let value = value.to_str().ok()?;
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_owned());
-    }
-    req.uri().query().and_then(|query| {
-        query.split('&').find_map(|pair| {
-            let (name, value) = pair.split_once('=')?;
-            (name == "token").then(|| value.to_owned())
-        })
-    })
 }
 
 #[cfg(test)]

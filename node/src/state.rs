@@ -18,6 +18,7 @@ use crate::{
     config::{JobSettings, PaymentSettings, Redis, Settings},
     events::{log::EventLog, Events},
     metrics::Metrics,
+    ratelimit::RateLimiter,
     realtime::hub::Hub,
 };
 
@@ -36,6 +37,8 @@ pub struct AppState {
     pub revocations: Revocations,
     /// Failed-login lock-outs, cluster-wide.
     pub login_guard: LoginGuard,
+    /// Request rate limits, cluster-wide.
+    pub rate_limiter: RateLimiter,
     /// Whose `X-Forwarded-For` names the client (`rate_limit.trusted_proxies`).
     pub trusted_proxies: TrustedProxies,
     /// Prometheus registry and the node's collectors.
@@ -84,6 +87,12 @@ impl AppState {
             settings.auth.clone(),
             &metrics.auth,
         );
+        let rate_limiter = RateLimiter::new(
+            redis.clone(),
+            keys.clone(),
+            settings.rate_limit.clone(),
+            metrics.rate_limits.clone(),
+        );
         let pet_cache = PetCache::new(
             redis.clone(),
             keys.clone(),
@@ -116,6 +125,7 @@ impl AppState {
             tokens,
             revocations,
             login_guard,
+            rate_limiter,
             trusted_proxies: settings.rate_limit.trusted_proxies.clone(),
             metrics,
             node_id: settings.node_id.as_str().into(),

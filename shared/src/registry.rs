@@ -158,6 +158,12 @@ impl RedisKeys {
         format!("{}auth:login-failures:{name_digest}", self.prefix)
     }
 
+    /// A rate-limit bucket (its theoretical arrival time, Unix ms, with a TTL): budget `class`
+    /// of `subject` (`user:<id>` or `ip:<address>`).
+    pub fn rate_limit(&self, class: &str, subject: &str) -> String {
+        format!("{}ratelimit:{class}:{subject}", self.prefix)
+    }
+
     /// Failed logins from one client address in its current window (a counter with a TTL).
     pub fn login_ip_failures(&self, ip: &str) -> String {
         format!("{}auth:login-ip-failures:{ip}", self.prefix)
@@ -177,6 +183,10 @@ mod tests {
             "petmesh:blue:auth:revoked-before:u1"
         );
         assert_eq!(keys.node("n1"), "petmesh:blue:registry:node:n1");
+        assert_eq!(
+            keys.rate_limit("general", "ip:127.0.0.9"),
+            "petmesh:blue:ratelimit:general:ip:127.0.0.9"
+        );
         assert_eq!(
             keys.login_failures("ab12"),
             "petmesh:blue:auth:login-failures:ab12"

@@ -88,10 +88,16 @@ class Process:
 def start_cluster(bin_dir, work, nodes=3):
     """`petmesh-dev cluster --nodes N` in `work`, yielding its entry URL, admin URL and node
     URLs once ready; stopped (SIGTERM) when the generator closes."""
-    env = dict(os.environ, PETMESH_ADMIN_PASSWORD=ADMIN_PASSWORD, PETMESH_NODE__LOG__LEVEL="warn")
-    port = free_port()
+    # Rate limits off: the checks send many requests from one address.
+    env = dict(
+        os.environ,
+        PETMESH_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        PETMESH_NODE__LOG__LEVEL="warn",
+        PETMESH_NODE__RATE_LIMIT__ENABLED="false",
+    )
+    # Port 0: the balancer and its admin API take free ports (printed in the banner).
     process = Process(
-        [bin_dir / "petmesh-dev", "cluster", "--nodes", str(nodes), "--port", port], work / "cluster.log", env
+        [bin_dir / "petmesh-dev", "cluster", "--nodes", str(nodes), "--port", 0], work / "cluster.log", env
     )
 
     def ready():

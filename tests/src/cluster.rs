@@ -204,6 +204,9 @@ impl TestCluster {
     }
 }
 
+/// The node setting that turns rate limits on or off.
+pub const RATE_LIMITS_ENV: &str = "PETMESH_NODE__RATE_LIMIT__ENABLED";
+
 // === impl TestClusterBuilder ===
 
 impl TestClusterBuilder {
@@ -254,7 +257,10 @@ impl TestClusterBuilder {
             NodeConfig::new(database.url(), redis_url.as_str())
                 .cluster(cluster_name.as_str())
                 .jwt_secret(jwt_secret.as_str())
-                .admin_password(admin_password.as_str()),
+                .admin_password(admin_password.as_str())
+                // Tests send many requests from one address; those about rate limits turn
+                // them on (the builder's `env` comes after this and wins).
+                .env(RATE_LIMITS_ENV, "false"),
             |config, (key, value)| config.env(key.as_str(), value.as_str()),
         );
         let mut cluster = TestCluster {

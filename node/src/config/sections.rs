@@ -121,10 +121,22 @@ pub struct AuthSettings {
     pub login_ip_window_secs: u64,
 }
 
-/// Client addresses and (later) request rate limits.
+/// Request rate limits (cluster-wide, kept in Redis) and client addresses.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitSettings {
+    /// Whether requests to `/api/v1/**` and WebSocket handshakes and actions are limited.
+    pub enabled: bool,
+    /// Requests per hour of an anonymous client, by address.
+    pub anonymous_per_hour: u32,
+    /// Requests per hour of an authenticated user, by user, from any address and node.
+    pub authenticated_per_hour: u32,
+    /// Logins and registrations per hour per client address, apart from its other requests;
+    /// 0: they spend the general budget.
+    pub login_per_hour: u32,
+    /// `POST`/`PUT`/`PATCH`/`DELETE` requests per hour of an authenticated user, apart from its
+    /// reads; 0: they spend the general budget.
+    pub writes_per_hour: u32,
     /// Comma-separated CIDRs of proxies whose `X-Forwarded-For` is believed (balancers, an
     /// ingress): a request from one of them is attributed to the right-most forwarded address
     /// that is not itself trusted; any other request to its TCP peer.
@@ -313,6 +325,11 @@ impl Default for AuthSettings {
 impl Default for RateLimitSettings {
     fn default() -> Self {
         Self {
+            enabled: true,
+            anonymous_per_hour: 100,
+            authenticated_per_hour: 1000,
+            login_per_hour: 0,
+            writes_per_hour: 0,
             trusted_proxies: "127.0.0.1/32,::1/128"
                 .parse()
                 .expect("the default trusted proxies parse"),

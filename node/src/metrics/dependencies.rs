@@ -1,5 +1,5 @@
-//! Metrics of the node's dependencies: whether PostgreSQL and Redis answer, how fast, and how
-//! the PostgreSQL pool is used. Written by [`crate::monitor`] and by every health check.
+//! Metrics of the node's dependencies: whether PostgreSQL and Redis answer, how fast, how the
+//! PostgreSQL pool is used, and how many nodes the registry lists. Written by [`crate::monitor`] and by every health check.
 
 use std::time::Duration;
 
@@ -19,6 +19,9 @@ pub struct DependencyMetrics {
     pub db_pool: IntGaugeVec,
     /// `petmesh_node_db_pool_max_connections`: the pool's size limit (`database.max_connections`).
     pub db_pool_max: IntGauge,
+    /// `petmesh_node_registry_nodes`: live registry entries (this node included) when last
+    /// counted; the rate limits' fallback divides by it.
+    pub registry_nodes: IntGauge,
 }
 
 impl DependencyMetrics {
@@ -52,7 +55,12 @@ impl DependencyMetrics {
         registry.register(Box::new(up.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(db_pool.clone()))?;
+        let registry_nodes = IntGauge::new(
+            "petmesh_node_registry_nodes",
+            "Nodes with a live registry entry, as this node last counted them.",
+        )?;
         registry.register(Box::new(db_pool_max.clone()))?;
+        registry.register(Box::new(registry_nodes.clone()))?;
         for dependency in DEPENDENCIES {
             up.with_label_values(&[dependency]);
             latency.with_label_values(&[dependency]);
@@ -65,6 +73,7 @@ impl DependencyMetrics {
             latency,
             db_pool,
             db_pool_max,
+            registry_nodes,
         })
     }
 

@@ -32,7 +32,10 @@ use super::{
     hub::{ConnId, Control, Outbound, Outbox, Session},
     protocol::{self, ErrorCode, WsError},
 };
-use crate::state::AppState;
+use crate::{
+    ratelimit::{Class, Subject},
+    state::AppState,
+};
 
 /// The socket of an accepted connection.
 pub type Socket = WebSocketStream<Upgraded>;
@@ -194,6 +197,32 @@ impl Conn {
                 return;
             }
         };
+        // An authenticated connection's requests spend its user's budget, as REST requests do.
+        if let Some(session) = &self.session {
+            let limiter = &self.state.rate_limiter;
+            if limiter.enabled() {
+                let user = Subject::User(session.claims.sub);
+                // The address only matters for login budgets, which WebSocket actions never spend.
+                let anywhere = std::net::IpAddr::from([0, 0, 0, 0]);
+                let decision = limiter.check(user, Class::General, anywhere).await;
+                if !decision.allowed {
+                    self.count_in("rate_limited");
+                    let wait = decision.retry_after.as_millis().div_ceil(1000).max(1);
+                    self.respond_error(
+                        &request.id,
+                        &request.action,
+                        &WsError::new(
+                            ErrorCode::RateLimited,
+                            format!(
+                                "rate limit of {} requests per hour reached; retry in {wait} s",
+                                decision.limit
+                            ),
+                        ),
+                    );
+                    return;
+                }
+            }
+        }
         self.count_in(super::actions::metric_label(&request.action));
         let deadline = Duration::from_millis(self.state.hub.settings().request_timeout_ms);
         // Boxed: the request futures (database calls) are large, and inlined they would make

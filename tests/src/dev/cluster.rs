@@ -134,6 +134,17 @@ async fn start(args: &ClusterArgs) -> anyhow::Result<LocalCluster> {
         .admin_password(admin_password)
         .host(args.host.as_str())
         .echo_logs(true);
+    // Settings given to petmesh-dev itself reach every node, after (over) the defaults above:
+    // `PETMESH_NODE__RATE_LIMIT__ENABLED=false scripts/cluster up`.
+    let template = own_settings("PETMESH_NODE__")
+        .fold(template, |config, (key, value)| config.env(key, value));
+    let template = match std::env::var("PETMESH_NODE__LOG__LEVEL") {
+        Ok(level) => template.env(
+            "PETMESH_NODE__LOG__LEVEL",
+            with_startup_lines(&level, "petmesh_node"),
+        ),
+        Err(_) => template,
+    };
 
     run_tool(&template, "migrate").await?;
     if !args.no_seed && node_has_subcommand("seed")? {
@@ -158,6 +169,15 @@ async fn start(args: &ClusterArgs) -> anyhow::Result<LocalCluster> {
                 .ports(args.port, admin_port(args.port)?)
                 .echo_logs(true)
                 .binary(binary);
+            let config = own_settings("PETMESH_BALANCER__")
+                .fold(config, |config, (key, value)| config.env(key, value));
+            let config = match std::env::var("PETMESH_BALANCER__LOG__LEVEL") {
+                Ok(level) => config.env(
+                    "PETMESH_BALANCER__LOG__LEVEL",
+                    with_startup_lines(&level, "petmesh_balancer"),
+                ),
+                Err(_) => config,
+            };
             let balancer = BalancerProcess::spawn(config).await?;
             let ids: Vec<&str> = nodes.iter().map(NodeProcess::id).collect();
             balancer.until_routing_to(&ids, BALANCED_TIMEOUT).await?;
@@ -171,6 +191,34 @@ async fn start(args: &ClusterArgs) -> anyhow::Result<LocalCluster> {
         nodes,
         servers,
     })
+}
+
+/// This process's environment variables starting with `prefix`, but for those the harness
+/// manages itself: where each process listens, its identity, and its log format and level
+/// (readiness is read from its JSON `listening` line; a level given is applied with that line
+/// kept, see [`with_startup_lines`]).
+fn own_settings(prefix: &'static str) -> impl Iterator<Item = (String, String)> {
+    const MANAGED: [&str; 9] = [
+        "SERVER__HOST",
+        "SERVER__PORT",
+        "LISTEN__HOST",
+        "LISTEN__PORT",
+        "ADMIN__PORT",
+        "NODE_ID",
+        "CLUSTER__NAME",
+        "LOG__FORMAT",
+        "LOG__LEVEL",
+    ];
+    std::env::vars().filter(move |(key, _)| {
+        key.strip_prefix(prefix)
+            .is_some_and(|setting| !MANAGED.contains(&setting))
+    })
+}
+
+/// A log filter of `level` that still lets through the `listening` line of `crate_name`'s
+/// start-up, which tells the harness the process is up.
+fn with_startup_lines(level: &str, crate_name: &str) -> String {
+    format!("{level},{crate_name}::startup=info")
 }
 
 /// The admin port that goes with balancer port `port`: the next one (0 stays 0, a free one).

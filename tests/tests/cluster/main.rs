@@ -8,6 +8,7 @@
 //! - [`draining`]: a SIGTERMed node finishing its work while getting none.
 //! - [`strategies`]: how requests spread across real nodes.
 //! - [`realtime`]: WebSocket clients surviving the loss or drain of their node.
+//! - [`rate_limits`]: budgets that hold for the whole cluster, with or without Redis.
 //! - [`operations`]: the balancer's `check-config` and `healthcheck`; the metrics dashboards
 //!   and alerts read.
 
@@ -17,6 +18,7 @@ mod draining;
 mod failover;
 mod membership;
 mod operations;
+mod rate_limits;
 mod realtime;
 mod strategies;
 mod support;

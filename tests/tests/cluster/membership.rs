@@ -168,12 +168,7 @@ async fn a_killed_node_s_entry_expires_within_the_ttl() {
 #[tokio::test]
 async fn a_redis_outage_keeps_the_node_serving_and_registration_resumes() {
     let mut cluster = TestCluster::builder().nodes(0).start().await;
-    let redis_addr = cluster
-        .redis_url()
-        .trim_start_matches("redis://")
-        .parse()
-        .unwrap();
-    let proxy = TcpProxy::start(redis_addr).await;
+    let proxy = TcpProxy::for_redis(&cluster).await;
     let registry = Registry::connect(&cluster).await;
     let url = proxy.redis_url();
     let node = cluster

@@ -230,7 +230,7 @@ export function node(): DashboardJson {
         ],
       },
       {
-        title: 'Logins',
+        title: 'Abuse resistance',
         panels: [
           timeseries({
             title: 'Login attempts by result',
@@ -240,7 +240,31 @@ export function node(): DashboardJson {
               '429 before the password was looked at). Many name_locked or address_blocked: someone is guessing passwords.',
             unit: 'cps',
             queries: [q(`sum by (result) (rate(petmesh_node_login_attempts_total{${N}}[$__rate_interval]))`, '{{result}}')],
-            w: 24,
+            w: 8,
+            h: 8,
+          }),
+          timeseries({
+            title: 'Rate limits',
+            description:
+              'Requests per second checked against the cluster-wide rate limits, by budget class and result ' +
+              '(petmesh_node_rate_limit_requests_total; limited = answered 429), and checks this node made alone because ' +
+              'Redis was unreachable (petmesh_node_rate_limit_fallbacks_total: limit / nodes per node).',
+            unit: 'reqps',
+            queries: [
+              q(`sum by (class, result) (rate(petmesh_node_rate_limit_requests_total{${N}}[$__rate_interval]))`, '{{class}} {{result}}'),
+              q(`sum(rate(petmesh_node_rate_limit_fallbacks_total{${N}}[$__rate_interval]))`, 'checked without Redis'),
+            ],
+            w: 8,
+            h: 8,
+          }),
+          timeseries({
+            title: 'Nodes in the registry',
+            description:
+              'Nodes with a live registry entry as this node counts them every 5 s (petmesh_node_registry_nodes): what its ' +
+              'rate limits divide by while Redis is unreachable.',
+            unit: 'none',
+            queries: [q(`max(petmesh_node_registry_nodes{${N}})`, 'nodes')],
+            w: 8,
             h: 8,
           }),
         ],

@@ -46,6 +46,17 @@ impl TcpProxy {
         Self { addr, up, accept }
     }
 
+    /// A proxy in front of `cluster`'s Redis, up (nodes given its [`Self::redis_url`] lose
+    /// Redis when it goes down).
+    pub async fn for_redis(cluster: &petmesh_tests::TestCluster) -> Self {
+        let upstream = cluster
+            .redis_url()
+            .trim_start_matches("redis://")
+            .parse()
+            .expect("the harness's Redis URL is redis://ip:port");
+        Self::start(upstream).await
+    }
+
     /// `redis://<addr>`, for a proxy in front of Redis.
     pub fn redis_url(&self) -> String {
         format!("redis://{}", self.addr)
