@@ -163,6 +163,9 @@ impl Connection {
             }
             None => None,
         };
+        // A piece of the body taken from the client here is gone from it: if the write below
+        // fails, the request counts as sent, so that it is never retried without that piece.
+        let body_taken = matches!(first, Some(Some(_)));
         let chunked = streaming && !head.headers.contains_key(header::CONTENT_LENGTH);
         encode_head(&mut self.write, head, forwarding, chunked);
         let mut finished = !streaming;
@@ -184,7 +187,7 @@ impl Connection {
             let closed_early = !sent && is_disconnect(&err);
             ExchangeError {
                 closed_early,
-                ..ExchangeError::upstream(err, sent)
+                ..ExchangeError::upstream(err, sent || body_taken)
             }
         })?;
         let head_request = head.method == Method::HEAD;
