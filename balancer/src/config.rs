@@ -179,6 +179,10 @@ pub struct LimitSettings {
     pub header_read_timeout_ms: u64,
     /// Largest request body; a larger `Content-Length` gets 413, a larger chunked body is cut.
     pub max_body_bytes: u64,
+    /// Largest request head (request line and header fields) a client may send; larger ones get
+    /// 431 from the HTTP parser (hyper's read buffer bound; at least 8192). Header fields are
+    /// also limited to 100 by the parser.
+    pub max_header_bytes: usize,
     /// Bound on opening a connection to a node.
     pub connect_timeout_ms: u64,
     /// Bound on a node's response headers after the request was sent; 504 beyond.
@@ -324,6 +328,7 @@ impl Default for LimitSettings {
             ws_per_ip: 10,
             header_read_timeout_ms: 10_000,
             max_body_bytes: 10 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
             connect_timeout_ms: 1000,
             response_timeout_ms: 30_000,
             max_connections: 10_000,
@@ -362,6 +367,9 @@ impl Settings {
         let mut problem = |setting: &str, message: &str| {
             problems.push(ConfigProblem::new(ENV_PREFIX, setting, message));
         };
+        if self.limits.max_header_bytes < 8192 {
+            problem("limits.max_header_bytes", "must be at least 8192");
+        }
         if self.cluster.name.is_empty() || self.cluster.name.contains([':', ' ', '{', '}']) {
             problem(
                 "cluster.name",

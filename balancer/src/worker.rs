@@ -352,6 +352,9 @@ async fn serve(
     builder
         .timer(WorkerTimer)
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+        // Bounds the request head; hyper answers 431 beyond. (Its header-count limit, 100,
+        // stays at the default: a custom count moves the parser's array to the heap, −5 %.)
+        .max_buf_size(limits.max_header_bytes)
         .keep_alive(true)
         .writev(false);
     let builder = Rc::new(builder);

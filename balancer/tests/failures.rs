@@ -282,3 +282,36 @@ async fn a_body_over_the_limit_gets_413() {
     assert_proxy_error(&response, 413, "body_too_large");
     assert_eq!(a.requests(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_the_limit_gets_431_and_never_reaches_a_node() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let a = MockBackend::start("a").await;
+    let mut settings = settings(&[&a]);
+    settings.limits.max_header_bytes = 16 * 1024;
+    let balancer = TestBalancer::start(settings).await;
+
+    let mut raw = tokio::net::TcpStream::connect(balancer.addr).await.unwrap();
+    let head = format!(
+        "GET /pets HTTP/1.1\r\nHost: x\r\nX-Large: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    raw.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(patience(), raw.read_to_end(&mut answer))
+        .await
+        .expect("the balancer answers and closes");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(a.requests(), 0);
+
+    // Within the limit: forwarded.
+    let fine = client()
+        .get(balancer.url("/pets"))
+        .header("x-fine", "a".repeat(8 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fine.status(), 200);
+}
