@@ -235,3 +235,39 @@ async fn without_redis_each_node_limits_alone_at_its_share() {
         .count();
     assert_eq!(warnings, 1, "one warning per outage");
 }
+
+/// A WebSocket handshake from `source` to `base_url`: the HTTP status it got.
+async fn handshake_from(source: IpAddr, base_url: &str) -> u16 {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error};
+    let addr: std::net::SocketAddr = base_url.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((source, 0).into()).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    match tokio_tungstenite::client_async(request, stream).await {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(Error::Http(response)) => response.status().as_u16(),
+        Err(err) => panic!("handshake: {err}"),
+    }
+}
+
+#[tokio::test]
+async fn websocket_handshakes_spend_the_address_budget_too() {
+    let cluster = limited_cluster().await;
+    let source = address(6);
+    let client = cluster.entry_client().from_address(source);
+    let (statuses, _) = spend(&client, "/api/v1/pets/1", ANONYMOUS - 1, ANONYMOUS).await;
+    assert_eq!(statuses, vec![401; ANONYMOUS - 1]);
+    let base_url = cluster.balancer().base_url();
+    assert_eq!(
+        handshake_from(source, &base_url).await,
+        101,
+        "the last request of the budget"
+    );
+    assert_eq!(handshake_from(source, &base_url).await, 429);
+    assert_eq!(
+        handshake_from(address(7), &base_url).await,
+        101,
+        "another address"
+    );
+}
