@@ -1,9 +1,12 @@
 //! The HTTP surface: the OpenAPI service (one `#[OpenApi]` struct per resource), the spec at
-//! `/openapi.json`, Swagger UI at `/documentation`, `/metrics`, and the middleware stack that
-//! every request passes through.
+//! `/openapi.json` (generated, then completed by [`document`]), Swagger UI at `/documentation`,
+//! `/metrics`, and the middleware stack that every request passes through. Request bodies are
+//! read by [`json_body::JsonBody`], as strictly as the document describes them.
 
 pub mod auth;
+pub mod document;
 pub mod health;
+pub mod json_body;
 pub mod pets;
 pub mod store;
 pub mod subscribers;
@@ -11,7 +14,13 @@ pub mod users;
 
 use std::sync::Arc;
 
-use poem::{get, handler, web::Data, Endpoint, EndpointExt, Route};
+use poem::{
+    endpoint::make_sync,
+    get, handler,
+    http::HeaderMap,
+    web::{Data, Html},
+    Endpoint, EndpointExt, Response, Route,
+};
 use poem_openapi::{ApiResponse, OpenApiService, Tags};
 
 use crate::{
@@ -48,7 +57,27 @@ pub enum NoContent {
     Done,
 }
 
-/// The OpenAPI service of the node (also used to print the spec).
+/// A documented header parameter's value, refusing what poem-openapi's `Header` would drop.
+///
+/// `Header` skips field values that are not visible ASCII, as if the field were absent, so a
+/// malformed `If-Match` would become no precondition at all and a malformed `Idempotency-Key`
+/// no key. This refuses such values (and a repeated field) with 400 and otherwise passes
+/// `parsed` (the `Header` value, already checked against the document) through.
+pub fn header_param(
+    headers: &HeaderMap,
+    name: &str,
+    parsed: Option<String>,
+) -> Result<Option<String>, crate::error::ApiError> {
+    let values = headers.get_all(name);
+    if values.iter().count() > 1 || values.iter().any(|v| v.to_str().is_err()) {
+        return Err(crate::error::ApiError::bad_request(format!(
+            "{name} must be one field of visible ASCII characters"
+        )));
+    }
+    Ok(parsed)
+}
+
+/// The OpenAPI service of the node; [`document::document`] completes what it generates.
 pub fn service() -> OpenApiService<
     (
         health::HealthApi,
@@ -84,13 +113,26 @@ pub fn service() -> OpenApiService<
 /// routes.
 pub fn app(state: AppState, limits: Limits, hardening: Hardening) -> impl Endpoint {
     let api = service();
-    let spec: serde_json::Value =
-        serde_json::from_str(&api.spec()).expect("the generated spec is JSON");
+    let generated = api.spec();
+    let spec = document::document(&generated);
     let paths = spec["paths"].as_object().cloned().unwrap_or_default();
     let table = Arc::new(RouteTable::from_paths(&paths));
+    let served = serde_json::to_string_pretty(&spec).expect("the spec serialises");
+    // Swagger UI embeds the document it shows; it shows the served one.
+    let swagger = api.swagger_ui_html().replacen(&generated, &served, 1);
     let routes = Route::new()
-        .at("/openapi.json", api.spec_endpoint())
-        .nest("/documentation", api.swagger_ui())
+        .at(
+            "/openapi.json",
+            make_sync(move |_| {
+                Response::builder()
+                    .content_type("application/json")
+                    .body(served.clone())
+            }),
+        )
+        .nest(
+            "/documentation",
+            Route::new().at("/", make_sync(move |_| Html(swagger.clone()))),
+        )
         .at("/metrics", get(serve_metrics))
         .at("/ws", crate::realtime::websocket)
         .at("/asyncapi.json", get(crate::realtime::asyncapi))

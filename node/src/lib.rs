@@ -18,7 +18,8 @@
 //! - [`seed`]: the demo catalogue.
 //! - [`membership`]: this node's entry in the Redis registry, from start to drain.
 //! - [`request_id`], [`metrics`], [`limits`]: cross-cutting middleware; [`routes`] is what
-//!   they know of the documented routes. [`monitor`] samples what no request shows
+//!   they know of the documented routes; [`text_param`] checks documented patterns without
+//!   compiling them on every request. [`monitor`] samples what no request shows
 //!   (dependencies, the pool, the job queue) for `/metrics`.
 
 pub mod api;
@@ -46,4 +47,5 @@ pub mod startup;
 pub mod state;
 pub mod subscribers;
 mod text_enum;
+pub mod text_param;
 pub mod users;

@@ -90,7 +90,10 @@ pub struct PlaceOrder {
     pub quantity: i32,
     /// Simulated gateway token: `tok_ok`, `tok_declined`, `tok_flaky_<n>`; absent → random
     /// outcome with the configured success rate.
-    #[oai(validator(min_length = 1, max_length = 64))]
+    #[oai(
+        nullable,
+        validator(min_length = 1, max_length = 64, pattern = r"^[^\x00]*$")
+    )]
     pub payment_token: Option<String>,
 }
 

@@ -5,6 +5,7 @@
 //! overwrite each other.
 
 pub mod listing;
+pub mod price;
 
 use chrono::{DateTime, Utc};
 use poem_openapi::{Enum, Object};
@@ -12,6 +13,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
 
+use self::price::Price;
 use crate::{cache::Cached, error::ApiError, state::AppState, text_enum::text_enum};
 
 /// Whether a pet can be ordered.
@@ -75,29 +77,53 @@ impl Pet {
     }
 }
 
-/// A pet's writable fields, complete (create, replace).
+/// A pet's writable fields, complete (create, replace). Optional fields may also be `null`,
+/// which means the same as leaving them out (as everywhere in request bodies). Text never
+/// contains U+0000, which PostgreSQL cannot store.
 #[derive(Debug, Clone, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct PetInput {
     /// 1–100 characters.
-    #[oai(validator(min_length = 1, max_length = 100))]
+    #[oai(validator(min_length = 1, max_length = 100, pattern = r"^[^\x00]*$"))]
     pub name: String,
     /// 1–50 characters.
-    #[oai(validator(min_length = 1, max_length = 50))]
+    #[oai(validator(min_length = 1, max_length = 50, pattern = r"^[^\x00]*$"))]
     pub category: String,
     /// Up to 20 tags of 1–30 characters.
-    #[oai(default, validator(max_items = 20))]
+    #[oai(
+        default,
+        nullable,
+        validator(
+            max_items = 20,
+            min_length = 1,
+            max_length = 30,
+            pattern = r"^[^\x00]*$"
+        )
+    )]
     pub tags: Vec<String>,
-    /// Up to 10 URLs.
-    #[oai(default, validator(max_items = 10))]
+    /// Up to 10 URLs of 1–2048 characters.
+    #[oai(
+        default,
+        nullable,
+        validator(
+            max_items = 10,
+            min_length = 1,
+            max_length = 2048,
+            pattern = r"^[^\x00]*$"
+        )
+    )]
     pub photo_urls: Vec<String>,
     /// Default `available`.
-    #[oai(default = "default_status")]
+    #[oai(default = "default_status", nullable)]
     pub status: PetStatus,
-    /// ≥ 0, at most 2 decimal places.
-    pub price: Decimal,
+    /// The price.
+    pub price: Price,
     /// ≥ 0, default 0.
-    #[oai(default, validator(minimum(value = "0"), maximum(value = "1000000")))]
+    #[oai(
+        default,
+        nullable,
+        validator(minimum(value = "0"), maximum(value = "1000000"))
+    )]
     pub stock: i32,
 }
 
@@ -105,28 +131,52 @@ fn default_status() -> PetStatus {
     PetStatus::Available
 }
 
-/// Changes to a pet; absent fields stay as they are.
+/// Changes to a pet; absent (or `null`) fields stay as they are.
 #[derive(Debug, Clone, Default, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct PetPatch {
     /// 1–100 characters.
-    #[oai(validator(min_length = 1, max_length = 100))]
+    #[oai(
+        nullable,
+        validator(min_length = 1, max_length = 100, pattern = r"^[^\x00]*$")
+    )]
     pub name: Option<String>,
     /// 1–50 characters.
-    #[oai(validator(min_length = 1, max_length = 50))]
+    #[oai(
+        nullable,
+        validator(min_length = 1, max_length = 50, pattern = r"^[^\x00]*$")
+    )]
     pub category: Option<String>,
-    /// Up to 20 tags.
-    #[oai(validator(max_items = 20))]
+    /// Up to 20 tags of 1–30 characters.
+    #[oai(
+        nullable,
+        validator(
+            max_items = 20,
+            min_length = 1,
+            max_length = 30,
+            pattern = r"^[^\x00]*$"
+        )
+    )]
     pub tags: Option<Vec<String>>,
-    /// Up to 10 URLs.
-    #[oai(validator(max_items = 10))]
+    /// Up to 10 URLs of 1–2048 characters.
+    #[oai(
+        nullable,
+        validator(
+            max_items = 10,
+            min_length = 1,
+            max_length = 2048,
+            pattern = r"^[^\x00]*$"
+        )
+    )]
     pub photo_urls: Option<Vec<String>>,
     /// New status.
+    #[oai(nullable)]
     pub status: Option<PetStatus>,
-    /// ≥ 0, at most 2 decimal places.
-    pub price: Option<Decimal>,
+    /// New price.
+    #[oai(nullable)]
+    pub price: Option<Price>,
     /// ≥ 0.
-    #[oai(validator(minimum(value = "0"), maximum(value = "1000000")))]
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "1000000")))]
     pub stock: Option<i32>,
 }
 
@@ -144,9 +194,10 @@ impl From<PetInput> for PetPatch {
     }
 }
 
-/// Checks what the schema cannot: price precision and range, tag and URL lengths.
+/// Price range and precision, tag and URL lengths: what the schema already says (and REST and
+/// WebSocket parsing check), again for any caller that builds a patch by hand.
 fn validate(patch: &PetPatch) -> Result<(), ApiError> {
-    if let Some(price) = patch.price {
+    if let Some(Price(price)) = patch.price {
         if price.is_sign_negative()
             || price.scale() > 2
             || price >= Decimal::from(10_000_000_000i64)
@@ -171,13 +222,14 @@ fn validate(patch: &PetPatch) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Parses an `If-Match` value into the version it names; `*` (any) is `None`. A value that
-/// names no version of ours can never match.
+/// Parses an `If-Match` value (one entity tag, `*` or empty) into the version it names; `*`
+/// (any) and an empty value (an empty list, RFC 9110 § 5.6.1, as if absent) are `None`. A tag
+/// that names no version of ours can never match: 412.
 pub fn expected_version(if_match: Option<&str>) -> Result<Option<i32>, ApiError> {
     let Some(value) = if_match.map(str::trim) else {
         return Ok(None);
     };
-    if value == "*" {
+    if value == "*" || value.is_empty() {
         return Ok(None);
     }
     let tag = value.trim_start_matches("W/").trim_matches('"');
@@ -225,7 +277,7 @@ pub async fn create(state: &AppState, input: PetInput) -> Result<Pet, ApiError> 
     .bind(&patch.tags)
     .bind(&patch.photo_urls)
     .bind(patch.status.map(PetStatus::as_str))
-    .bind(patch.price)
+    .bind(patch.price.map(Decimal::from))
     .bind(patch.stock)
     .fetch_one(&state.db)
     .await?;
@@ -261,7 +313,7 @@ pub async fn update(
     .bind(&patch.tags)
     .bind(&patch.photo_urls)
     .bind(patch.status.map(PetStatus::as_str))
-    .bind(patch.price)
+    .bind(patch.price.map(Decimal::from))
     .bind(patch.stock)
     .fetch_optional(&state.db)
     .await?;

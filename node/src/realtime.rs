@@ -6,6 +6,8 @@
 //! - [`hub`]: this node's connections and subscriptions, and the Redis pub/sub feed (fan-out,
 //!   gap filling, revocations, deadlines).
 //! - [`connection`]: one connection's reader and writer.
+//! - [`decode`]: what a request asks for, decoded without side effects (property-tested and
+//!   fuzzed).
 //! - [`actions`]: what each request does; [`resources`]: the actions mirroring REST.
 //!
 //! Events come from [`crate::events`]: one atomic Redis script per event assigns the topic's
@@ -14,6 +16,7 @@
 
 pub mod actions;
 pub mod connection;
+pub mod decode;
 pub mod hub;
 pub mod protocol;
 pub mod resources;

@@ -20,11 +20,11 @@ pub const EVENT_LISTENER_MAX_CHARS: usize = 100;
 pub const DESCRIPTION_MAX_CHARS: usize = 500;
 
 /// Protocol actions an `eventListener` may not be.
-const RESERVED_NAMES: [&str; 3] = ["ping", "subscribe", "unsubscribe"];
+pub const RESERVED_NAMES: [&str; 3] = ["ping", "subscribe", "unsubscribe"];
 
 /// Prefixes of the protocol's own actions and events (`auth:login`, `pet:created`,
 /// `pets.list`, ...), which an `eventListener` may not start with.
-const RESERVED_PREFIXES: [&str; 8] = [
+pub const RESERVED_PREFIXES: [&str; 8] = [
     "auth:",
     "room:",
     "system:",
@@ -76,11 +76,11 @@ pub struct SubscriberInput {
         pattern = r"^[A-Za-z][A-Za-z0-9_.:-]*$"
     ))]
     pub event_listener: String,
-    /// Re-broadcast to the sender's room; default `false`.
-    #[oai(default)]
+    /// Re-broadcast to the sender's room; default `false` (also when `null`).
+    #[oai(default, nullable)]
     pub replicable: bool,
-    /// Up to 500 characters; absent or null for none.
-    #[oai(nullable, validator(max_length = 500))]
+    /// Up to 500 characters (never U+0000); absent or null for none.
+    #[oai(nullable, validator(max_length = 500, pattern = r"^[^\x00]*$"))]
     pub description: Option<String>,
 }
 

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use poem_openapi::{Enum, Object};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::{
@@ -106,6 +106,34 @@ impl UserChanges {
     pub fn ends_sessions(&self) -> bool {
         self.role.is_some() || self.status.is_some() || self.password.is_some()
     }
+
+    /// Whether the account stops being an active admin, if it is one: demoted or disabled.
+    pub fn removes_admin(&self) -> bool {
+        self.role == Some(Role::User) || self.status == Some(UserStatus::Disabled)
+    }
+}
+
+/// 409 if `id` is the only active admin: demoting, disabling or deleting it would leave no one
+/// able to manage accounts, pets and subscribers (and only `create-admin` on a node's command
+/// line could repair it). Call it in the transaction that demotes, disables or deletes `id`.
+///
+/// The active admins' rows stay locked until that transaction ends, in id order, so two admins
+/// demoting each other at once cannot both succeed: the second waits for the first, then sees
+/// one admin fewer.
+pub async fn keep_an_active_admin(tx: &mut PgConnection, id: Uuid) -> Result<(), ApiError> {
+    let admins: Vec<Uuid> = sqlx::query_scalar(
+        "select user_id from app_user where role = 'admin' and status = 'active'
+         order by user_id for update",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if admins == [id] {
+        return Err(ApiError::conflict(
+            "this is the last active admin: it cannot be demoted, disabled or deleted; \
+             make another admin first",
+        ));
+    }
+    Ok(())
 }
 
 /// 409 for the unique indexes of `app_user`.

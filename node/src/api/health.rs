@@ -73,7 +73,7 @@ pub enum Report {
 #[OpenApi(prefix_path = "/health", tag = "ApiTags::Health")]
 impl HealthApi {
     /// Liveness: the process is up and serving HTTP.
-    #[oai(path = "/live", method = "get")]
+    #[oai(path = "/live", method = "get", operation_id = "liveness")]
     async fn live(&self) -> Json<Status> {
         Json(Status {
             status: "ok".into(),
@@ -81,7 +81,7 @@ impl HealthApi {
     }
 
     /// Readiness: PostgreSQL and Redis answer and the node is not draining.
-    #[oai(path = "/ready", method = "get")]
+    #[oai(path = "/ready", method = "get", operation_id = "readiness")]
     async fn ready(&self, state: Data<&AppState>) -> Readiness {
         let status = overall(&state, &check_all(&state).await);
         match status {
@@ -95,7 +95,7 @@ impl HealthApi {
     }
 
     /// Details: each dependency with its latency.
-    #[oai(path = "/", method = "get")]
+    #[oai(path = "/", method = "get", operation_id = "health")]
     async fn report(&self, state: Data<&AppState>) -> Report {
         let checks = check_all(&state).await;
         let status = overall(&state, &checks);

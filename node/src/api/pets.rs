@@ -1,7 +1,7 @@
 //! `/api/v1/pets`: the catalogue. Everyone logged in reads; admins write, conditionally on
 //! `If-Match` so that two admins never silently overwrite each other.
 
-use poem::web::Data;
+use poem::{http::HeaderMap, web::Data};
 use poem_openapi::{
     param::{Header, Path, Query},
     payload::Json,
@@ -9,16 +9,18 @@ use poem_openapi::{
 };
 use rust_decimal::Decimal;
 
-use super::{ApiTags, NoContent};
+use super::{header_param, json_body::JsonBody, ApiTags, NoContent};
 use crate::{
     auth::BearerAuth,
     error::{ApiError, ApiResult},
     pets::{
         self, expected_version,
-        listing::{self, PetFilter, PetList, PetPage, PetSort, SortOrder},
+        listing::{self, CursorText, PetFilter, PetList, PetPage, PetSort, SortOrder},
+        price::{Price, PriceText},
         Pet, PetInput, PetPatch, PetStatus,
     },
     state::AppState,
+    text_param::TextParam,
 };
 
 /// The catalogue.
@@ -50,6 +52,11 @@ pub enum PetCreated {
     ),
 }
 
+/// A `minPrice`/`maxPrice` value, already checked against its pattern.
+fn price_filter(text: TextParam<PriceText>) -> Decimal {
+    Price::parse_text(&text.0).map_or(Decimal::ZERO, Decimal::from)
+}
+
 fn with_etag(pet: Pet) -> PetResponse {
     let etag = pet.etag();
     PetResponse::Ok(Json(pet), etag)
@@ -71,7 +78,7 @@ fn default_order() -> SortOrder {
 impl PetsApi {
     /// Lists pets with filters, sorting and pagination (offset or cursor), with the total.
     #[allow(clippy::too_many_arguments)]
-    #[oai(path = "/", method = "get")]
+    #[oai(path = "/", method = "get", operation_id = "listPets")]
     async fn list(
         &self,
         state: Data<&AppState>,
@@ -88,12 +95,12 @@ impl PetsApi {
         /// Name contains this (ignoring case).
         #[oai(validator(min_length = 1, max_length = 100))]
         name: Query<Option<String>>,
-        /// Lowest price.
+        /// Lowest price, written as prices are (`"129.99"`). Above `maxPrice`, nothing matches.
         #[oai(name = "minPrice")]
-        min_price: Query<Option<Decimal>>,
-        /// Highest price.
+        min_price: Query<Option<TextParam<PriceText>>>,
+        /// Highest price, written as prices are.
         #[oai(name = "maxPrice")]
-        max_price: Query<Option<Decimal>>,
+        max_price: Query<Option<TextParam<PriceText>>>,
         /// `name`, `price` or `createdAt` (default).
         #[oai(default = "default_sort")]
         sort: Query<PetSort>,
@@ -109,30 +116,34 @@ impl PetsApi {
         /// Rows to skip (offset pagination).
         #[oai(default, validator(minimum(value = "0")))]
         offset: Query<i64>,
-        /// `nextCursor` of the previous page (cursor pagination; don't combine with offset).
-        #[oai(validator(max_length = 512))]
-        cursor: Query<Option<String>>,
+        /// `nextCursor` of the previous page (cursor pagination): the listing resumes after
+        /// it, in its sort and order; an `offset` skips further rows.
+        cursor: Query<Option<TextParam<CursorText>>>,
     ) -> ApiResult<Json<PetList>> {
         let filter = PetFilter {
             statuses: status.0,
             category: category.0,
             tag: tag.0,
             name: name.0,
-            min_price: min_price.0,
-            max_price: max_price.0,
+            min_price: min_price.0.map(price_filter),
+            max_price: max_price.0.map(price_filter),
         };
         let page = PetPage {
             sort: sort.0,
             order: order.0,
             limit: limit.0,
             offset: offset.0,
-            cursor: cursor.0,
+            cursor: cursor.0.map(|c| c.0),
         };
         Ok(Json(listing::list(&state.db, &filter, &page).await?))
     }
 
     /// Pets with any of the given statuses, by id (the classic pet-store call).
-    #[oai(path = "/findByStatus", method = "get")]
+    #[oai(
+        path = "/findByStatus",
+        method = "get",
+        operation_id = "findPetsByStatus"
+    )]
     async fn find_by_status(
         &self,
         state: Data<&AppState>,
@@ -155,7 +166,7 @@ impl PetsApi {
     }
 
     /// One pet, with its ETag.
-    #[oai(path = "/:id", method = "get")]
+    #[oai(path = "/:id", method = "get", operation_id = "getPet")]
     async fn get(
         &self,
         state: Data<&AppState>,
@@ -166,12 +177,12 @@ impl PetsApi {
     }
 
     /// Adds a pet (admins).
-    #[oai(path = "/", method = "post")]
+    #[oai(path = "/", method = "post", operation_id = "createPet")]
     async fn create(
         &self,
         state: Data<&AppState>,
         auth: BearerAuth,
-        body: Json<PetInput>,
+        body: JsonBody<PetInput>,
     ) -> ApiResult<PetCreated> {
         auth.0.require_admin()?;
         let pet = pets::create(&state, body.0).await?;
@@ -181,56 +192,63 @@ impl PetsApi {
 
     /// Replaces a pet (admins). With `If-Match`, only if the pet is still at that version (412
     /// otherwise).
-    #[oai(path = "/:id", method = "put")]
+    #[oai(path = "/:id", method = "put", operation_id = "replacePet")]
     async fn replace(
         &self,
         state: Data<&AppState>,
         auth: BearerAuth,
         id: Path<i64>,
-        /// The ETag the change is based on.
-        #[oai(name = "If-Match")]
+        /// The ETag the change is based on (`"<version>"`), or `*`; empty is the same as absent.
+        #[oai(name = "If-Match", validator(pattern = r#"^(\*|(W/)?"[!#-~]*")?$"#))]
         if_match: Header<Option<String>>,
-        body: Json<PetInput>,
+        headers: &HeaderMap,
+        body: JsonBody<PetInput>,
     ) -> ApiResult<PetResponse> {
         auth.0.require_admin()?;
-        let expected = expected_version(if_match.0.as_deref())?;
+        let if_match = header_param(headers, "If-Match", if_match.0)?;
+        let expected = expected_version(if_match.as_deref())?;
         Ok(with_etag(
             pets::update(&state, id.0, body.0.into(), expected).await?,
         ))
     }
 
     /// Changes some fields of a pet (admins); `If-Match` as for PUT.
-    #[oai(path = "/:id", method = "patch")]
+    #[oai(path = "/:id", method = "patch", operation_id = "patchPet")]
     async fn patch(
         &self,
         state: Data<&AppState>,
         auth: BearerAuth,
         id: Path<i64>,
-        /// The ETag the change is based on.
-        #[oai(name = "If-Match")]
+        /// The ETag the change is based on (`"<version>"`), or `*`; empty is the same as absent.
+        #[oai(name = "If-Match", validator(pattern = r#"^(\*|(W/)?"[!#-~]*")?$"#))]
         if_match: Header<Option<String>>,
-        body: Json<PetPatch>,
+        headers: &HeaderMap,
+        body: JsonBody<PetPatch>,
     ) -> ApiResult<PetResponse> {
         auth.0.require_admin()?;
-        let expected = expected_version(if_match.0.as_deref())?;
+        let if_match = header_param(headers, "If-Match", if_match.0)?;
+        let expected = expected_version(if_match.as_deref())?;
         Ok(with_etag(
             pets::update(&state, id.0, body.0, expected).await?,
         ))
     }
 
     /// Deletes a pet (admins); `If-Match` as for PUT. Its orders keep their copy of it.
-    #[oai(path = "/:id", method = "delete")]
+    #[oai(path = "/:id", method = "delete", operation_id = "deletePet")]
     async fn delete(
         &self,
         state: Data<&AppState>,
         auth: BearerAuth,
         id: Path<i64>,
-        /// The ETag the deletion is based on.
-        #[oai(name = "If-Match")]
+        /// The ETag the deletion is based on (`"<version>"`), or `*`; empty is the same as
+        /// absent.
+        #[oai(name = "If-Match", validator(pattern = r#"^(\*|(W/)?"[!#-~]*")?$"#))]
         if_match: Header<Option<String>>,
+        headers: &HeaderMap,
     ) -> ApiResult<NoContent> {
         auth.0.require_admin()?;
-        let expected = expected_version(if_match.0.as_deref())?;
+        let if_match = header_param(headers, "If-Match", if_match.0)?;
+        let expected = expected_version(if_match.as_deref())?;
         pets::delete(&state, id.0, expected).await?;
         Ok(NoContent::Done)
     }

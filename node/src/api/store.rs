@@ -1,14 +1,14 @@
 //! `/api/v1/store`: orders and the inventory.
 
-use poem::web::Data;
+use poem::{http::HeaderMap, web::Data};
 use poem_openapi::{
     param::{Header, Path, Query},
     payload::Json,
-    ApiResponse, Object, OpenApi,
+    ApiResponse, Enum, Object, OpenApi,
 };
 use uuid::Uuid;
 
-use super::ApiTags;
+use super::{header_param, json_body::JsonBody, ApiTags};
 use crate::{
     auth::BearerAuth,
     error::{ApiError, ApiResult},
@@ -45,8 +45,16 @@ pub struct OrderPage {
 /// A status change by an admin.
 #[derive(Debug, Object)]
 pub struct StatusChange {
-    /// Only `delivered` (from `approved`); cancel with `DELETE`.
-    pub status: OrderStatus,
+    /// `delivered` (from `approved`); payments approve orders and `DELETE` cancels them.
+    pub status: NewOrderStatus,
+}
+
+/// The statuses an admin sets by hand: only `delivered`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum NewOrderStatus {
+    /// Handed over (from `approved`; 409 from any other status).
+    Delivered,
 }
 
 fn default_limit() -> i64 {
@@ -59,23 +67,30 @@ impl StoreApi {
     /// turns `approved`, or `cancelled` with its stock restored). With `Idempotency-Key`, a retry
     /// with the same body returns the same order from any node; another body → 422. A full
     /// payment queue → 503 with `Retry-After`.
-    #[oai(path = "/orders", method = "post")]
+    #[oai(path = "/orders", method = "post", operation_id = "placeOrder")]
     async fn place(
         &self,
         state: Data<&AppState>,
         auth: BearerAuth,
-        /// Client-chosen key (1–255 characters) that makes retries safe.
-        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        /// Client-chosen key (up to 255 printable ASCII characters) that makes retries safe;
+        /// empty is the same as absent.
+        #[oai(
+            name = "Idempotency-Key",
+            validator(max_length = 255, pattern = r"^[ -~]*$")
+        )]
         idempotency_key: Header<Option<String>>,
-        body: Json<PlaceOrder>,
+        headers: &HeaderMap,
+        body: JsonBody<PlaceOrder>,
     ) -> ApiResult<OrderPlaced> {
-        let stored = orders::place(&state, &auth.0, body.0, idempotency_key.0.as_deref()).await?;
+        let key = header_param(headers, "Idempotency-Key", idempotency_key.0)?;
+        let key = key.as_deref().filter(|key| !key.is_empty());
+        let stored = orders::place(&state, &auth.0, body.0, key).await?;
         let order: Order = serde_json::from_value(stored).map_err(|e| ApiError::internal(&e))?;
         Ok(OrderPlaced::Created(Json(order)))
     }
 
     /// Lists orders, newest first: your own; admins see all and may filter by user.
-    #[oai(path = "/orders", method = "get")]
+    #[oai(path = "/orders", method = "get", operation_id = "listOrders")]
     async fn list(
         &self,
         state: Data<&AppState>,
@@ -109,7 +124,7 @@ impl StoreApi {
     }
 
     /// One order (its owner or an admin; 404 for anyone else).
-    #[oai(path = "/orders/:id", method = "get")]
+    #[oai(path = "/orders/:id", method = "get", operation_id = "getOrder")]
     async fn get(
         &self,
         state: Data<&AppState>,
@@ -121,7 +136,7 @@ impl StoreApi {
 
     /// Cancels an order before delivery (owner or admin) and restores its stock; a second
     /// cancel → 409 and restores nothing.
-    #[oai(path = "/orders/:id", method = "delete")]
+    #[oai(path = "/orders/:id", method = "delete", operation_id = "cancelOrder")]
     async fn cancel(
         &self,
         state: Data<&AppState>,
@@ -132,25 +147,26 @@ impl StoreApi {
     }
 
     /// Marks an approved order delivered (admins).
-    #[oai(path = "/orders/:id/status", method = "patch")]
+    #[oai(
+        path = "/orders/:id/status",
+        method = "patch",
+        operation_id = "setOrderStatus"
+    )]
     async fn set_status(
         &self,
         state: Data<&AppState>,
         auth: BearerAuth,
         id: Path<i64>,
-        body: Json<StatusChange>,
+        body: JsonBody<StatusChange>,
     ) -> ApiResult<Json<Order>> {
         auth.0.require_admin()?;
-        if body.status != OrderStatus::Delivered {
-            return Err(ApiError::bad_request(
-                "only `delivered` can be set here; payments approve orders and DELETE cancels them",
-            ));
+        match body.status {
+            NewOrderStatus::Delivered => Ok(Json(orders::deliver(&state, id.0).await?)),
         }
-        Ok(Json(orders::deliver(&state, id.0).await?))
     }
 
     /// Pets by status and the total stock.
-    #[oai(path = "/inventory", method = "get")]
+    #[oai(path = "/inventory", method = "get", operation_id = "getInventory")]
     async fn inventory(
         &self,
         state: Data<&AppState>,

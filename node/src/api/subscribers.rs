@@ -12,7 +12,7 @@ use poem_openapi::{
 };
 use uuid::Uuid;
 
-use super::{ApiTags, NoContent};
+use super::{json_body::JsonBody, ApiTags, NoContent};
 use crate::{
     auth::BearerAuth,
     error::{ApiError, ApiResult},
@@ -67,12 +67,12 @@ fn not_found(id: Uuid) -> ApiError {
 #[OpenApi(prefix_path = "/api/v1/subscribers", tag = "ApiTags::Subscribers")]
 impl SubscribersApi {
     /// Registers a custom event, or replaces the one with the same `eventListener` (admins).
-    #[oai(path = "/", method = "post")]
+    #[oai(path = "/", method = "post", operation_id = "upsertSubscriber")]
     async fn upsert(
         &self,
         state: Data<&AppState>,
         auth: BearerAuth,
-        body: Json<SubscriberInput>,
+        body: JsonBody<SubscriberInput>,
     ) -> ApiResult<SubscriberUpserted> {
         auth.0.require_admin()?;
         let upsert = subscribers::upsert(&state.db, &body.0).await?;
@@ -84,7 +84,7 @@ impl SubscribersApi {
     }
 
     /// Lists subscribers by `eventListener` (admins).
-    #[oai(path = "/", method = "get")]
+    #[oai(path = "/", method = "get", operation_id = "listSubscribers")]
     async fn list(
         &self,
         state: Data<&AppState>,
@@ -110,7 +110,7 @@ impl SubscribersApi {
     }
 
     /// Deletes every subscriber and says how many there were (admins).
-    #[oai(path = "/", method = "delete")]
+    #[oai(path = "/", method = "delete", operation_id = "deleteAllSubscribers")]
     async fn delete_all(
         &self,
         state: Data<&AppState>,
@@ -122,7 +122,11 @@ impl SubscribersApi {
     }
 
     /// The subscriber for an event name (admins). A name that could never be registered → 400.
-    #[oai(path = "/event/:eventListener", method = "get")]
+    #[oai(
+        path = "/event/:eventListener",
+        method = "get",
+        operation_id = "getSubscriberByEventListener"
+    )]
     async fn get_by_event_listener(
         &self,
         state: Data<&AppState>,
@@ -151,7 +155,7 @@ impl SubscribersApi {
     }
 
     /// One subscriber (admins).
-    #[oai(path = "/:id", method = "get")]
+    #[oai(path = "/:id", method = "get", operation_id = "getSubscriber")]
     async fn get(
         &self,
         state: Data<&AppState>,
@@ -167,13 +171,13 @@ impl SubscribersApi {
 
     /// Replaces a subscriber, `eventListener` included (admins). Renaming onto another
     /// subscriber's `eventListener` → 409.
-    #[oai(path = "/:id", method = "put")]
+    #[oai(path = "/:id", method = "put", operation_id = "replaceSubscriber")]
     async fn replace(
         &self,
         state: Data<&AppState>,
         auth: BearerAuth,
         id: Path<Uuid>,
-        body: Json<SubscriberInput>,
+        body: JsonBody<SubscriberInput>,
     ) -> ApiResult<Json<Subscriber>> {
         auth.0.require_admin()?;
         subscribers::update(&state.db, id.0, &body.0)
@@ -183,7 +187,7 @@ impl SubscribersApi {
     }
 
     /// Deletes a subscriber (admins).
-    #[oai(path = "/:id", method = "delete")]
+    #[oai(path = "/:id", method = "delete", operation_id = "deleteSubscriber")]
     async fn delete(
         &self,
         state: Data<&AppState>,

@@ -12,7 +12,7 @@ use poem_openapi::{
 };
 use uuid::Uuid;
 
-use super::{ApiTags, NoContent};
+use super::{json_body::JsonBody, ApiTags, NoContent};
 use crate::{
     auth::{sessions, BearerAuth, Role},
     error::{ApiError, ApiResult},
@@ -37,28 +37,42 @@ pub struct UserPage {
     pub offset: i64,
 }
 
-/// Changes to an account; absent fields stay as they are.
+/// Changes to an account; absent (or `null`) fields stay as they are. Text never contains
+/// U+0000.
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct UpdateUserRequest {
+    // Something@something.something, the parts without `@`, controls or white space. White
+    // space is spelled out: `\s` means other characters in Rust's regex (which checks it here)
+    // than in ECMAScript's (which JSON Schema tools use), U+0085 for one.
     /// New email; unique ignoring case.
-    #[oai(validator(max_length = 254, pattern = r"^[^\s@]+@[^\s@]+\.[^\s@]+$"))]
+    #[oai(
+        nullable,
+        validator(
+            max_length = 254,
+            pattern = r"^[^@\x00-\x20\x7F-\x9F\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000\uFEFF]+@[^@\x00-\x20\x7F-\x9F\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000\uFEFF]+\.[^@\x00-\x20\x7F-\x9F\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000\uFEFF]+$"
+        )
+    )]
     pub email: Option<String>,
     /// New password (8–128 characters); ends the account's sessions.
-    #[oai(validator(min_length = 8, max_length = 128))]
+    #[oai(nullable, validator(min_length = 8, max_length = 128))]
     pub password: Option<String>,
     /// Given name.
-    #[oai(validator(max_length = 100))]
+    #[oai(nullable, validator(max_length = 100, pattern = r"^[^\x00]*$"))]
     pub first_name: Option<String>,
     /// Family name.
-    #[oai(validator(max_length = 100))]
+    #[oai(nullable, validator(max_length = 100, pattern = r"^[^\x00]*$"))]
     pub last_name: Option<String>,
     /// Phone number.
-    #[oai(validator(max_length = 32))]
+    #[oai(nullable, validator(max_length = 32, pattern = r"^[^\x00]*$"))]
     pub phone: Option<String>,
-    /// New role (admins only); ends the account's sessions.
+    /// New role (admins only); ends the account's sessions. The last active admin cannot be
+    /// demoted (409).
+    #[oai(nullable)]
     pub role: Option<Role>,
-    /// New status (admins only); ends the account's sessions.
+    /// New status (admins only); ends the account's sessions. The last active admin cannot be
+    /// disabled (409).
+    #[oai(nullable)]
     pub status: Option<UserStatus>,
 }
 
@@ -77,7 +91,7 @@ fn not_found(id: Uuid) -> ApiError {
 #[OpenApi(prefix_path = "/api/v1/users", tag = "ApiTags::Users")]
 impl UsersApi {
     /// Lists users, oldest first (admins only).
-    #[oai(path = "/", method = "get")]
+    #[oai(path = "/", method = "get", operation_id = "listUsers")]
     async fn list(
         &self,
         state: Data<&AppState>,
@@ -103,7 +117,7 @@ impl UsersApi {
     }
 
     /// One account (the user themself or an admin).
-    #[oai(path = "/:id", method = "get")]
+    #[oai(path = "/:id", method = "get", operation_id = "getUser")]
     async fn get(
         &self,
         state: Data<&AppState>,
@@ -117,14 +131,15 @@ impl UsersApi {
             .ok_or_else(|| not_found(id.0))
     }
 
-    /// Changes an account (the user themself or an admin; role and status: admins only).
-    #[oai(path = "/:id", method = "put")]
+    /// Changes an account (the user themself or an admin; role and status: admins only). The
+    /// last active admin cannot be demoted or disabled (409).
+    #[oai(path = "/:id", method = "put", operation_id = "updateUser")]
     async fn update(
         &self,
         state: Data<&AppState>,
         auth: BearerAuth,
         id: Path<Uuid>,
-        body: Json<UpdateUserRequest>,
+        body: JsonBody<UpdateUserRequest>,
     ) -> ApiResult<Json<User>> {
         auth.0.require_self_or_admin(id.0)?;
         let body = body.0;
@@ -142,6 +157,9 @@ impl UsersApi {
         };
         let ends_sessions = changes.ends_sessions();
         let mut tx = state.db.begin().await?;
+        if changes.removes_admin() {
+            users::keep_an_active_admin(&mut tx, id.0).await?;
+        }
         let user = users::update(&mut *tx, id.0, changes)
             .await?
             .ok_or_else(|| not_found(id.0))?;
@@ -152,8 +170,9 @@ impl UsersApi {
         Ok(Json(user))
     }
 
-    /// Deletes an account and ends its sessions (the user themself or an admin).
-    #[oai(path = "/:id", method = "delete")]
+    /// Deletes an account and ends its sessions (the user themself or an admin). The last
+    /// active admin cannot be deleted (409).
+    #[oai(path = "/:id", method = "delete", operation_id = "deleteUser")]
     async fn delete(
         &self,
         state: Data<&AppState>,
@@ -162,6 +181,7 @@ impl UsersApi {
     ) -> ApiResult<NoContent> {
         auth.0.require_self_or_admin(id.0)?;
         let mut tx = state.db.begin().await?;
+        users::keep_an_active_admin(&mut tx, id.0).await?;
         if !users::delete(&mut *tx, id.0).await? {
             return Err(not_found(id.0));
         }

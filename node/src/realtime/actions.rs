@@ -7,18 +7,13 @@ use serde_json::{json, Value};
 
 use super::{
     connection::Conn,
+    decode::{access, decode, Access, Action},
     hub::{require_session, Joined, Session},
-    protocol::{field, string_field, ErrorCode, WsError},
+    protocol::{ErrorCode, WsError},
     resources,
     topic::{custom_log, room_log, Audience, Topic},
 };
 use crate::{events::log::Offset, subscribers};
-
-/// Most topics one `subscribe` may name.
-const MAX_TOPICS: usize = 50;
-
-/// Longest room message.
-const MAX_MESSAGE_CHARS: usize = 4000;
 
 /// The protocol's own actions; with [`resources::RESOURCE_ACTIONS`] these are the actions with
 /// a metric label of their own (anything else is `other`).
@@ -59,28 +54,42 @@ pub fn metric_label(action: &str) -> &'static str {
 
 impl Conn {
     /// Runs one request; the value is the success payload.
+    ///
+    /// 1. Who may ask ([`access`]) is checked against the session before the payload is
+    ///    looked at. 2. The payload is decoded ([`decode`]) without side effects, so a request
+    ///    that fails validation changes nothing. 3. The action runs.
     pub async fn handle(
         &mut self,
         request: &super::protocol::ClientRequest,
     ) -> Result<Value, WsError> {
-        let payload = &request.payload;
-        match request.action.as_str() {
-            "ping" => Ok(json!({
+        match access(&request.action) {
+            Access::Anyone => {}
+            Access::Session => {
+                self.session()?;
+            }
+            Access::Admin => self.session()?.claims.require_admin()?,
+        }
+        match decode(request)? {
+            Action::Ping => Ok(json!({
                 "pong": chrono::Utc::now().timestamp_millis(),
                 "nodeId": &*self.state.node_id,
             })),
-            "auth:login" => self.login(payload).await,
-            "auth:logout" => self.logout().await,
-            "subscribe" => self.subscribe(payload).await,
-            "unsubscribe" => self.unsubscribe(payload),
-            "room:join" => self.join_room(payload).await,
-            "room:leave" => self.leave_room(payload).await,
-            "room:message" => self.room_message(payload).await,
-            action if resources::is_resource_action(action) => {
+            Action::Login { token } => self.login(&token).await,
+            Action::Logout => self.logout().await,
+            Action::Subscribe { topics, since } => self.subscribe(topics, since).await,
+            Action::Unsubscribe { topics } => self.unsubscribe(topics),
+            Action::RoomJoin { room, since } => self.join_room(room, since).await,
+            Action::RoomLeave { room } => self.leave_room(room).await,
+            Action::RoomMessage {
+                room,
+                content,
+                kind,
+            } => self.room_message(room, &content, kind).await,
+            Action::Resource(action) => {
                 let claims = self.session()?.claims.clone();
-                resources::run(&self.state, &claims, action, payload).await
+                resources::run(&self.state, &claims, action).await
             }
-            other => self.emit(other, payload).await,
+            Action::Emit { name } => self.emit(&name, &request.payload).await,
         }
     }
 
@@ -90,8 +99,7 @@ impl Conn {
 
     // === auth ===
 
-    async fn login(&mut self, payload: &Value) -> Result<Value, WsError> {
-        let token = string_field(payload, "token")?;
+    async fn login(&mut self, token: &str) -> Result<Value, WsError> {
         let claims = crate::auth::authenticate(&self.state, token).await?;
         if let Some(current) = &self.session {
             if current.claims.sub != claims.sub {
@@ -123,13 +131,14 @@ impl Conn {
 
     // === topics ===
 
-    async fn subscribe(&mut self, payload: &Value) -> Result<Value, WsError> {
+    async fn subscribe(
+        &mut self,
+        parsed: Vec<Topic>,
+        mut since: HashMap<String, Offset>,
+    ) -> Result<Value, WsError> {
         let session = self.session()?.clone();
-        let names = topic_names(payload)?;
-        let mut since = since_offsets(payload, &names)?;
-        let mut topics = Vec::with_capacity(names.len());
-        for name in &names {
-            let topic = Topic::parse(name)?;
+        let mut topics = Vec::with_capacity(parsed.len());
+        for topic in parsed {
             if let Topic::Room(id) = &topic {
                 if !self.rooms.contains(id) {
                     return Err(WsError::new(
@@ -161,16 +170,10 @@ impl Conn {
         Ok(json!({ "topics": results }))
     }
 
-    fn unsubscribe(&mut self, payload: &Value) -> Result<Value, WsError> {
+    fn unsubscribe(&mut self, names: Vec<String>) -> Result<Value, WsError> {
         self.session()?;
-        let names = topic_names(payload)?;
         let mut removed = Vec::new();
         for name in names {
-            if matches!(Topic::parse(&name)?, Topic::Room(_)) {
-                return Err(WsError::invalid(format!(
-                    "{name}: leave the room (room:leave) instead"
-                )));
-            }
             if self.state.hub.unsubscribe(self.id, &name) {
                 removed.push(name);
             }
@@ -193,9 +196,6 @@ impl Conn {
                 ),
             )
         };
-        if !crate::subscribers::is_well_formed_event_name(name) {
-            return Err(unknown());
-        }
         let session = self.session()?.clone();
         let subscriber = subscribers::find_by_event_listener(&self.state.db, name)
             .await?
@@ -257,18 +257,9 @@ impl Conn {
 
     // === rooms ===
 
-    async fn join_room(&mut self, payload: &Value) -> Result<Value, WsError> {
+    async fn join_room(&mut self, room: String, since: Option<Offset>) -> Result<Value, WsError> {
         let session = self.session()?.clone();
-        let room = room_id(payload)?;
         let topic = Topic::Room(room.clone()).to_string();
-        let since = match payload.get("since").filter(|v| !v.is_null()) {
-            None => None,
-            Some(Value::String(s)) => Some(
-                s.parse::<Offset>()
-                    .map_err(|e| WsError::invalid(format!("payload.since: {e}")))?,
-            ),
-            Some(_) => return Err(WsError::invalid("payload.since must be an offset string")),
-        };
         let already = self.rooms.contains(&room);
         let joined = self
             .state
@@ -292,9 +283,8 @@ impl Conn {
         Ok(reply)
     }
 
-    async fn leave_room(&mut self, payload: &Value) -> Result<Value, WsError> {
+    async fn leave_room(&mut self, room: String) -> Result<Value, WsError> {
         let session = self.session()?.clone();
-        let room = room_id(payload)?;
         let Some(index) = self.rooms.iter().position(|r| *r == room) else {
             return Err(WsError::new(
                 ErrorCode::NotFound,
@@ -310,32 +300,19 @@ impl Conn {
         Ok(json!({ "roomId": room }))
     }
 
-    async fn room_message(&mut self, payload: &Value) -> Result<Value, WsError> {
+    async fn room_message(
+        &mut self,
+        room: String,
+        content: &str,
+        kind: &str,
+    ) -> Result<Value, WsError> {
         let session = self.session()?.clone();
-        let room = room_id(payload)?;
         if !self.rooms.contains(&room) {
             return Err(WsError::new(
                 ErrorCode::Forbidden,
                 format!("join room {room} before sending to it"),
             ));
         }
-        let content = string_field(payload, "content")?;
-        if content.trim().is_empty() || content.chars().count() > MAX_MESSAGE_CHARS {
-            return Err(WsError::invalid(format!(
-                "payload.content must be 1 to {MAX_MESSAGE_CHARS} characters"
-            )));
-        }
-        let kind = match payload.get("type").filter(|v| !v.is_null()) {
-            None => "text",
-            Some(Value::String(t)) if matches!(t.as_str(), "text" | "system" | "notification") => {
-                t.as_str()
-            }
-            Some(_) => {
-                return Err(WsError::invalid(
-                    "payload.type must be text, system or notification",
-                ))
-            }
-        };
         let offset = self
             .publish_room_event(
                 &room,
@@ -377,63 +354,6 @@ impl Conn {
                 .await;
         }
     }
-}
-
-/// `payload.topics`: 1 to [`MAX_TOPICS`] strings.
-fn topic_names(payload: &Value) -> Result<Vec<String>, WsError> {
-    let topics = field(payload, "topics")?
-        .as_array()
-        .ok_or_else(|| WsError::invalid("payload.topics must be an array of topic names"))?;
-    if topics.is_empty() || topics.len() > MAX_TOPICS {
-        return Err(WsError::invalid(format!(
-            "payload.topics must name 1 to {MAX_TOPICS} topics"
-        )));
-    }
-    topics
-        .iter()
-        .map(|t| {
-            t.as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| WsError::invalid("payload.topics must contain strings"))
-        })
-        .collect()
-}
-
-/// `payload.since`: offsets by topic, each topic among `names`.
-fn since_offsets(payload: &Value, names: &[String]) -> Result<HashMap<String, Offset>, WsError> {
-    let Some(since) = payload.get("since").filter(|v| !v.is_null()) else {
-        return Ok(HashMap::new());
-    };
-    let since = since
-        .as_object()
-        .ok_or_else(|| WsError::invalid("payload.since must map topics to offsets"))?;
-    since
-        .iter()
-        .map(|(topic, offset)| {
-            if !names.contains(topic) {
-                return Err(WsError::invalid(format!(
-                    "payload.since names {topic}, which is not in payload.topics"
-                )));
-            }
-            let offset = offset
-                .as_str()
-                .ok_or_else(|| WsError::invalid(format!("payload.since.{topic} must be a string")))?
-                .parse()
-                .map_err(|e| WsError::invalid(format!("payload.since.{topic}: {e}")))?;
-            Ok((topic.clone(), offset))
-        })
-        .collect()
-}
-
-/// `payload.roomId`, validated.
-fn room_id(payload: &Value) -> Result<String, WsError> {
-    let id = string_field(payload, "roomId")?;
-    if !super::topic::is_valid_room_id(id) {
-        return Err(WsError::invalid(
-            "payload.roomId must be 1 to 64 of A-Z a-z 0-9 _ . -",
-        ));
-    }
-    Ok(id.to_owned())
 }
 
 /// How a subscription started, for the response.

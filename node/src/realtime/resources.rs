@@ -29,10 +29,12 @@ use crate::{
     orders::{self, OrderFilter, OrderStatus, PlaceOrder},
     pets::{
         self,
-        listing::{self, PetFilter, PetPage, PetSort, SortOrder},
+        listing::{self, CursorText, PetFilter, PetPage, PetSort, SortOrder},
+        price::Price,
         PetInput, PetPatch, PetStatus,
     },
     state::AppState,
+    text_param::TextParam,
 };
 
 /// The resource actions, each answered by [`run`].
@@ -54,14 +56,74 @@ pub fn is_resource_action(action: &str) -> bool {
     RESOURCE_ACTIONS.contains(&action)
 }
 
-/// Runs resource action `action` for `claims`.
-pub async fn run(
-    state: &AppState,
-    claims: &Claims,
-    action: &str,
-    payload: &Value,
-) -> Result<Value, WsError> {
-    match action {
+/// A resource action with its payload parsed as REST parses the request.
+#[derive(Debug)]
+pub enum ResourceAction {
+    /// `pets.list`.
+    PetsList {
+        /// The filters.
+        filter: PetFilter,
+        /// Sort and page.
+        page: PetPage,
+    },
+    /// `pets.get`.
+    PetsGet {
+        /// The pet.
+        id: i64,
+    },
+    /// `pets.create`.
+    PetsCreate(PetInput),
+    /// `pets.update` (PATCH).
+    PetsUpdate {
+        /// The pet.
+        id: i64,
+        /// The version the change is based on (`If-Match`).
+        version: Option<i32>,
+        /// The changes.
+        patch: PetPatch,
+    },
+    /// `pets.delete`.
+    PetsDelete {
+        /// The pet.
+        id: i64,
+        /// The version the deletion is based on (`If-Match`).
+        version: Option<i32>,
+    },
+    /// `orders.create`.
+    OrdersCreate {
+        /// The order.
+        order: PlaceOrder,
+        /// `Idempotency-Key`.
+        key: Option<String>,
+    },
+    /// `orders.get`.
+    OrdersGet {
+        /// The order.
+        id: i64,
+    },
+    /// `orders.list`.
+    OrdersList {
+        /// Only this user's orders (admins; others may only name themselves).
+        user_id: Option<Uuid>,
+        /// Only orders in this status.
+        status: Option<OrderStatus>,
+        /// Page size.
+        limit: i64,
+        /// Rows to skip.
+        offset: i64,
+    },
+    /// `orders.cancel`.
+    OrdersCancel {
+        /// The order.
+        id: i64,
+    },
+    /// `inventory.get`.
+    InventoryGet,
+}
+
+/// Decodes the payload of resource action `action` (one of [`RESOURCE_ACTIONS`]).
+pub fn decode(action: &str, payload: &Value) -> Result<ResourceAction, WsError> {
+    Ok(match action {
         "pets.list" => {
             // `status` is one status or a list (REST repeats the parameter).
             let statuses = match payload.get("status").filter(|v| !v.is_null()) {
@@ -71,26 +133,19 @@ pub async fn run(
             };
             let query: PetListQuery = parse(&without(payload, &["status"]))?;
             let (filter, page) = query.into_parts(statuses);
-            filter.validate()?;
-            Ok(json_of(&listing::list(&state.db, &filter, &page).await?))
+            ResourceAction::PetsList { filter, page }
         }
-        "pets.get" => Ok(json_of(&pets::get(state, id(payload)?).await?)),
-        "pets.create" => {
-            claims.require_admin()?;
-            let input: PetInput = parse(payload)?;
-            Ok(json_of(&pets::create(state, input).await?))
-        }
-        "pets.update" => {
-            claims.require_admin()?;
-            let (id, version) = (id(payload)?, version(payload)?);
-            let patch: PetPatch = parse(&without(payload, &["id", "version"]))?;
-            Ok(json_of(&pets::update(state, id, patch, version).await?))
-        }
-        "pets.delete" => {
-            claims.require_admin()?;
-            pets::delete(state, id(payload)?, version(payload)?).await?;
-            Ok(Value::Object(Default::default()))
-        }
+        "pets.get" => ResourceAction::PetsGet { id: id(payload)? },
+        "pets.create" => ResourceAction::PetsCreate(parse(payload)?),
+        "pets.update" => ResourceAction::PetsUpdate {
+            id: id(payload)?,
+            version: version(payload)?,
+            patch: parse(&without(payload, &["id", "version"]))?,
+        },
+        "pets.delete" => ResourceAction::PetsDelete {
+            id: id(payload)?,
+            version: version(payload)?,
+        },
         "orders.create" => {
             let key = match payload.get("idempotencyKey").filter(|v| !v.is_null()) {
                 None => None,
@@ -103,59 +158,114 @@ pub async fn run(
                     ))
                 }
             };
-            let order: PlaceOrder = parse(&without(payload, &["idempotencyKey"]))?;
-            Ok(orders::place(state, claims, order, key.as_deref()).await?)
+            ResourceAction::OrdersCreate {
+                order: parse(&without(payload, &["idempotencyKey"]))?,
+                key,
+            }
         }
-        "orders.get" => Ok(json_of(&orders::get(state, claims, id(payload)?).await?)),
+        "orders.get" => ResourceAction::OrdersGet { id: id(payload)? },
         "orders.list" => {
             let query: OrderListQuery = parse(payload)?;
-            let filter = OrderFilter {
-                user_id: orders::visible_user(claims, query.user_id)?,
+            ResourceAction::OrdersList {
+                user_id: query.user_id,
                 status: query.status,
+                limit: query.limit,
+                offset: query.offset,
+            }
+        }
+        "orders.cancel" => ResourceAction::OrdersCancel { id: id(payload)? },
+        "inventory.get" => ResourceAction::InventoryGet,
+        other => {
+            return Err(WsError::new(
+                super::protocol::ErrorCode::UnknownAction,
+                format!("unknown action {other:?}"),
+            ))
+        }
+    })
+}
+
+/// Runs `action` for `claims` (the connection has checked [`super::decode::access`]).
+pub async fn run(
+    state: &AppState,
+    claims: &Claims,
+    action: ResourceAction,
+) -> Result<Value, WsError> {
+    match action {
+        ResourceAction::PetsList { filter, page } => {
+            Ok(json_of(&listing::list(&state.db, &filter, &page).await?))
+        }
+        ResourceAction::PetsGet { id } => Ok(json_of(&pets::get(state, id).await?)),
+        ResourceAction::PetsCreate(input) => {
+            claims.require_admin()?;
+            Ok(json_of(&pets::create(state, input).await?))
+        }
+        ResourceAction::PetsUpdate { id, version, patch } => {
+            claims.require_admin()?;
+            Ok(json_of(&pets::update(state, id, patch, version).await?))
+        }
+        ResourceAction::PetsDelete { id, version } => {
+            claims.require_admin()?;
+            pets::delete(state, id, version).await?;
+            Ok(Value::Object(Default::default()))
+        }
+        ResourceAction::OrdersCreate { order, key } => {
+            Ok(orders::place(state, claims, order, key.as_deref()).await?)
+        }
+        ResourceAction::OrdersGet { id } => Ok(json_of(&orders::get(state, claims, id).await?)),
+        ResourceAction::OrdersList {
+            user_id,
+            status,
+            limit,
+            offset,
+        } => {
+            let filter = OrderFilter {
+                user_id: orders::visible_user(claims, user_id)?,
+                status,
             };
-            let (items, total) =
-                orders::list(&state.db, &filter, query.limit, query.offset).await?;
+            let (items, total) = orders::list(&state.db, &filter, limit, offset).await?;
             Ok(serde_json::json!({
                 "items": json_of(&items),
                 "total": total,
-                "limit": query.limit,
-                "offset": query.offset,
+                "limit": limit,
+                "offset": offset,
             }))
         }
-        "orders.cancel" => Ok(json_of(&orders::cancel(state, claims, id(payload)?).await?)),
-        "inventory.get" => Ok(json_of(&pets::inventory(&state.db).await?)),
-        other => Err(WsError::new(
-            super::protocol::ErrorCode::UnknownAction,
-            format!("unknown action {other:?}"),
-        )),
+        ResourceAction::OrdersCancel { id } => {
+            Ok(json_of(&orders::cancel(state, claims, id).await?))
+        }
+        ResourceAction::InventoryGet => Ok(json_of(&pets::inventory(&state.db).await?)),
     }
 }
 
-/// The filters, sort and page of `pets.list`, validated as REST validates its query.
+/// The filters, sort and page of `pets.list`, validated as REST validates its query (prices
+/// may also be JSON numbers here, as in bodies). `null` is the same as absent.
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 struct PetListQuery {
-    #[oai(validator(min_length = 1, max_length = 50))]
+    #[oai(nullable, validator(min_length = 1, max_length = 50))]
     category: Option<String>,
-    #[oai(validator(min_length = 1, max_length = 30))]
+    #[oai(nullable, validator(min_length = 1, max_length = 30))]
     tag: Option<String>,
-    #[oai(validator(min_length = 1, max_length = 100))]
+    #[oai(nullable, validator(min_length = 1, max_length = 100))]
     name: Option<String>,
-    min_price: Option<Decimal>,
-    max_price: Option<Decimal>,
-    #[oai(default = "default_sort")]
+    #[oai(nullable)]
+    min_price: Option<Price>,
+    #[oai(nullable)]
+    max_price: Option<Price>,
+    #[oai(default = "default_sort", nullable)]
     sort: PetSort,
-    #[oai(default = "default_order")]
+    #[oai(default = "default_order", nullable)]
     order: SortOrder,
     #[oai(
         default = "default_limit",
+        nullable,
         validator(minimum(value = "1"), maximum(value = "100"))
     )]
     limit: i64,
-    #[oai(default, validator(minimum(value = "0")))]
+    #[oai(default, nullable, validator(minimum(value = "0")))]
     offset: i64,
-    #[oai(validator(max_length = 512))]
-    cursor: Option<String>,
+    #[oai(nullable)]
+    cursor: Option<TextParam<CursorText>>,
 }
 
 impl PetListQuery {
@@ -166,32 +276,35 @@ impl PetListQuery {
                 category: self.category,
                 tag: self.tag,
                 name: self.name,
-                min_price: self.min_price,
-                max_price: self.max_price,
+                min_price: self.min_price.map(Decimal::from),
+                max_price: self.max_price.map(Decimal::from),
             },
             PetPage {
                 sort: self.sort,
                 order: self.order,
                 limit: self.limit,
                 offset: self.offset,
-                cursor: self.cursor,
+                cursor: self.cursor.map(|c| c.0),
             },
         )
     }
 }
 
-/// The filters and page of `orders.list`.
+/// The filters and page of `orders.list`; `null` is the same as absent.
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 struct OrderListQuery {
+    #[oai(nullable)]
     user_id: Option<Uuid>,
+    #[oai(nullable)]
     status: Option<OrderStatus>,
     #[oai(
         default = "default_limit",
+        nullable,
         validator(minimum(value = "1"), maximum(value = "100"))
     )]
     limit: i64,
-    #[oai(default, validator(minimum(value = "0")))]
+    #[oai(default, nullable, validator(minimum(value = "0")))]
     offset: i64,
 }
 
@@ -207,10 +320,10 @@ fn default_limit() -> i64 {
     20
 }
 
-/// Parses `payload` as `T` with the validators REST applies to it.
+/// Parses `payload` as `T` as REST parses its body: the documented JSON types, then the
+/// validators.
 fn parse<T: ParseFromJSON>(payload: &Value) -> Result<T, WsError> {
-    T::parse_from_json(Some(payload.clone()))
-        .map_err(|err| WsError::invalid(format!("payload: {}", err.into_message())))
+    crate::api::json_body::parse(payload.clone(), "payload").map_err(WsError::invalid)
 }
 
 /// `payload` without `fields` (those that are not part of the REST body).

@@ -3,6 +3,7 @@
 
 mod auth;
 mod bodies;
+mod contract;
 mod errors;
 mod events;
 mod hardening;
