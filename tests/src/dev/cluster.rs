@@ -11,17 +11,19 @@
 //! so the entry URL stays the same.
 
 use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use sqlx::{Connection as _, PgConnection};
 
 use super::{signal_name, ShutdownSignals};
+
+mod tools;
+
+use self::tools::{node_has_subcommand, run_tool};
 use crate::balancer::{balancer_binary, BalancerConfig, BalancerProcess};
 use crate::cluster::PrivateServers;
-use crate::node::{node_binary, random_token, NodeConfig, NodeProcess};
-use crate::process::{capture_lines, log, wait_timeout_async, LogTail};
+use crate::node::{random_token, NodeConfig, NodeProcess};
 
 /// The database the local cluster uses; kept when the servers come from the environment.
 const DATABASE: &str = "petmesh";
@@ -292,76 +294,6 @@ async fn create_database(maintenance_url: &str) -> anyhow::Result<String> {
     crate::database::database_url(maintenance_url, DATABASE)
 }
 
-/// Runs `petmesh-node <subcommand>` to completion with the cluster's configuration, its
-/// output shown on stderr prefixed with `[<subcommand>]`.
-async fn run_tool(template: &NodeConfig, subcommand: &str) -> anyhow::Result<()> {
-    let mut cmd = template.clone().id(subcommand).command(subcommand)?;
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("running petmesh-node {subcommand}"))?;
-    let logs = LogTail::new(1);
-    let mut readers = Vec::new();
-    for output in [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let prefix = subcommand.to_owned();
-        let reader = capture_lines(output, logs.clone(), move |line| {
-            eprintln!("[{prefix}] {}", log::render(line));
-        })
-        .context("starting an output reader")?;
-        readers.push(reader);
-    }
-    let status = wait_timeout_async(&mut child, TOOL_TIMEOUT).await?;
-    // Its last lines (often the error) should appear before whatever we print next.
-    for reader in &readers {
-        reader.wait(OUTPUT_DRAIN);
-    }
-    match status {
-        Some(status) if status.success() => Ok(()),
-        Some(status) => bail!("petmesh-node {subcommand} failed ({status})"),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("petmesh-node {subcommand} did not finish within {TOOL_TIMEOUT:?}")
-        }
-    }
-}
-
-/// Whether `petmesh-node --help` lists `name` as a subcommand.
-fn node_has_subcommand(name: &str) -> anyhow::Result<bool> {
-    let binary = node_binary()?;
-    let output = Command::new(&binary)
-        .arg("--help")
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {} --help", binary.display()))?;
-    Ok(lists_subcommand(
-        &String::from_utf8_lossy(&output.stdout),
-        name,
-    ))
-}
-
-/// Whether clap-style help text has a line starting with `name` as a word (the
-/// `Commands:` section), which a mere mention elsewhere doesn't.
-fn lists_subcommand(help: &str, name: &str) -> bool {
-    help.lines().any(|line| {
-        line.trim_start()
-            .strip_prefix(name)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
-    })
-}
-
 /// The lines scripts and humans wait for, on stdout, ending with exactly `ready`: the entry
 /// URL (the first balancer, else the first node), its admin URL, every further balancer with
 /// its admin URL, then every node.
@@ -520,34 +452,11 @@ impl LocalCluster {
 mod tests {
     use super::*;
 
-    const HELP: &str = "\
-The petmesh API node
-
-Usage: petmesh-node <COMMAND>
-
-Commands:
-  serve    Serve the API (the seed data is loaded by `seeded` fixtures)
-  migrate  Apply database migrations
-  help     Print this message
-";
-
     #[test]
     fn balancer_k_listens_on_port_plus_2k_and_its_admin_api_next() {
         assert_eq!(balancer_ports(8080, 0).unwrap(), (8080, 8081));
         assert_eq!(balancer_ports(8080, 1).unwrap(), (8082, 8083));
         assert_eq!(balancer_ports(0, 3).unwrap(), (0, 0));
         assert!(balancer_ports(65534, 1).is_err());
-    }
-
-    #[test]
-    fn lists_subcommand_finds_only_real_subcommands() {
-        assert!(lists_subcommand(HELP, "serve"));
-        assert!(lists_subcommand(HELP, "migrate"));
-        assert!(!lists_subcommand(HELP, "seed"));
-        assert!(!lists_subcommand(HELP, "se"));
-        assert!(lists_subcommand(
-            &format!("{HELP}  seed     Load demo data\n"),
-            "seed"
-        ));
     }
 }
