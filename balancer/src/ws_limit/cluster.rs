@@ -19,7 +19,7 @@ use std::{
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use petmesh_shared::registry::RedisKeys;
-use redis::{aio::MultiplexedConnection, AsyncConnectionConfig};
+use redis::aio::MultiplexedConnection;
 use tokio::sync::{mpsc, watch};
 
 use super::{Held, WsLimiter};
@@ -33,10 +33,8 @@ use crate::metrics::Metrics;
 /// 2. If a newer state of ours is stored already, it includes this tunnel: judge by it.
 /// 3. Otherwise admit if the others plus our new count stay within the limit, and store it.
 static ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    script(
         r"
-        local t = redis.call('TIME')
-        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         local me, n, seq = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
         local limit, lease = tonumber(ARGV[4]), tonumber(ARGV[5])
         local others, mine, mine_seq = 0, 0, -1
@@ -67,10 +65,8 @@ static ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| {
 /// unless a newer state is stored already. KEYS[1]: the address's hash. ARGV: instance id,
 /// count, sequence, lease ms. Returns 1 if written.
 static STORE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    script(
         r"
-        local t = redis.call('TIME')
-        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         local me, n, seq, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
         local current = redis.call('HGET', KEYS[1], me)
         if current then
@@ -91,10 +87,8 @@ static STORE: LazyLock<redis::Script> = LazyLock::new(|| {
 /// Renews this balancer's registration (ARGV[2] = lease ms; ARGV[3] = 1 registers, 0
 /// deregisters), drops lapsed ones and returns how many balancers are registered.
 static REGISTER: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    script(
         r"
-        local t = redis.call('TIME')
-        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         local lease = tonumber(ARGV[2])
         if ARGV[3] == '1' then
             redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
@@ -107,6 +101,13 @@ static REGISTER: LazyLock<redis::Script> = LazyLock::new(|| {
         ",
     )
 });
+
+/// Every script starts with `now`: Redis' clock in Unix ms (the balancers' clocks never count).
+fn script(body: &str) -> redis::Script {
+    redis::Script::new(&format!(
+        "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n{body}"
+    ))
+}
 
 /// Writes of counts in flight at once during a renewal round.
 const CONCURRENT_WRITES: usize = 32;
@@ -287,14 +288,8 @@ impl ClusterSlots {
 
     /// Opens the shared connection.
     async fn connect(&self) -> anyhow::Result<()> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
-        let connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .context("connecting to Redis")?;
+        // Opened here, on the control plane's runtime, which then drives it for the workers.
+        let connection = crate::discovery::connect(&self.client, self.timeout).await?;
         *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection);
         if self.in_outage.swap(false, Ordering::Relaxed) {
             tracing::info!(
