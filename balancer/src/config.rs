@@ -15,6 +15,8 @@ use serde::Deserialize;
 
 use crate::{backend::Backend, selection::HashKey};
 
+mod defaults;
+
 /// Prefix of every balancer environment variable.
 pub const ENV_PREFIX: &str = "PETMESH_BALANCER";
 
@@ -171,8 +173,15 @@ pub struct RetrySettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitSettings {
-    /// Open WebSockets allowed per client IP; the next one gets 429.
+    /// Open WebSockets allowed per client IP across every balancer of the cluster (counted in
+    /// Redis, see [`crate::ws_limit`]); the next one gets 429. While Redis is unreachable each
+    /// balancer allows `ws_per_ip / balancers` (at least 1) on its own.
     pub ws_per_ip: u32,
+    /// How long a balancer's count of an address's WebSockets stays in Redis without being
+    /// renewed: a balancer that dies stops renewing, and its counts lapse after this.
+    pub ws_lease_ms: u64,
+    /// How often a balancer renews the leases of the counts it holds (below `ws_lease_ms`).
+    pub ws_lease_refresh_ms: u64,
     /// A client must send its request headers within this time (Slowloris guard); the clock
     /// runs while a keep-alive connection waits for its next request, so it is also the idle
     /// timeout of client connections.
@@ -207,142 +216,6 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// Filter directive, e.g. `info` or `petmesh_balancer=debug,info` (`RUST_LOG` wins).
     pub level: String,
-}
-
-// === defaults ===
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            listen: ListenSettings {
-                host: IpAddr::from([0, 0, 0, 0]),
-                port: 8080,
-            },
-            admin: ListenSettings {
-                host: IpAddr::from([0, 0, 0, 0]),
-                port: 8081,
-            },
-            cluster: ClusterSettings {
-                name: "default".into(),
-            },
-            redis: RedisSettings::default(),
-            discovery: DiscoverySettings::default(),
-            strategy: StrategySettings::default(),
-            health: HealthSettings::default(),
-            breaker: BreakerSettings::default(),
-            retry: RetrySettings::default(),
-            limits: LimitSettings::default(),
-            panic_threshold: 0.5,
-            shutdown: ShutdownSettings {
-                grace_period_secs: 10,
-            },
-            workers: 0,
-            log: LogSettings::default(),
-        }
-    }
-}
-
-impl Default for ListenSettings {
-    fn default() -> Self {
-        Settings::default().listen
-    }
-}
-
-impl Default for ClusterSettings {
-    fn default() -> Self {
-        Settings::default().cluster
-    }
-}
-
-impl Default for ShutdownSettings {
-    fn default() -> Self {
-        Settings::default().shutdown
-    }
-}
-
-impl Default for RedisSettings {
-    fn default() -> Self {
-        Self {
-            url: "redis://127.0.0.1:6379".into(),
-            timeout_ms: 2000,
-        }
-    }
-}
-
-impl Default for DiscoverySettings {
-    fn default() -> Self {
-        Self {
-            static_upstreams: String::new(),
-            resync_interval_ms: 5000,
-        }
-    }
-}
-
-impl Default for StrategySettings {
-    fn default() -> Self {
-        Self {
-            http: StrategyName::RoundRobin,
-            ws: StrategyName::LeastConnections,
-            hash_key: HashKey::ClientIp,
-            bounded_load_factor: 1.25,
-            virtual_nodes: 160,
-        }
-    }
-}
-
-impl Default for HealthSettings {
-    fn default() -> Self {
-        Self {
-            interval_ms: 1000,
-            timeout_ms: 500,
-            healthy_threshold: 2,
-            unhealthy_threshold: 2,
-            path: "/health/ready".into(),
-        }
-    }
-}
-
-impl Default for BreakerSettings {
-    fn default() -> Self {
-        Self {
-            consecutive_failures: 5,
-            backoff_initial_ms: 1000,
-            backoff_max_ms: 30_000,
-        }
-    }
-}
-
-impl Default for RetrySettings {
-    fn default() -> Self {
-        Self {
-            budget_ratio: 0.2,
-            min_per_second: 10,
-            max_attempts: 3,
-        }
-    }
-}
-
-impl Default for LimitSettings {
-    fn default() -> Self {
-        Self {
-            ws_per_ip: 10,
-            header_read_timeout_ms: 10_000,
-            max_body_bytes: 10 * 1024 * 1024,
-            max_header_bytes: 64 * 1024,
-            connect_timeout_ms: 1000,
-            response_timeout_ms: 30_000,
-            max_connections: 10_000,
-        }
-    }
-}
-
-impl Default for LogSettings {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Json,
-            level: "info".into(),
-        }
-    }
 }
 
 // === impl Settings ===
@@ -404,6 +277,11 @@ impl Settings {
             ),
             ("retry.max_attempts", self.retry.max_attempts.into()),
             ("limits.ws_per_ip", self.limits.ws_per_ip.into()),
+            ("limits.ws_lease_ms", self.limits.ws_lease_ms),
+            (
+                "limits.ws_lease_refresh_ms",
+                self.limits.ws_lease_refresh_ms,
+            ),
             (
                 "limits.header_read_timeout_ms",
                 self.limits.header_read_timeout_ms,
@@ -427,6 +305,12 @@ impl Settings {
             problem(
                 "breaker.backoff_max_ms",
                 "must not be below breaker.backoff_initial_ms",
+            );
+        }
+        if self.limits.ws_lease_refresh_ms >= self.limits.ws_lease_ms {
+            problem(
+                "limits.ws_lease_refresh_ms",
+                "must be below limits.ws_lease_ms (a lease must be renewed before it lapses)",
             );
         }
         let factor = self.strategy.bounded_load_factor;
@@ -516,6 +400,8 @@ mod tests {
         assert_eq!(settings.strategy.http, StrategyName::RoundRobin);
         assert_eq!(settings.strategy.ws, StrategyName::LeastConnections);
         assert_eq!(settings.limits.ws_per_ip, 10);
+        assert_eq!(settings.limits.ws_lease_ms, 15_000);
+        assert_eq!(settings.limits.ws_lease_refresh_ms, 5_000);
         assert_eq!(settings.health.path, "/health/ready");
         assert!(settings.worker_count() >= 1);
     }

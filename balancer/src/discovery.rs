@@ -86,14 +86,7 @@ impl RedisDiscovery {
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
-        let connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .context("connecting to Redis")?;
+        let connection = connect(&self.client, self.timeout).await?;
         *slot = Some(connection.clone());
         Ok(connection)
     }
@@ -163,6 +156,21 @@ impl ServiceDiscovery for RedisDiscovery {
         });
         Ok(Some(events.boxed()))
     }
+}
+
+/// Opens a command connection to Redis, `timeout` bounding the connect and every command.
+/// Its driver task runs on the runtime that calls this; clones work from any thread.
+pub async fn connect(
+    client: &redis::Client,
+    timeout: Duration,
+) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .context("connecting to Redis")
 }
 
 /// A registry entry as a [`Discovered`] node.

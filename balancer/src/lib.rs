@@ -14,6 +14,7 @@
 //! - [`health`], [`breaker`], [`retry`]: when a node is skipped and when a request is retried.
 //! - [`discovery`] and [`background`]: where nodes come from and the loops that apply it.
 //! - [`admin`] and [`metrics`]: what operators see.
+//! - [`ws_limit`]: the WebSocket limit per client IP, held across every balancer in Redis.
 //! - [`state`]: what all threads share.
 
 pub mod admin;
@@ -33,6 +34,7 @@ pub mod spread;
 pub mod startup;
 pub mod state;
 pub mod worker;
+pub mod ws_limit;
 
 pub use config::Settings;
 pub use startup::Application;

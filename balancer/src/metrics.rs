@@ -66,6 +66,11 @@ pub struct Metrics {
     /// 1 while the last read of the node registry succeeded (and its event stream is open),
     /// else 0.
     pub discovery_up: IntGauge,
+    /// WebSocket handshakes this balancer admitted or refused alone (`ws_per_ip / balancers`)
+    /// because Redis was unreachable.
+    pub websocket_limit_fallbacks: IntCounter,
+    /// Balancers registered in the cluster's Redis when last counted (the fallback divisor).
+    pub balancers: IntGauge,
     /// 1 for the running version (`version` label).
     pub info: IntGaugeVec,
     /// 1 while a node in the set passes its health probes, by node.
@@ -195,6 +200,16 @@ impl Metrics {
                 "1 while the last read of the node registry succeeded, else 0.",
             ))
             .unwrap(),
+            websocket_limit_fallbacks: IntCounter::with_opts(opts(
+                "websocket_limit_fallbacks_total",
+                "WebSocket handshakes judged by this balancer alone (ws_per_ip / balancers) because Redis was unreachable.",
+            ))
+            .unwrap(),
+            balancers: IntGauge::with_opts(opts(
+                "balancers",
+                "Balancers registered in the cluster's Redis when last counted.",
+            ))
+            .unwrap(),
             info: IntGaugeVec::new(opts("info", "The running version (value 1)."), &["version"])
                 .unwrap(),
             node_healthy: IntGaugeVec::new(
@@ -240,6 +255,8 @@ impl Metrics {
             Box::new(m.discovery_failures.clone()),
             Box::new(m.nodes_lost.clone()),
             Box::new(m.discovery_up.clone()),
+            Box::new(m.websocket_limit_fallbacks.clone()),
+            Box::new(m.balancers.clone()),
             Box::new(m.info.clone()),
             Box::new(m.node_healthy.clone()),
             Box::new(m.node_draining.clone()),
@@ -253,6 +270,8 @@ impl Metrics {
         m.info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // This one, until it has counted the others in Redis.
+        m.balancers.set(1);
         for kind in ErrorKind::ALL {
             m.proxy_errors.with_label_values(&[kind.as_str()]);
         }

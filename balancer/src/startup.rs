@@ -5,7 +5,7 @@
 
 use std::{
     future::Future,
-    net::{SocketAddr, TcpListener},
+    net::{IpAddr, SocketAddr, TcpListener},
     sync::Arc,
     time::Duration,
 };
@@ -14,15 +14,17 @@ use anyhow::Context as _;
 use futures_util::stream::BoxStream;
 use petmesh_shared::registry::MembershipEvent;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     admin, background,
     config::Settings,
     discovery::{RedisDiscovery, StaticDiscovery},
+    metrics::Metrics,
     spread::Spread,
     state::BalancerState,
     worker,
+    ws_limit::ClusterSlots,
 };
 
 /// Accept backlog of each proxy listener.
@@ -50,6 +52,9 @@ pub struct Application {
     discovery: Discovery,
     /// Membership events, subscribed before the first read.
     events: Option<BoxStream<'static, MembershipEvent>>,
+    /// The Redis side of the WebSocket limit and the changes its lease task writes; `None`
+    /// with static discovery.
+    ws_cluster: Option<(Arc<ClusterSlots>, mpsc::UnboundedReceiver<IpAddr>)>,
 }
 
 impl Application {
@@ -82,7 +87,25 @@ impl Application {
         } else {
             Discovery::Static(StaticDiscovery::new(backends))
         };
-        let state = Arc::new(BalancerState::new(settings));
+        let metrics = Metrics::new();
+        let (ws_cluster, ws_changes) = match &discovery {
+            Discovery::Static(_) => (None, None),
+            Discovery::Redis(_) => {
+                let slots = Arc::new(ClusterSlots::new(
+                    &settings.redis.url,
+                    &settings.cluster.name,
+                    &settings,
+                    metrics.clone(),
+                )?);
+                let (tx, rx) = mpsc::unbounded_channel();
+                (Some((slots.clone(), tx)), Some((slots, rx)))
+            }
+        };
+        let state = Arc::new(BalancerState::new(settings, metrics, ws_cluster));
+        if let Some((slots, _)) = &ws_changes {
+            // Connected and registered before the first handshake (or logged as an outage).
+            slots.renew(&state.ws_limit).await;
+        }
         // Subscribe first, then read: an event published in between is then seen twice
         // (harmless) rather than never.
         let events = match &discovery {
@@ -105,6 +128,7 @@ impl Application {
             admin_addr,
             discovery,
             events,
+            ws_cluster: ws_changes,
         })
     }
 
@@ -166,9 +190,20 @@ impl Application {
         };
         let health = tokio::spawn(background::run_health(self.state.clone(), stop_rx.clone()));
         let admin = tokio::spawn(admin::run(self.state.clone(), self.admin, stop_rx.clone()));
+        // The lease task outlives the workers, so the counts of tunnels closed while they
+        // drain are still written; it is stopped once they have all finished.
+        let (lease_stop_tx, lease_stop_rx) = watch::channel(false);
+        let instance = self
+            .ws_cluster
+            .as_ref()
+            .map(|(slots, _)| slots.instance().to_owned());
+        let leases = self.ws_cluster.map(|(slots, changes)| {
+            tokio::spawn(slots.run(self.state.ws_limit.clone(), changes, lease_stop_rx))
+        });
         tracing::info!(
             addr = %self.addr,
             admin_addr = %self.admin_addr,
+            instance = instance.as_deref().unwrap_or("-"),
             workers,
             nodes = self.state.membership.current().len(),
             "listening"
@@ -188,7 +223,8 @@ impl Application {
                 Err(_) => failure = Some(anyhow::anyhow!("a worker thread panicked")),
             }
         }
-        for task in [discovery, health, admin] {
+        let _ = lease_stop_tx.send(true);
+        for task in [discovery, health, admin].into_iter().chain(leases) {
             let _ = task.await;
         }
         match failure {

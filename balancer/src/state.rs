@@ -3,15 +3,21 @@
 //! dropped when the last worker and background task has stopped.
 
 use std::{
-    collections::HashMap,
     net::IpAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
+        Arc,
     },
 };
 
-use crate::{backend::Membership, config::Settings, metrics::Metrics};
+use tokio::sync::mpsc;
+
+use crate::{
+    backend::Membership,
+    config::Settings,
+    metrics::Metrics,
+    ws_limit::{ClusterSlots, WsLimiter},
+};
 
 /// State shared by all threads.
 #[derive(Debug)]
@@ -22,36 +28,33 @@ pub struct BalancerState {
     pub membership: Membership,
     /// Every metric.
     pub metrics: Metrics,
-    /// Open WebSockets per client IP; touched only on WebSocket open and close.
-    ws_per_ip: Mutex<HashMap<IpAddr, u32>>,
+    /// Open WebSockets per client IP (cluster-wide with Redis); touched only on WebSocket open
+    /// and close.
+    pub ws_limit: Arc<WsLimiter>,
     /// Client connections open across all workers (for `limits.max_connections`).
     connections: AtomicUsize,
 }
 
 impl BalancerState {
-    /// Fresh state for `settings`.
-    pub fn new(settings: Settings) -> Self {
+    /// Fresh state for `settings`, with `metrics`; the WebSocket limit is cluster-wide through
+    /// `ws_cluster` (the Redis side and the sender its lease task reads) when given.
+    pub fn new(
+        settings: Settings,
+        metrics: Metrics,
+        ws_cluster: Option<(Arc<ClusterSlots>, mpsc::UnboundedSender<IpAddr>)>,
+    ) -> Self {
+        let ws_limit = Arc::new(WsLimiter::new(
+            settings.limits.ws_per_ip,
+            ws_cluster,
+            metrics.clone(),
+        ));
         Self {
             settings,
             membership: Membership::default(),
-            metrics: Metrics::new(),
-            ws_per_ip: Mutex::new(HashMap::new()),
+            metrics,
+            ws_limit,
             connections: AtomicUsize::new(0),
         }
-    }
-
-    /// Reserves one of `ip`'s WebSocket slots; `None` when it already has `limits.ws_per_ip`.
-    pub fn acquire_ws_slot(self: &Arc<Self>, ip: IpAddr) -> Option<WsSlot> {
-        let mut map = self.ws_per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let count = map.entry(ip).or_insert(0);
-        if *count >= self.settings.limits.ws_per_ip {
-            return None;
-        }
-        *count += 1;
-        Some(WsSlot {
-            state: self.clone(),
-            ip,
-        })
     }
 
     /// Admits one more client connection; `None` at `limits.max_connections`.
@@ -77,29 +80,6 @@ pub async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// One open WebSocket of one client IP; released on drop (when the tunnel ends).
-#[derive(Debug)]
-pub struct WsSlot {
-    state: Arc<BalancerState>,
-    ip: IpAddr,
-}
-
-impl Drop for WsSlot {
-    fn drop(&mut self) {
-        let mut map = self
-            .state
-            .ws_per_ip
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = map.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// One admitted client connection; released on drop.
 #[derive(Debug)]
 pub struct ConnectionSlot {
@@ -110,24 +90,5 @@ impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.state.connections.fetch_sub(1, Ordering::Relaxed);
         self.state.metrics.client_connections.dec();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn websocket_slots_are_limited_per_ip_and_released_on_drop() {
-        let mut settings = Settings::default();
-        settings.limits.ws_per_ip = 2;
-        let state = Arc::new(BalancerState::new(settings));
-        let ip: IpAddr = [10, 0, 0, 1].into();
-        let a = state.acquire_ws_slot(ip).unwrap();
-        let _b = state.acquire_ws_slot(ip).unwrap();
-        assert!(state.acquire_ws_slot(ip).is_none());
-        assert!(state.acquire_ws_slot([10, 0, 0, 2].into()).is_some());
-        drop(a);
-        assert!(state.acquire_ws_slot(ip).is_some());
     }
 }

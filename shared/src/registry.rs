@@ -168,6 +168,20 @@ impl RedisKeys {
     pub fn login_ip_failures(&self, ip: &str) -> String {
         format!("{}auth:login-ip-failures:{ip}", self.prefix)
     }
+
+    /// The WebSocket slots one client address holds across every balancer: a hash, field =
+    /// balancer instance id, value `<count>:<lease expiry, Unix ms>:<sequence>`, expiring as a
+    /// whole after the longest lease. The address is the hash tag (`{...}`), so the key keeps
+    /// its own slot in a Redis Cluster and addresses spread over the cluster's slots.
+    pub fn ws_slots(&self, ip: &str) -> String {
+        format!("{}ws-slots:{{{ip}}}", self.prefix)
+    }
+
+    /// The balancers of the cluster: a sorted set of instance ids scored by when their
+    /// registration lapses (Unix ms); each balancer renews its own and counts the live ones.
+    pub fn balancers(&self) -> String {
+        format!("{}balancers", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -196,6 +210,11 @@ mod tests {
             "petmesh:blue:auth:login-ip-failures:127.0.0.9"
         );
         assert_eq!(keys.nodes(), "petmesh:blue:registry:nodes");
+        assert_eq!(
+            keys.ws_slots("2001:db8::1"),
+            "petmesh:blue:ws-slots:{2001:db8::1}"
+        );
+        assert_eq!(keys.balancers(), "petmesh:blue:balancers");
         assert_eq!(keys.membership_channel(), "petmesh:blue:registry:events");
         assert_eq!(keys.event_channel("pets"), "petmesh:blue:events:pets");
         assert_eq!(

@@ -379,6 +379,15 @@ def test_node_replicas_are_taken_from_values():
     assert not find_all(docs, "HorizontalPodAutoscaler")
 
 
+def test_two_balancers_by_default_and_never_both_evicted_at_once():
+    """Two balancers share the WebSocket limit per client address through Redis (issue 13)."""
+    docs = render(DEFAULT)
+    assert find(docs, "Deployment", name("balancer"))["spec"]["replicas"] == 2
+    assert find(docs, "PodDisruptionBudget", name("balancer"))["spec"]["maxUnavailable"] == 1
+    docs = render(DEFAULT, "balancer.replicas=3")
+    assert find(docs, "Deployment", name("balancer"))["spec"]["replicas"] == 3
+
+
 def test_autoscaler_drives_the_node_deployment_which_leaves_replicas_to_it():
     docs = render_case("full")
     deployment = find(docs, "Deployment", name("node"))

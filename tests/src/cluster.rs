@@ -2,7 +2,8 @@
 //! of them, torn down in the right order.
 //!
 //! This is what a cluster-level test starts with (`TestCluster::start(3).await`, or
-//! `TestCluster::builder().nodes(3).balancer(true).start().await`). The balancer finds the
+//! `TestCluster::builder().nodes(3).balancer(true).start().await`, or `.balancers(2)` for
+//! two balancers sharing Redis and the nodes). The balancer finds the
 //! nodes the way production does, through the Redis registry, so a node added later with
 //! [`TestCluster::spawn_node`] joins it by itself. Isolation
 //! between tests that run in parallel against one PostgreSQL and one Redis comes from two
@@ -32,8 +33,9 @@ const ADMIN_PASSWORD_LEN: usize = 24;
 /// `DROP` needs the server), then the servers.
 #[derive(Debug)]
 pub struct TestCluster {
-    /// The balancer in front of the nodes, when the builder asked for one.
-    balancer: Option<BalancerProcess>,
+    /// The balancers in front of the nodes (as many as the builder asked for), each on its
+    /// own ports, all sharing the nodes and Redis.
+    balancers: Vec<BalancerProcess>,
     /// The running nodes, in spawn order; `node-1` is index 0.
     nodes: Vec<NodeProcess>,
     /// The cluster's database, dropped after the nodes are dead.
@@ -67,8 +69,8 @@ pub struct TestClusterBuilder {
     nodes: usize,
     /// Extra environment for every node, e.g. a short token lifetime.
     env: Vec<(String, String)>,
-    /// Whether to start a balancer in front of the nodes.
-    balancer: bool,
+    /// How many balancers to start in front of the nodes.
+    balancers: usize,
     /// Extra environment for the balancer, e.g. a strategy.
     balancer_env: Vec<(String, String)>,
 }
@@ -99,28 +101,39 @@ impl TestCluster {
         TestClusterBuilder {
             nodes: 1,
             env: Vec::new(),
-            balancer: false,
+            balancers: 0,
             balancer_env: Vec::new(),
         }
     }
 
-    /// The balancer; panics when the cluster was built without one.
+    /// The (first) balancer; panics when the cluster was built without one.
     pub fn balancer(&self) -> &BalancerProcess {
-        self.balancer
-            .as_ref()
+        self.balancers
+            .first()
             .expect("this cluster has no balancer: build it with `.balancer(true)`")
     }
 
-    /// The balancer, mutably: to stop it. Panics when there is none.
+    /// The (first) balancer, mutably: to stop it. Panics when there is none.
     pub fn balancer_mut(&mut self) -> &mut BalancerProcess {
-        self.balancer
-            .as_mut()
+        self.balancers
+            .first_mut()
             .expect("this cluster has no balancer: build it with `.balancer(true)`")
     }
 
-    /// A client for the cluster's entry point: the balancer when there is one, else node 0.
+    /// Every balancer, in start order (`.balancers(n)`).
+    pub fn balancers(&self) -> &[BalancerProcess] {
+        &self.balancers
+    }
+
+    /// The balancer at `index`, mutably: to kill or stop it. Panics when there is none.
+    pub fn balancer_at_mut(&mut self, index: usize) -> &mut BalancerProcess {
+        &mut self.balancers[index]
+    }
+
+    /// A client for the cluster's entry point: the first balancer when there is one, else
+    /// node 0.
     pub fn entry_client(&self) -> ApiClient {
-        match &self.balancer {
+        match self.balancers.first() {
             Some(balancer) => balancer.client(),
             None => self.client(0),
         }
@@ -204,6 +217,24 @@ impl TestCluster {
     }
 }
 
+impl TestCluster {
+    /// Starts one more balancer for the cluster's nodes and Redis with the extra variables
+    /// `env` (e.g. another `REDIS_URL`; the builder's `balancer_env` does not apply), waits
+    /// until it is ready, and returns it.
+    pub async fn spawn_balancer(
+        &mut self,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<&mut BalancerProcess> {
+        let name = format!("balancer-{}", self.balancers.len() + 1);
+        let config = env.iter().fold(
+            BalancerConfig::new(self.redis_url.as_str(), self.cluster_name.as_str()).name(name),
+            |config, (key, value)| config.env(*key, *value),
+        );
+        self.balancers.push(BalancerProcess::spawn(config).await?);
+        Ok(self.balancers.last_mut().expect("just pushed"))
+    }
+}
+
 /// The node setting that turns rate limits on or off.
 pub const RATE_LIMITS_ENV: &str = "PETMESH_NODE__RATE_LIMIT__ENABLED";
 
@@ -226,14 +257,21 @@ impl TestClusterBuilder {
     /// Starts a balancer in front of the nodes (or not), once they are all ready. It finds them
     /// by itself; [`BalancerProcess::until_routing_to`] waits until it routes to them.
     pub fn balancer(mut self, balancer: bool) -> Self {
-        self.balancer = balancer;
+        self.balancers = if balancer { self.balancers.max(1) } else { 0 };
+        self
+    }
+
+    /// Starts `count` balancers in front of the nodes, each on its own ports, all reading the
+    /// same registry and sharing the WebSocket limit through the same Redis.
+    pub fn balancers(mut self, count: usize) -> Self {
+        self.balancers = count;
         self
     }
 
     /// Adds an environment variable for the balancer and asks for one, e.g.
     /// `.balancer_env("PETMESH_BALANCER__STRATEGY__HTTP", "round-robin")`.
     pub fn balancer_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.balancer = true;
+        self.balancers = self.balancers.max(1);
         self.balancer_env.push((key.into(), value.into()));
         self
     }
@@ -264,7 +302,7 @@ impl TestClusterBuilder {
             |config, (key, value)| config.env(key.as_str(), value.as_str()),
         );
         let mut cluster = TestCluster {
-            balancer: None,
+            balancers: Vec::with_capacity(self.balancers),
             nodes: Vec::with_capacity(self.nodes),
             database,
             template,
@@ -287,12 +325,19 @@ impl TestClusterBuilder {
         for node in starting {
             cluster.nodes.push(node.ready().await?);
         }
-        if self.balancer {
+        for index in 0..self.balancers {
+            let name = match index {
+                0 => "balancer".to_owned(),
+                n => format!("balancer-{}", n + 1),
+            };
             let config = self.balancer_env.iter().fold(
-                BalancerConfig::new(cluster.redis_url.as_str(), cluster.cluster_name.as_str()),
+                BalancerConfig::new(cluster.redis_url.as_str(), cluster.cluster_name.as_str())
+                    .name(name),
                 |config, (key, value)| config.env(key.as_str(), value.as_str()),
             );
-            cluster.balancer = Some(BalancerProcess::spawn(config).await?);
+            cluster
+                .balancers
+                .push(BalancerProcess::spawn(config).await?);
         }
         Ok(cluster)
     }

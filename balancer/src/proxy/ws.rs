@@ -19,8 +19,8 @@ use super::{http::NODE_HEADER, prepare_head, Client, ResponseBody};
 use crate::{
     backend::{NodeState, Traffic},
     error::{ErrorKind, ProxyError},
-    state::WsSlot,
     worker::{OpenGuard, Worker},
+    ws_limit::WsSlot,
 };
 
 /// Whether `request` asks to become a WebSocket.
@@ -46,10 +46,13 @@ pub async fn forward(
     if worker.is_stopping() {
         return Err(ProxyError::new(ErrorKind::ShuttingDown));
     }
+    // One Redis round trip per handshake (never per HTTP request): the limit is cluster-wide.
     let slot = worker
         .state
-        .acquire_ws_slot(client.addr.ip())
-        .ok_or_else(|| ProxyError::new(ErrorKind::TooManyWebSockets))?;
+        .ws_limit
+        .acquire(client.addr.ip())
+        .await
+        .map_err(|_| ProxyError::new(ErrorKind::TooManyWebSockets))?;
     let client_upgrade = hyper::upgrade::on(&mut request);
     let (mut parts, _body) = request.into_parts();
     prepare_head(worker, &mut parts, client, true).insert(&mut parts.headers);

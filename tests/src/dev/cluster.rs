@@ -11,17 +11,19 @@
 //! so the entry URL stays the same.
 
 use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use sqlx::{Connection as _, PgConnection};
 
 use super::{signal_name, ShutdownSignals};
+
+mod tools;
+
+use self::tools::{node_has_subcommand, run_tool};
 use crate::balancer::{balancer_binary, BalancerConfig, BalancerProcess};
 use crate::cluster::PrivateServers;
-use crate::node::{node_binary, random_token, NodeConfig, NodeProcess};
-use crate::process::{capture_lines, log, wait_timeout_async, LogTail};
+use crate::node::{random_token, NodeConfig, NodeProcess};
 
 /// The database the local cluster uses; kept when the servers come from the environment.
 const DATABASE: &str = "petmesh";
@@ -63,6 +65,11 @@ pub struct ClusterArgs {
     /// port, the nodes on free ports. Without a balancer binary, the first node's port.
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// How many balancers to start: balancer k (from 0) on port + 2k, its admin API on
+    /// port + 2k + 1. Each finds the nodes, probes and drains them on its own; they share the
+    /// WebSocket limit per client address through Redis.
+    #[arg(long, default_value_t = 1)]
+    pub balancers: usize,
     /// Interface the balancer and the nodes listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -74,8 +81,9 @@ pub struct ClusterArgs {
 /// What runs while the cluster is up. Field order is drop order: the balancer, then the
 /// nodes, then the servers.
 struct LocalCluster {
-    /// The entry point; `None` when `petmesh-balancer` is not built yet.
-    balancer: Option<BalancerProcess>,
+    /// The entry points, the first on `--port`; empty when `petmesh-balancer` is not built
+    /// yet.
+    balancers: Vec<BalancerProcess>,
     /// The nodes, `node-1` first.
     nodes: Vec<NodeProcess>,
     /// Which nodes have already been reported as exited, so each is reported once.
@@ -90,6 +98,9 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<i32> {
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
+    if args.balancers == 0 {
+        bail!("--balancers must be at least 1");
+    }
     let mut signals = ShutdownSignals::install()?;
     // A signal during start-up drops whatever has started, which stops it.
     let mut cluster = tokio::select! {
@@ -99,7 +110,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<i32> {
             return Ok(128 + signal);
         }
     };
-    print_banner(cluster.balancer.as_ref(), &cluster.nodes).context("writing to stdout")?;
+    print_banner(&cluster.balancers, &cluster.nodes).context("writing to stdout")?;
 
     let signal = cluster.watch(&mut signals).await;
     eprintln!(
@@ -162,11 +173,19 @@ async fn start(args: &ClusterArgs) -> anyhow::Result<LocalCluster> {
     };
     let first_port = if balancer_bin.is_some() { 0 } else { args.port };
     let nodes = start_nodes(&template, args.nodes, first_port).await?;
-    let balancer = match balancer_bin {
-        Some(binary) => {
-            let config = BalancerConfig::new(redis_url, CLUSTER_NAME)
+    let mut balancers = Vec::with_capacity(args.balancers);
+    for index in 0..balancer_bin.as_ref().map_or(0, |_| args.balancers) {
+        let binary = balancer_bin.clone().expect("counted only with a binary");
+        let (port, admin) = balancer_ports(args.port, index)?;
+        let name = match index {
+            0 => "balancer".to_owned(),
+            n => format!("balancer-{}", n + 1),
+        };
+        {
+            let config = BalancerConfig::new(redis_url.as_str(), CLUSTER_NAME)
+                .name(name)
                 .host(args.host.as_str())
-                .ports(args.port, admin_port(args.port)?)
+                .ports(port, admin)
                 .echo_logs(true)
                 .binary(binary);
             let config = own_settings("PETMESH_BALANCER__")
@@ -181,12 +200,11 @@ async fn start(args: &ClusterArgs) -> anyhow::Result<LocalCluster> {
             let balancer = BalancerProcess::spawn(config).await?;
             let ids: Vec<&str> = nodes.iter().map(NodeProcess::id).collect();
             balancer.until_routing_to(&ids, BALANCED_TIMEOUT).await?;
-            Some(balancer)
+            balancers.push(balancer);
         }
-        None => None,
-    };
+    }
     Ok(LocalCluster {
-        balancer,
+        balancers,
         reported: vec![false; nodes.len()],
         nodes,
         servers,
@@ -221,13 +239,17 @@ fn with_startup_lines(level: &str, crate_name: &str) -> String {
     format!("{level},{crate_name}::startup=info")
 }
 
-/// The admin port that goes with balancer port `port`: the next one (0 stays 0, a free one).
-fn admin_port(port: u16) -> anyhow::Result<u16> {
+/// The proxy and admin ports of balancer `index` (from 0) when the first is on `port`:
+/// `port + 2 * index` and the next one (0 stays 0: free ones).
+fn balancer_ports(port: u16, index: usize) -> anyhow::Result<(u16, u16)> {
     if port == 0 {
-        return Ok(0);
+        return Ok((0, 0));
     }
-    port.checked_add(1)
-        .context("--port must leave room for the admin API on the next port")
+    let proxy = u16::try_from(2 * index)
+        .ok()
+        .and_then(|offset| port.checked_add(offset));
+    let ports = proxy.and_then(|proxy| Some((proxy, proxy.checked_add(1)?)));
+    ports.context("--port must leave room for every balancer (port + 2k) and its admin API (+1)")
 }
 
 /// Starts `count` nodes from `template`: `node-1` on `first_port` (0 for a free one), the
@@ -272,81 +294,12 @@ async fn create_database(maintenance_url: &str) -> anyhow::Result<String> {
     crate::database::database_url(maintenance_url, DATABASE)
 }
 
-/// Runs `petmesh-node <subcommand>` to completion with the cluster's configuration, its
-/// output shown on stderr prefixed with `[<subcommand>]`.
-async fn run_tool(template: &NodeConfig, subcommand: &str) -> anyhow::Result<()> {
-    let mut cmd = template.clone().id(subcommand).command(subcommand)?;
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("running petmesh-node {subcommand}"))?;
-    let logs = LogTail::new(1);
-    let mut readers = Vec::new();
-    for output in [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let prefix = subcommand.to_owned();
-        let reader = capture_lines(output, logs.clone(), move |line| {
-            eprintln!("[{prefix}] {}", log::render(line));
-        })
-        .context("starting an output reader")?;
-        readers.push(reader);
-    }
-    let status = wait_timeout_async(&mut child, TOOL_TIMEOUT).await?;
-    // Its last lines (often the error) should appear before whatever we print next.
-    for reader in &readers {
-        reader.wait(OUTPUT_DRAIN);
-    }
-    match status {
-        Some(status) if status.success() => Ok(()),
-        Some(status) => bail!("petmesh-node {subcommand} failed ({status})"),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("petmesh-node {subcommand} did not finish within {TOOL_TIMEOUT:?}")
-        }
-    }
-}
-
-/// Whether `petmesh-node --help` lists `name` as a subcommand.
-fn node_has_subcommand(name: &str) -> anyhow::Result<bool> {
-    let binary = node_binary()?;
-    let output = Command::new(&binary)
-        .arg("--help")
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {} --help", binary.display()))?;
-    Ok(lists_subcommand(
-        &String::from_utf8_lossy(&output.stdout),
-        name,
-    ))
-}
-
-/// Whether clap-style help text has a line starting with `name` as a word (the
-/// `Commands:` section), which a mere mention elsewhere doesn't.
-fn lists_subcommand(help: &str, name: &str) -> bool {
-    help.lines().any(|line| {
-        line.trim_start()
-            .strip_prefix(name)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
-    })
-}
-
 /// The lines scripts and humans wait for, on stdout, ending with exactly `ready`: the entry
-/// URL (the balancer, else the first node), the admin URL, then every node.
-fn print_banner(balancer: Option<&BalancerProcess>, nodes: &[NodeProcess]) -> std::io::Result<()> {
+/// URL (the first balancer, else the first node), its admin URL, every further balancer with
+/// its admin URL, then every node.
+fn print_banner(balancers: &[BalancerProcess], nodes: &[NodeProcess]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    match (balancer, nodes.first()) {
+    match (balancers.first(), nodes.first()) {
         (Some(balancer), _) => {
             writeln!(out, "petmesh is up: {}", balancer.base_url())?;
             writeln!(
@@ -354,6 +307,15 @@ fn print_banner(balancer: Option<&BalancerProcess>, nodes: &[NodeProcess]) -> st
                 "  admin   {}  (/admin/nodes, /metrics)",
                 balancer.admin_url()
             )?;
+            for (index, balancer) in balancers.iter().enumerate().skip(1) {
+                writeln!(
+                    out,
+                    "  balancer-{}  {}  admin {}",
+                    index + 1,
+                    balancer.base_url(),
+                    balancer.admin_url()
+                )?;
+            }
         }
         (None, Some(first)) => writeln!(out, "petmesh is up: {}", first.base_url())?,
         (None, None) => {}
@@ -380,16 +342,17 @@ impl LocalCluster {
     }
 
     fn report_exits(&mut self) {
-        if let Some(balancer) = &mut self.balancer {
-            match balancer.try_wait() {
-                Ok(Some(status)) => {
-                    eprintln!("petmesh-dev: the balancer exited unexpectedly ({status}); the nodes keep running");
-                    self.balancer = None;
-                }
-                Ok(None) => {}
-                Err(e) => eprintln!("petmesh-dev: {e:#}"),
+        self.balancers.retain_mut(|balancer| match balancer.try_wait() {
+            Ok(Some(status)) => {
+                eprintln!("petmesh-dev: a balancer exited unexpectedly ({status}); the nodes and other balancers keep running");
+                false
             }
-        }
+            Ok(None) => true,
+            Err(e) => {
+                eprintln!("petmesh-dev: {e:#}");
+                true
+            }
+        });
         for (node, reported) in self.nodes.iter_mut().zip(&mut self.reported) {
             if *reported {
                 continue;
@@ -408,13 +371,19 @@ impl LocalCluster {
         }
     }
 
-    /// 1. SIGTERM the balancer and wait for it to finish what it is proxying.
+    /// 1. SIGTERM each balancer and wait for it to finish what it is proxying.
     /// 2. SIGTERM every node, so they all drain at once.
     /// 3. Wait for them within one shared grace period (a further signal cuts it short).
     /// 4. Kill what is left, then stop the servers.
     async fn stop(mut self, signals: &mut ShutdownSignals) {
         let mut hurry = false;
-        if let Some(mut balancer) = self.balancer.take() {
+        for mut balancer in std::mem::take(&mut self.balancers) {
+            if hurry {
+                if let Err(e) = balancer.kill() {
+                    eprintln!("petmesh-dev: {e:#}");
+                }
+                continue;
+            }
             let stopped = tokio::select! {
                 stopped = balancer.terminate(STOP_GRACE) => stopped,
                 _ = signals.recv() => {
@@ -483,26 +452,11 @@ impl LocalCluster {
 mod tests {
     use super::*;
 
-    const HELP: &str = "\
-The petmesh API node
-
-Usage: petmesh-node <COMMAND>
-
-Commands:
-  serve    Serve the API (the seed data is loaded by `seeded` fixtures)
-  migrate  Apply database migrations
-  help     Print this message
-";
-
     #[test]
-    fn lists_subcommand_finds_only_real_subcommands() {
-        assert!(lists_subcommand(HELP, "serve"));
-        assert!(lists_subcommand(HELP, "migrate"));
-        assert!(!lists_subcommand(HELP, "seed"));
-        assert!(!lists_subcommand(HELP, "se"));
-        assert!(lists_subcommand(
-            &format!("{HELP}  seed     Load demo data\n"),
-            "seed"
-        ));
+    fn balancer_k_listens_on_port_plus_2k_and_its_admin_api_next() {
+        assert_eq!(balancer_ports(8080, 0).unwrap(), (8080, 8081));
+        assert_eq!(balancer_ports(8080, 1).unwrap(), (8082, 8083));
+        assert_eq!(balancer_ports(0, 3).unwrap(), (0, 0));
+        assert!(balancer_ports(65534, 1).is_err());
     }
 }

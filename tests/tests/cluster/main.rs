@@ -3,6 +3,7 @@
 //!
 //! - [`membership`]: a node's own registry entry, from start to drain, read straight from Redis.
 //! - [`abuse`]: login lock-outs the whole cluster agrees on; client addresses nobody can forge.
+//! - [`balancers`]: several balancers: one WebSocket limit per address, independent routing.
 //! - [`discovery`]: the balancer following the registry: new nodes, departed ones.
 //! - [`failover`]: nodes dying under load, and no node left at all.
 //! - [`draining`]: a SIGTERMed node finishing its work while getting none.
@@ -13,6 +14,7 @@
 //!   and alerts read.
 
 mod abuse;
+mod balancers;
 mod discovery;
 mod draining;
 mod failover;

@@ -83,6 +83,26 @@ export function balancer(): DashboardJson {
             h: 8,
           }),
           timeseries({
+            title: 'Balancers registered',
+            description:
+              'Balancers each one counted in Redis at its last lease renewal (petmesh_balancer_balancers). They share the ' +
+              'WebSocket limit per client address; while Redis is unreachable each admits ws_per_ip divided by this count.',
+            unit: 'none',
+            queries: [q(`max by (instance) (petmesh_balancer_balancers{${B}})`, '{{instance}}')],
+            w: 12,
+            h: 8,
+          }),
+          timeseries({
+            title: 'WebSocket limit decided without Redis',
+            description:
+              'WebSocket handshakes per second a balancer judged alone, at its share of the limit, because Redis was ' +
+              'unreachable (petmesh_balancer_websocket_limit_fallbacks_total). Normally 0.',
+            unit: 'reqps',
+            queries: [q(`sum by (instance) (rate(petmesh_balancer_websocket_limit_fallbacks_total{${B}}[$__rate_interval]))`, '{{instance}}')],
+            w: 12,
+            h: 8,
+          }),
+          timeseries({
             title: 'Client connections per worker',
             description: 'Client connections each event loop of each balancer serves (petmesh_balancer_worker_connections); they should stay even.',
             unit: 'none',
