@@ -138,7 +138,7 @@ impl Application {
     /// 3. WebSocket clients get `system:reconnect` and close 1012, so they reconnect elsewhere
     ///    (through the balancer) and resume from their offsets;
     /// 4. the outbox relay relays what the last requests wrote and gives up its topics' leases
-    ///    (another node takes them over at once), the entry is deleted and `left` announced;
+    ///    (another node takes them over at its next poll), the entry is deleted and `left` announced;
     /// 5. this returns `Ok`, and `main` exits 0.
     pub async fn run_until_stopped(
         self,

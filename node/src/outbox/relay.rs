@@ -91,7 +91,7 @@ impl Relay {
     }
 
     /// Relays until `shutdown` turns true, then gives up this node's leases so that another
-    /// node relays at once.
+    /// node takes them over at its next poll instead of after the lease runs out.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let listener = tokio::spawn(listen(
             self.db.clone(),
