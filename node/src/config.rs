@@ -6,6 +6,7 @@
 //! sections (one struct each, with its defaults and the clients it builds).
 
 pub mod jwt;
+mod outbox;
 mod sections;
 
 use std::{collections::HashMap, path::Path};
@@ -17,7 +18,7 @@ use petmesh_shared::{
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-pub use self::sections::*;
+pub use self::{outbox::OutboxSettings, sections::*};
 
 /// Prefix of every node environment variable.
 pub const ENV_PREFIX: &str = "PETMESH_NODE";
@@ -58,6 +59,8 @@ pub struct Settings {
     pub bootstrap: BootstrapSettings,
     /// The durable job queue and its workers.
     pub jobs: JobSettings,
+    /// The relay of committed domain events from PostgreSQL to Redis.
+    pub outbox: OutboxSettings,
     /// The simulated payment gateway.
     pub payments: PaymentSettings,
     /// The Redis read cache.
@@ -81,6 +84,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             bootstrap: BootstrapSettings::default(),
             jobs: JobSettings::default(),
+            outbox: OutboxSettings::default(),
             payments: PaymentSettings::default(),
             cache: CacheSettings::default(),
             realtime: RealtimeSettings::default(),
@@ -235,6 +239,18 @@ impl Settings {
         }
         if self.jobs.max_queue_depth < 1 {
             problem("jobs.max_queue_depth", "must be at least 1");
+        }
+        if self.outbox.lease_secs == 0 {
+            problem("outbox.lease_secs", "must be at least 1");
+        }
+        if self.outbox.poll_interval_ms == 0 || self.outbox.retry_max_ms == 0 {
+            problem(
+                "outbox.poll_interval_ms",
+                "outbox.poll_interval_ms and outbox.retry_max_ms must be at least 1",
+            );
+        }
+        if !(1..=10_000).contains(&self.outbox.batch_size) {
+            problem("outbox.batch_size", "must be 1–10000");
         }
         if !(0.0..=1.0).contains(&self.payments.success_rate) {
             problem("payments.success_rate", "must be between 0 and 1");

@@ -1,7 +1,9 @@
-//! The one publisher of domain events. Services call [`Events::publish`] after their
-//! transaction commits, so subscribers never hear of a change that did not happen. Each event
-//! goes through the topic's [`log::EventLog`] (offset, history, pub/sub in one script), and
-//! every node fans it out to its own WebSocket connections ([`crate::realtime`]).
+//! Event envelopes and their publication. Domain events (pets, orders) are built here
+//! ([`Events::envelope`]) but written to the PostgreSQL outbox in their change's transaction
+//! ([`crate::outbox`]), whose relay appends them to Redis; room messages and custom events,
+//! which change no data, are published directly ([`Events::publish_envelope`]). Either way an
+//! event goes through its topic's [`log::EventLog`] (offset, history, pub/sub in one script),
+//! and every node fans it out to its own WebSocket connections ([`crate::realtime`]).
 
 pub mod log;
 
@@ -32,25 +34,21 @@ impl Events {
         }
     }
 
-    /// Publishes `event` about `payload` on `topic`. The change is already committed, so a Redis
-    /// failure cannot undo it: it is logged and counted, and the caller's response stands.
-    pub async fn publish(
+    /// A domain event about `payload` on `topic`, for [`crate::outbox::record`].
+    pub fn domain(
         &self,
         event: &str,
         topic: &str,
         payload: &impl Serialize,
         owner: Option<String>,
-    ) {
-        let envelope = self.envelope(
-            event,
-            topic,
-            serde_json::to_value(payload).expect("domain payloads serialise"),
-            owner,
-            None,
-        );
-        if let Err(err) = self.publish_envelope(&envelope).await {
-            tracing::warn!(event, error = %err, "publishing a domain event failed");
-        }
+    ) -> EventEnvelope {
+        let payload = serde_json::to_value(payload).expect("domain payloads serialise");
+        self.envelope(event, topic, payload, owner, None)
+    }
+
+    /// The per-topic logs (for the outbox relay).
+    pub fn log(&self) -> &EventLog {
+        &self.log
     }
 
     /// An envelope stamped with this node and the current time.

@@ -14,7 +14,8 @@
 //!   PostgreSQL queue whose workers run [`payments`] against a simulated gateway.
 //! - [`subscribers`]: custom WebSocket event names registered by admins, and the lookup the
 //!   WebSocket layer uses to recognise them.
-//! - [`events`]: the one publisher of domain events, called after commits.
+//! - [`events`]: event envelopes and the per-topic Redis logs; [`outbox`] writes domain events
+//!   in their change's transaction and relays them to Redis (one node per topic, leased).
 //! - [`seed`]: the demo catalogue.
 //! - [`membership`]: this node's entry in the Redis registry, from start to drain.
 //! - [`request_id`], [`metrics`], [`limits`]: cross-cutting middleware; [`routes`] is what
@@ -36,6 +37,7 @@ pub mod membership;
 pub mod metrics;
 pub mod monitor;
 pub mod orders;
+pub mod outbox;
 pub mod payments;
 pub mod pets;
 pub mod ratelimit;

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod dependencies;
+pub mod outbox;
 pub mod ratelimit;
 pub mod realtime;
 pub mod store;
@@ -13,8 +14,8 @@ pub mod store;
 use std::time::Instant;
 
 use self::{
-    auth::AuthMetrics, dependencies::DependencyMetrics, ratelimit::RateLimitMetrics,
-    realtime::RealtimeMetrics, store::StoreMetrics,
+    auth::AuthMetrics, dependencies::DependencyMetrics, outbox::OutboxMetrics,
+    ratelimit::RateLimitMetrics, realtime::RealtimeMetrics, store::StoreMetrics,
 };
 use crate::routes::RouteTable;
 use poem::{Endpoint, IntoResponse, PathPattern, Request, Response};
@@ -51,6 +52,8 @@ pub struct Metrics {
     pub store: StoreMetrics,
     /// WebSocket connections, messages and broadcasts.
     pub realtime: RealtimeMetrics,
+    /// The event outbox and its relay.
+    pub outbox: OutboxMetrics,
 }
 
 impl Metrics {
@@ -109,6 +112,7 @@ impl Metrics {
         let rate_limits = RateLimitMetrics::register(&registry)?;
         let store = StoreMetrics::register(&registry)?;
         let realtime = RealtimeMetrics::register(&registry)?;
+        let outbox = OutboxMetrics::register(&registry)?;
         Ok(Self {
             registry,
             http_requests,
@@ -122,6 +126,7 @@ impl Metrics {
             rate_limits,
             store,
             realtime,
+            outbox,
         })
     }
 

@@ -1,11 +1,11 @@
 //! What the node watches in the background so that `/metrics` shows it even when no request
 //! asks: whether PostgreSQL and Redis answer, the PostgreSQL pool, the job queue (depth, dead
-//! letters, the oldest due job), and how many nodes the registry lists (which the rate limits'
+//! letters, the oldest due job), the event outbox (pending rows, the oldest), and how many nodes the registry lists (which the rate limits'
 //! fallback divides by). The health endpoints use the same dependency checks.
 
 use std::time::{Duration, Instant};
 
-use crate::{jobs, state::AppState};
+use crate::{jobs, outbox, state::AppState};
 
 /// Time between two samples: well under the usual 15–30 s scrape interval, so a scrape shows
 /// a state at most this old, while the queue query stays negligible (a few index scans).
@@ -103,6 +103,14 @@ pub async fn sample(state: &AppState) {
                 store.job_queue_oldest_age.set(stats.oldest_due_secs);
             }
             Err(err) => tracing::warn!(error = %err, "sampling the job queue failed"),
+        }
+        match outbox::stats(&state.db).await {
+            Ok(stats) => {
+                let metrics = &state.metrics.outbox;
+                metrics.pending.set(stats.pending);
+                metrics.oldest_pending_age.set(stats.oldest_secs);
+            }
+            Err(err) => tracing::warn!(error = %err, "sampling the outbox failed"),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! `placed` | `approved` → `cancelled` (user cancel, or payment failed for good).
 
 use chrono::{DateTime, Utc};
+use petmesh_shared::event::EventEnvelope;
 use poem_openapi::{Enum, Object};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,7 @@ use uuid::Uuid;
 use crate::{
     auth::Claims,
     error::{ApiError, ResultExt},
-    jobs,
+    jobs, outbox,
     pets::{self, Pet, PET_COLUMNS},
     state::AppState,
     text_enum::text_enum,
@@ -150,6 +151,11 @@ pub async fn place(
                     .execute(&mut *tx)
                     .await?;
             }
+            let events = vec![
+                pets::event(state, "pet:updated", &pet),
+                order_event(state, "order:created", &created),
+            ];
+            outbox::record(&mut tx, events).await?;
             tx.commit().await?;
             state
                 .metrics
@@ -158,8 +164,7 @@ pub async fn place(
                 .with_label_values(&["placed"])
                 .inc();
             state.job_wakeup.notify_one();
-            pets::changed(state, "pet:updated", &pet).await;
-            order_changed(state, "order:created", &created).await;
+            pets::changed(state, &pet).await;
             Ok(body)
         }
         Placement::KeyTaken => {
@@ -310,8 +315,9 @@ pub async fn cancel(state: &AppState, claims: &Claims, id: i64) -> Result<Order,
         }
     };
     jobs::cancel_payment(&mut tx, id).await?;
+    outbox::record(&mut tx, cancel_events(state, &order, pet.as_ref())).await?;
     tx.commit().await?;
-    after_cancel(state, &order, pet.as_ref()).await;
+    after_cancel(state, pet.as_ref()).await;
     Ok(order)
 }
 
@@ -356,8 +362,16 @@ pub async fn cancel_in(
     Ok(Some((order, pet)))
 }
 
-/// After a committed cancellation: metrics, cache, events.
-pub async fn after_cancel(state: &AppState, order: &Order, pet: Option<&Pet>) {
+/// The events of a cancellation that [`cancel_in`] made, to record with it.
+pub fn cancel_events(state: &AppState, order: &Order, pet: Option<&Pet>) -> Vec<EventEnvelope> {
+    pet.map(|pet| pets::event(state, "pet:updated", pet))
+        .into_iter()
+        .chain([order_event(state, "order:updated", order)])
+        .collect()
+}
+
+/// After a committed cancellation (its events recorded with it): metrics, cache.
+pub async fn after_cancel(state: &AppState, pet: Option<&Pet>) {
     state
         .metrics
         .store
@@ -365,32 +379,33 @@ pub async fn after_cancel(state: &AppState, order: &Order, pet: Option<&Pet>) {
         .with_label_values(&["cancelled"])
         .inc();
     if let Some(pet) = pet {
-        pets::changed(state, "pet:updated", pet).await;
+        pets::changed(state, pet).await;
     }
-    order_changed(state, "order:updated", order).await;
 }
 
 /// Admin: marks an approved order delivered.
 pub async fn deliver(state: &AppState, id: i64) -> Result<Order, ApiError> {
+    let mut tx = state.db.begin().await?;
     let delivered = sqlx::query_as::<_, Order>(&format!(
         "update pet_order set status = 'delivered' where order_id = $1 and status = 'approved'
          returning {ORDER_COLUMNS}"
     ))
     .bind(id)
-    .fetch_optional(&state.db)
+    .fetch_optional(&mut *tx)
     .await?;
     match delivered {
         Some(order) => {
+            outbox::record(&mut tx, vec![order_event(state, "order:updated", &order)]).await?;
+            tx.commit().await?;
             state
                 .metrics
                 .store
                 .orders
                 .with_label_values(&["delivered"])
                 .inc();
-            order_changed(state, "order:updated", &order).await;
             Ok(order)
         }
-        None => match find(&state.db, id).await? {
+        None => match find(&mut *tx, id).await? {
             None => Err(ApiError::not_found(format!("order {id} not found"))),
             Some(order) => Err(ApiError::conflict(format!(
                 "order {id} is {}; only approved orders can be delivered",
@@ -400,12 +415,12 @@ pub async fn deliver(state: &AppState, id: i64) -> Result<Order, ApiError> {
     }
 }
 
-/// Publishes an order event to its owner (and admins).
-pub async fn order_changed(state: &AppState, event: &str, order: &Order) {
+/// The `orders` event `name` about `order`, for its owner (and admins), to record in the
+/// outbox with the change.
+pub fn order_event(state: &AppState, name: &str, order: &Order) -> EventEnvelope {
     state
         .events
-        .publish(event, "orders", order, Some(order.user_id.to_string()))
-        .await;
+        .domain(name, "orders", order, Some(order.user_id.to_string()))
 }
 
 /// Which orders to list.

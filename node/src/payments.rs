@@ -13,6 +13,7 @@ use crate::{
     error::ApiError,
     jobs::{finish, Backoff, Job, Outcome},
     orders::{self, Order, ORDER_COLUMNS},
+    outbox,
     state::AppState,
 };
 
@@ -101,6 +102,16 @@ pub async fn run(state: &AppState, job: &Job, backoff: &Backoff) -> Result<(), A
     if let Outcome::Dead(reason) = &outcome {
         cancelled = orders::cancel_in(&mut tx, order_id, Some(reason)).await?;
     }
+    // The outcome's events commit with it, so subscribers hear of exactly the outcome that
+    // stuck (not of one rolled back because the lease was lost).
+    let mut events = Vec::new();
+    if let Some(order) = &approved {
+        events.push(orders::order_event(state, "order:updated", order));
+    }
+    if let Some((order, pet)) = &cancelled {
+        events.extend(orders::cancel_events(state, order, pet.as_ref()));
+    }
+    outbox::record(&mut tx, events).await?;
     tx.commit().await?;
 
     let label = match &outcome {
@@ -135,12 +146,11 @@ pub async fn run(state: &AppState, job: &Job, backoff: &Backoff) -> Result<(), A
             .with_label_values(&[&job.kind])
             .inc();
     }
-    if let Some(order) = approved {
+    if approved.is_some() {
         metrics.orders.with_label_values(&["approved"]).inc();
-        orders::order_changed(state, "order:updated", &order).await;
     }
-    if let Some((order, pet)) = cancelled {
-        orders::after_cancel(state, &order, pet.as_ref()).await;
+    if let Some((_, pet)) = cancelled {
+        orders::after_cancel(state, pet.as_ref()).await;
     }
     Ok(())
 }

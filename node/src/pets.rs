@@ -1,20 +1,21 @@
 //! Pets: the catalogue model and the service functions REST and WebSocket actions call.
 //!
-//! Every write bumps the pet's `version` (its ETag), refreshes the cache after commit and
-//! publishes one event; `If-Match` makes updates conditional so two admins never silently
+//! Every write bumps the pet's `version` (its ETag), records one event in the outbox in its
+//! transaction ([`crate::outbox`]) and refreshes the cache after commit; `If-Match` makes updates conditional so two admins never silently
 //! overwrite each other.
 
 pub mod listing;
 pub mod price;
 
 use chrono::{DateTime, Utc};
+use petmesh_shared::event::EventEnvelope;
 use poem_openapi::{Enum, Object};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
 
 use self::price::Price;
-use crate::{cache::Cached, error::ApiError, state::AppState, text_enum::text_enum};
+use crate::{cache::Cached, error::ApiError, outbox, state::AppState, text_enum::text_enum};
 
 /// Whether a pet can be ordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Enum)]
@@ -268,6 +269,7 @@ pub async fn find(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Pet>, ApiEr
 pub async fn create(state: &AppState, input: PetInput) -> Result<Pet, ApiError> {
     let patch = PetPatch::from(input);
     validate(&patch)?;
+    let mut tx = state.db.begin().await?;
     let pet = sqlx::query_as::<_, Pet>(&format!(
         "insert into pet (name, category, tags, photo_urls, status, price, stock)
          values ($1, $2, $3, $4, $5, $6, $7) returning {PET_COLUMNS}"
@@ -279,9 +281,11 @@ pub async fn create(state: &AppState, input: PetInput) -> Result<Pet, ApiError> 
     .bind(patch.status.map(PetStatus::as_str))
     .bind(patch.price.map(Decimal::from))
     .bind(patch.stock)
-    .fetch_one(&state.db)
+    .fetch_one(&mut *tx)
     .await?;
-    changed(state, "pet:created", &pet).await;
+    outbox::record(&mut tx, vec![event(state, "pet:created", &pet)]).await?;
+    tx.commit().await?;
+    changed(state, &pet).await;
     Ok(pet)
 }
 
@@ -293,6 +297,7 @@ pub async fn update(
     expected: Option<i32>,
 ) -> Result<Pet, ApiError> {
     validate(&patch)?;
+    let mut tx = state.db.begin().await?;
     let updated = sqlx::query_as::<_, Pet>(&format!(
         "update pet set
             name = coalesce($3, name),
@@ -315,37 +320,44 @@ pub async fn update(
     .bind(patch.status.map(PetStatus::as_str))
     .bind(patch.price.map(Decimal::from))
     .bind(patch.stock)
-    .fetch_optional(&state.db)
+    .fetch_optional(&mut *tx)
     .await?;
     match updated {
         Some(pet) => {
-            changed(state, "pet:updated", &pet).await;
+            outbox::record(&mut tx, vec![event(state, "pet:updated", &pet)]).await?;
+            tx.commit().await?;
+            changed(state, &pet).await;
             Ok(pet)
         }
-        None => Err(stale_or_missing(state, id).await),
+        None => {
+            drop(tx);
+            Err(stale_or_missing(state, id).await)
+        }
     }
 }
 
 /// Deletes a pet if it is at `expected` version (any version when `None`). Its orders keep
 /// their copy of its name and price.
 pub async fn delete(state: &AppState, id: i64, expected: Option<i32>) -> Result<(), ApiError> {
+    let mut tx = state.db.begin().await?;
     let deleted = sqlx::query_as::<_, Pet>(&format!(
         "delete from pet where pet_id = $1 and ($2::integer is null or version = $2) returning {PET_COLUMNS}"
     ))
     .bind(id)
     .bind(expected)
-    .fetch_optional(&state.db)
+    .fetch_optional(&mut *tx)
     .await?;
     match deleted {
         Some(pet) => {
+            outbox::record(&mut tx, vec![event(state, "pet:deleted", &pet)]).await?;
+            tx.commit().await?;
             state.pet_cache.store_deleted(pet.id, pet.version).await;
-            state
-                .events
-                .publish("pet:deleted", "pets", &pet, None)
-                .await;
             Ok(())
         }
-        None => Err(stale_or_missing(state, id).await),
+        None => {
+            drop(tx);
+            Err(stale_or_missing(state, id).await)
+        }
     }
 }
 
@@ -362,10 +374,14 @@ async fn stale_or_missing(state: &AppState, id: i64) -> ApiError {
     }
 }
 
-/// After a committed change to `pet`: refresh the cache, then tell the cluster.
-pub async fn changed(state: &AppState, event: &str, pet: &Pet) {
+/// The `pets` event `name` about `pet`, to record in the outbox with the change.
+pub fn event(state: &AppState, name: &str, pet: &Pet) -> EventEnvelope {
+    state.events.domain(name, "pets", pet, None)
+}
+
+/// After a committed change to `pet` (its event recorded with it): refresh the cache.
+pub async fn changed(state: &AppState, pet: &Pet) {
     state.pet_cache.store(pet.id, pet.version, pet).await;
-    state.events.publish(event, "pets", pet, None).await;
 }
 
 /// Counts of pets by status and the total stock.

@@ -13,12 +13,13 @@ use secrecy::ExposeSecret;
 
 use crate::{
     api,
-    config::Settings,
+    config::{OutboxSettings, Settings},
     error::ApiError,
     hardening::Hardening,
     jobs::worker::Workers,
     limits::Limits,
     membership::{Membership, Registration},
+    outbox::relay::Relay,
     state::AppState,
     users,
 };
@@ -72,6 +73,8 @@ pub struct Application {
     /// This node's registry entry, written from the moment the node serves until it has
     /// drained.
     registration: Registration,
+    /// The outbox relay's settings.
+    outbox: OutboxSettings,
 }
 
 impl Application {
@@ -119,6 +122,7 @@ impl Application {
             grace_period: Duration::from_secs(settings.server.grace_period_secs),
             drain_delay: Duration::from_millis(settings.server.drain_delay_ms),
             registration,
+            outbox: settings.outbox.clone(),
         })
     }
 
@@ -133,7 +137,8 @@ impl Application {
     /// 2. the listener closes and in-flight requests finish, for at most the grace period;
     /// 3. WebSocket clients get `system:reconnect` and close 1012, so they reconnect elsewhere
     ///    (through the balancer) and resume from their offsets;
-    /// 4. the entry is deleted and `left` announced;
+    /// 4. the outbox relay relays what the last requests wrote and gives up its topics' leases
+    ///    (another node takes them over at its next poll), the entry is deleted and `left` announced;
     /// 5. this returns `Ok`, and `main` exits 0.
     pub async fn run_until_stopped(
         self,
@@ -152,6 +157,10 @@ impl Application {
         let connections = self.state.hub.clone();
         let feed = tokio::spawn(self.state.hub.clone().run());
         let monitor = tokio::spawn(crate::monitor::run(self.state.clone()));
+        // The relay outlives the HTTP server, so events of the last requests still go out
+        // from here; then it hands its topics over.
+        let (stop_relay, relay_stopped) = tokio::sync::watch::channel(false);
+        let relay = tokio::spawn(Relay::new(&self.state, self.outbox).run(relay_stopped));
         let metrics = std::sync::Arc::clone(&self.state.metrics);
         let state = self.state.clone();
         let drain_delay = self.drain_delay;
@@ -187,6 +196,8 @@ impl Application {
                 "grace period elapsed with WebSockets still open"
             );
         }
+        let _ = stop_relay.send(true);
+        let _ = tokio::time::timeout(self.grace_period, relay).await;
         feed.abort();
         monitor.abort();
         // 4.

@@ -53,6 +53,9 @@ pub struct TestCluster {
     jwt_secret: String,
     /// The bootstrap admin's password.
     admin_password: String,
+    /// A Redis of this cluster's own, when the builder asked for one (so that the test can
+    /// stop or freeze it); dropped after the processes that use it.
+    own_redis: Option<RedisServer>,
     /// Servers started for this cluster alone, `None` when they came from the environment.
     /// Declared last: stopped after everything that uses them.
     #[expect(
@@ -73,6 +76,8 @@ pub struct TestClusterBuilder {
     balancers: usize,
     /// Extra environment for the balancer, e.g. a strategy.
     balancer_env: Vec<(String, String)>,
+    /// Whether nodes and balancer use a Redis of the cluster's own.
+    own_redis: bool,
 }
 
 /// A PostgreSQL and a Redis server owned by one cluster (or one `petmesh-dev` run).
@@ -103,6 +108,7 @@ impl TestCluster {
             env: Vec::new(),
             balancers: 0,
             balancer_env: Vec::new(),
+            own_redis: false,
         }
     }
 
@@ -178,6 +184,14 @@ impl TestCluster {
     /// URL of the Redis server the nodes use.
     pub fn redis_url(&self) -> &str {
         &self.redis_url
+    }
+
+    /// The cluster's own Redis server, to stop, freeze (`SIGSTOP` its [`RedisServer::pid`]) or
+    /// restart; panics when the cluster was built without `.own_redis()`.
+    pub fn own_redis(&mut self) -> &mut RedisServer {
+        self.own_redis
+            .as_mut()
+            .expect("this cluster shares the run's Redis: build it with `.own_redis()`")
     }
 
     /// The secret the nodes sign access tokens with.
@@ -276,6 +290,13 @@ impl TestClusterBuilder {
         self
     }
 
+    /// Gives the cluster a Redis server of its own instead of the run's shared one, so that
+    /// the test can stop or freeze it without disturbing other tests.
+    pub fn own_redis(mut self) -> Self {
+        self.own_redis = true;
+        self
+    }
+
     /// Starts the cluster; panics with the whole error chain if it can't.
     pub async fn start(self) -> TestCluster {
         match self.try_start().await {
@@ -286,7 +307,14 @@ impl TestClusterBuilder {
 
     /// Starts the cluster: servers, database, then all nodes in parallel.
     pub async fn try_start(self) -> anyhow::Result<TestCluster> {
-        let (maintenance_url, redis_url, servers) = servers().await?;
+        let (maintenance_url, mut redis_url, servers) = servers().await?;
+        let own_redis = if self.own_redis {
+            let redis = RedisServer::start().await?;
+            redis_url = redis.url();
+            Some(redis)
+        } else {
+            None
+        };
         let database = TestDatabase::create(&maintenance_url).await?;
         let cluster_name = format!("test_{}", uuid::Uuid::new_v4().simple());
         let jwt_secret = random_token(JWT_SECRET_LEN);
@@ -311,6 +339,7 @@ impl TestClusterBuilder {
             cluster_name,
             jwt_secret,
             admin_password,
+            own_redis,
             servers,
         };
 

@@ -8,6 +8,13 @@
 //! `<epoch> <seq> <envelope JSON>`. When the offsets hash is gone (Redis lost its data, or the
 //! topic was idle past `realtime.history_ttl_secs`) the next event starts a new epoch with an
 //! empty history, so an offset of the old epoch can never be mistaken for one of the new.
+//!
+//! Events relayed from the PostgreSQL outbox ([`crate::outbox`]) carry their outbox number;
+//! the offsets hash remembers the last one applied (field `outbox`) and the script skips any
+//! number at or below it. A relay that appended an event but died (or timed out) before it
+//! could mark the row delivered therefore replays it harmlessly: each outbox row is appended
+//! exactly once. The mark lives in the topic's own hash, so the check stays one atomic script
+//! on the topic's keys (one shard, should Redis Cluster come).
 
 use std::{fmt, str::FromStr, sync::Arc};
 
@@ -17,8 +24,13 @@ use crate::config::Redis;
 
 /// Assigns the next offset, appends to the history and publishes (see the module doc).
 /// KEYS: offsets hash, history stream. ARGV: channel, envelope JSON, history length, epoch
-/// to start if there is none, TTL in seconds.
+/// to start if there is none, TTL in seconds, outbox number (empty for events published
+/// directly). Returns nil, appending nothing, for an outbox number already applied.
 const APPEND: &str = r"
+local relayed = tonumber(ARGV[6])
+if relayed and relayed <= tonumber(redis.call('HGET', KEYS[1], 'outbox') or '0') then
+  return false
+end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[4]
@@ -27,6 +39,9 @@ if not epoch then
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', ARGV[2])
+if relayed then
+  redis.call('HSET', KEYS[1], 'outbox', relayed)
+end
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('PUBLISH', ARGV[1], epoch .. ' ' .. seq .. ' ' .. ARGV[2])
@@ -134,11 +149,31 @@ impl EventLog {
 
     /// Appends `envelope` to its topic and publishes it; returns its offset.
     pub async fn append(&self, envelope: &EventEnvelope) -> anyhow::Result<Offset> {
+        self.invoke(envelope, None)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the append script skipped a direct event"))
+    }
+
+    /// Appends outbox row `seq` of `envelope`'s topic unless it was appended before; returns
+    /// its offset, `None` when skipped as a replay.
+    pub async fn append_relayed(
+        &self,
+        envelope: &EventEnvelope,
+        seq: u64,
+    ) -> anyhow::Result<Option<Offset>> {
+        self.invoke(envelope, Some(seq)).await
+    }
+
+    async fn invoke(
+        &self,
+        envelope: &EventEnvelope,
+        outbox_seq: Option<u64>,
+    ) -> anyhow::Result<Option<Offset>> {
         let topic = &envelope.topic;
         let json = serde_json::to_string(envelope)?;
         let new_epoch = &uuid::Uuid::new_v4().simple().to_string()[..12];
         let mut conn = self.redis.clone();
-        let (epoch, seq): (String, u64) = self
+        let appended: Option<(String, u64)> = self
             .append
             .key(self.keys.topic_offsets(topic))
             .key(self.keys.topic_history(topic))
@@ -147,12 +182,13 @@ impl EventLog {
             .arg(self.history_len)
             .arg(new_epoch)
             .arg(self.ttl_secs)
+            .arg(outbox_seq.map(|seq| seq.to_string()).unwrap_or_default())
             .invoke_async(&mut conn)
             .await?;
-        Ok(Offset {
+        Ok(appended.map(|(epoch, seq)| Offset {
             epoch: epoch.into(),
             seq,
-        })
+        }))
     }
 
     /// The offset of the last event of `topic`, `None` when it has no history.

@@ -54,8 +54,12 @@ const READ_BUFFER_BYTES: usize = 4096;
 /// The protocol the servers under test speak.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum System {
-    /// petmesh nodes: `/ws`, JSON requests and events.
+    /// petmesh nodes: `/ws`, JSON requests and events; messages are room messages (published
+    /// directly).
     Petmesh,
+    /// petmesh nodes, messages are pets created over `/ws` and their `pet:created` events: the
+    /// domain-event path (the transaction, the outbox and its relay).
+    PetmeshPets,
     /// Socket.IO nodes from `bench/socketio/server.js`.
     Socketio,
 }
@@ -79,7 +83,7 @@ pub struct Target {
 impl Target {
     /// Refuses petmesh without a token (its connections would be closed unauthenticated).
     pub fn check(&self) -> anyhow::Result<()> {
-        if self.system == System::Petmesh && self.token.is_empty() {
+        if self.system != System::Socketio && self.token.is_empty() {
             anyhow::bail!("petmesh needs an access token (--token or PETMESH_BENCH_TOKEN)");
         }
         Ok(())
@@ -107,12 +111,18 @@ enum Inbound {
 // === impl System ===
 
 impl System {
-    /// Connects to `base_url` (`http://host:port`) and joins the benchmark room.
+    /// Connects to `base_url` (`http://host:port`) and joins the benchmark room (or, for
+    /// pets, subscribes to them).
     async fn subscriber(self, base_url: &str, token: &str) -> anyhow::Result<Socket> {
         match self {
             Self::Petmesh => {
                 let mut socket = petmesh::connect(base_url, token).await?;
                 petmesh::join(&mut socket).await?;
+                Ok(socket)
+            }
+            Self::PetmeshPets => {
+                let mut socket = petmesh::connect(base_url, token).await?;
+                petmesh::subscribe_pets(&mut socket).await?;
                 Ok(socket)
             }
             Self::Socketio => {
@@ -128,6 +138,7 @@ impl System {
     async fn publisher(self, base_url: &str, token: &str) -> anyhow::Result<Socket> {
         match self {
             Self::Petmesh => self.subscriber(base_url, token).await,
+            Self::PetmeshPets => petmesh::connect(base_url, token).await,
             Self::Socketio => socketio::connect(base_url).await,
         }
     }
@@ -136,7 +147,7 @@ impl System {
     /// namespace (Socket.IO) and then does nothing.
     async fn idle(self, base_url: &str, token: &str) -> anyhow::Result<Socket> {
         match self {
-            Self::Petmesh => petmesh::connect(base_url, token).await,
+            Self::Petmesh | Self::PetmeshPets => petmesh::connect(base_url, token).await,
             Self::Socketio => socketio::connect(base_url).await,
         }
     }
@@ -145,6 +156,7 @@ impl System {
     fn publish_frame(self, seq: u64, sent_us: u64) -> String {
         match self {
             Self::Petmesh => petmesh::publish_frame(seq, sent_us),
+            Self::PetmeshPets => petmesh::create_pet_frame(seq, sent_us),
             Self::Socketio => socketio::publish_frame(seq, sent_us),
         }
     }
@@ -152,7 +164,7 @@ impl System {
     /// What a received text frame means.
     fn classify(self, text: &str) -> Inbound {
         match self {
-            Self::Petmesh => petmesh::classify(text),
+            Self::Petmesh | Self::PetmeshPets => petmesh::classify(text),
             Self::Socketio => socketio::classify(text),
         }
     }
@@ -161,6 +173,7 @@ impl System {
     fn name(self) -> &'static str {
         match self {
             Self::Petmesh => "petmesh",
+            Self::PetmeshPets => "petmesh-pets",
             Self::Socketio => "socket.io",
         }
     }

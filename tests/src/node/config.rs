@@ -160,7 +160,11 @@ impl NodeConfig {
             None => node_binary()?,
         };
         let mut cmd = owned_command(&binary);
-        cmd.arg(subcommand).envs(self.env_vars());
+        // The harness's own variable starts with the node's prefix, and the node refuses any
+        // `PETMESH_NODE*` variable that is not one of its settings.
+        cmd.arg(subcommand)
+            .env_remove(NODE_BIN_ENV)
+            .envs(self.env_vars());
         Ok(cmd)
     }
 

@@ -8,6 +8,8 @@
 //! - [`failover`]: nodes dying under load, and no node left at all.
 //! - [`draining`]: a SIGTERMed node finishing its work while getting none.
 //! - [`strategies`]: how requests spread across real nodes.
+//! - [`outbox`]: domain events surviving a frozen Redis, a dead relay and replays, in commit
+//!   order.
 //! - [`realtime`]: WebSocket clients surviving the loss or drain of their node.
 //! - [`rate_limits`]: budgets that hold for the whole cluster, with or without Redis.
 //! - [`operations`]: the balancer's `check-config` and `healthcheck`; the metrics dashboards
@@ -20,6 +22,7 @@ mod draining;
 mod failover;
 mod membership;
 mod operations;
+mod outbox;
 mod rate_limits;
 mod realtime;
 mod strategies;

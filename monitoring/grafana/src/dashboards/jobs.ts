@@ -8,8 +8,9 @@ export function jobs(): DashboardJson {
     uid: 'petmesh-jobs',
     title: 'petmesh / Jobs and payments',
     description:
-      'The PostgreSQL job queue and the payment jobs: backlog, throughput, outcomes, time to outcome, attempts, dead letters and orders. ' +
-      'Queue gauges are cluster-wide and sampled by every node, so they are shown as max/min over the nodes, never summed.',
+      'The PostgreSQL job queue and the payment jobs: backlog, throughput, outcomes, time to outcome, attempts, dead letters and orders; ' +
+      'and the event outbox, the other PostgreSQL-backed queue (domain events waiting for Redis). ' +
+      'Queue and outbox gauges are cluster-wide and sampled by every node, so they are shown as max/min over the nodes, never summed.',
     variables: [],
     rows: [
       {
@@ -166,6 +167,66 @@ export function jobs(): DashboardJson {
             description: 'Orders per second by status change: placed, approved, cancelled, delivered (petmesh_node_orders_total).',
             unit: 'cps',
             queries: [q(`sum by (status) (rate(petmesh_node_orders_total{${N}}[$__rate_interval]))`, '{{status}}')],
+            w: 12,
+            h: 8,
+          }),
+        ],
+      },
+      {
+        title: 'Event outbox',
+        panels: [
+          stat({
+            title: 'Events waiting',
+            description:
+              'Domain events committed but not yet appended to Redis, cluster-wide (petmesh_node_outbox_pending_events, highest sample over the nodes). ' +
+              'A handful normally; they pile up while Redis is unreachable and drain when it is back.',
+            unit: 'none',
+            queries: [q(`max(petmesh_node_outbox_pending_events{${N}})`, 'events')],
+            thresholds: thresholds('green', [100, 'orange']),
+            sparkline: true,
+            w: 6,
+            h: 4,
+          }),
+          stat({
+            title: 'Oldest waiting event',
+            description: 'How long the oldest undelivered domain event has waited, 0 when none (petmesh_node_outbox_oldest_pending_age_seconds; alert PetmeshOutboxBacklog above 1 minute).',
+            unit: 's',
+            queries: [q(`max(petmesh_node_outbox_oldest_pending_age_seconds{${N}})`, 'oldest')],
+            thresholds: thresholds('green', [10, 'orange'], [60, 'red']),
+            sparkline: true,
+            w: 6,
+            h: 4,
+          }),
+          timeseries({
+            title: 'Topics relayed per node',
+            description: 'Topics whose relay lease each node holds (petmesh_node_outbox_leases_held): each topic is relayed by exactly one node; it moves when its node dies or drains.',
+            unit: 'none',
+            queries: [q(`sum by (node) (petmesh_node_outbox_leases_held{${N}})`, '{{node}}')],
+            stack: true,
+            w: 12,
+            h: 8,
+          }),
+          timeseries({
+            title: 'Events relayed and relay errors',
+            description:
+              'Domain events each node relayed from the outbox to Redis per second (petmesh_node_outbox_relayed_total), ' +
+              'and failed relay passes, retried with backoff (petmesh_node_outbox_relay_errors_total).',
+            unit: 'cps',
+            queries: [
+              q(`sum by (node) (rate(petmesh_node_outbox_relayed_total{${N}}[$__rate_interval]))`, '{{node}} relayed'),
+              q(`sum by (node) (rate(petmesh_node_outbox_relay_errors_total{${N}}[$__rate_interval]))`, '{{node}} errors'),
+            ],
+            w: 12,
+            h: 8,
+          }),
+          timeseries({
+            title: 'Outbox backlog',
+            description: 'Domain events waiting and the age of the oldest, cluster-wide (petmesh_node_outbox_pending_events, petmesh_node_outbox_oldest_pending_age_seconds).',
+            unit: 'none',
+            queries: [
+              q(`max by (cluster) (petmesh_node_outbox_pending_events{${N}})`, '{{cluster}} events'),
+              q(`max by (cluster) (petmesh_node_outbox_oldest_pending_age_seconds{${N}})`, '{{cluster}} oldest (s)'),
+            ],
             w: 12,
             h: 8,
           }),

@@ -204,7 +204,7 @@ export function node(): DashboardJson {
           }),
           timeseries({
             title: 'Events published',
-            description: 'Cluster events the node published to Redis per second, by result; errors are events lost while Redis was unreachable (petmesh_node_events_published_total).',
+            description: 'Cluster events the node appended to Redis per second, by result (petmesh_node_events_published_total). A failed domain event stays in the outbox and is retried; a failed room or custom event is reported to its sender.',
             unit: 'cps',
             queries: [
               q(`sum by (result) (rate(petmesh_node_events_published_total{${N}}[$__rate_interval]))`, '{{result}}'),

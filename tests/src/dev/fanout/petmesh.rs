@@ -1,7 +1,10 @@
 //! petmesh's side of the fan-out benchmark: `/ws` with the token on the handshake, then
-//! `room:join` and `room:message` in room [`ROOM`] (see the README's real-time section).
+//! `room:join` and `room:message` in room [`ROOM`] (see the README's real-time section), or,
+//! for domain events (the path through the PostgreSQL outbox), `subscribe` to `pets` and
+//! `pets.create`.
 //!
-//! A benchmark message is a `room:message` whose `content` is `"<seq> <sent_us>"`. Frames
+//! A benchmark message is a `room:message` whose `content` is `"<seq> <sent_us>"`, or a
+//! `pet:created` whose pet is named so. Frames
 //! are parsed into borrowed structs that name only the fields needed here, because every
 //! subscriber parses every event.
 
@@ -41,11 +44,14 @@ struct Frame<'a> {
     payload: Option<Payload<'a>>,
 }
 
-/// The payload fields the benchmark reads: a message's content, an error's code and text.
+/// The payload fields the benchmark reads: a message's content (or a pet's name), an error's
+/// code and text.
 #[derive(Deserialize)]
 struct Payload<'a> {
     #[serde(default, borrow)]
     content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     code: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -60,24 +66,47 @@ pub(super) async fn connect(base_url: &str, token: &str) -> anyhow::Result<Socke
 
 /// Joins [`ROOM`] and waits for the response (events that arrive first are dropped).
 pub(super) async fn join(socket: &mut Socket) -> anyhow::Result<()> {
-    let request = json!({
-        "type": "request", "id": JOIN_ID, "action": "room:join", "payload": {"roomId": ROOM},
-    });
+    request(socket, "room:join", json!({"roomId": ROOM})).await
+}
+
+/// Subscribes to the `pets` topic and waits for the response.
+pub(super) async fn subscribe_pets(socket: &mut Socket) -> anyhow::Result<()> {
+    request(socket, "subscribe", json!({"topics": ["pets"]})).await
+}
+
+/// Sends `action` and waits for its successful response (events that arrive first are
+/// dropped).
+async fn request(
+    socket: &mut Socket,
+    action: &str,
+    payload: serde_json::Value,
+) -> anyhow::Result<()> {
+    let request = json!({"type": "request", "id": JOIN_ID, "action": action, "payload": payload});
     socket
         .send(Message::text(request.to_string()))
         .await
-        .context("sending room:join")?;
+        .with_context(|| format!("sending {action}"))?;
     loop {
-        let text = next_text(socket).await.context("waiting for room:join")?;
+        let text = next_text(socket)
+            .await
+            .with_context(|| format!("waiting for {action}"))?;
         let frame: Frame<'_> = serde_json::from_str(&text)
-            .with_context(|| format!("unreadable frame while joining: {text}"))?;
+            .with_context(|| format!("unreadable frame after {action}: {text}"))?;
         if frame.kind == "response" && frame.id.as_deref() == Some(JOIN_ID) {
             if frame.status.as_deref() != Some("success") {
-                bail!("room:join failed: {text}");
+                bail!("{action} failed: {text}");
             }
             return Ok(());
         }
     }
+}
+
+/// A `pets.create` request for a pet named `"<seq> <sent_us>"`, with the sequence number as
+/// its id.
+pub(super) fn create_pet_frame(seq: u64, sent_us: u64) -> String {
+    format!(
+        r#"{{"type":"request","id":"{seq}","action":"pets.create","payload":{{"name":"{seq} {sent_us}","category":"bench","price":"1.00","stock":1}}}}"#
+    )
 }
 
 /// A `room:message` request carrying `"<seq> <sent_us>"`, with the sequence number as its id.
@@ -94,9 +123,15 @@ pub(super) fn classify(text: &str) -> Inbound {
         return Inbound::Error(format!("unreadable frame: {text}"));
     };
     match (frame.kind.as_ref(), frame.event.as_deref()) {
-        ("event", Some("room:message")) => frame
+        ("event", Some(event @ ("room:message" | "pet:created"))) => frame
             .payload
-            .and_then(|p| p.content)
+            .and_then(|p| {
+                if event == "pet:created" {
+                    p.name
+                } else {
+                    p.content
+                }
+            })
             .and_then(|content| parse_content(&content))
             .map_or(Inbound::Other, |(seq, sent_us)| Inbound::Message {
                 seq,
@@ -160,5 +195,21 @@ mod tests {
         assert_eq!(classify(ok), Inbound::Other);
         let chat = r#"{"type":"event","event":"room:message","payload":{"content":"hello"}}"#;
         assert_eq!(classify(chat), Inbound::Other);
+    }
+
+    #[test]
+    fn pet_creations_carry_the_message_in_the_name() {
+        let frame: serde_json::Value = serde_json::from_str(&create_pet_frame(7, 1234)).unwrap();
+        assert_eq!(frame["action"], "pets.create");
+        assert_eq!(frame["payload"]["name"], "7 1234");
+        let event = r#"{"type":"event","event":"pet:created","topic":"pets","offset":"1:5",
+            "payload":{"id":1,"name":"3 99","category":"bench"},"timestamp":1}"#;
+        assert_eq!(
+            classify(event),
+            Inbound::Message {
+                seq: 3,
+                sent_us: 99
+            }
+        );
     }
 }
