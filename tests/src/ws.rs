@@ -148,15 +148,21 @@ impl WsClient {
         }
     }
 
-    /// Waits for the first event matching `wanted`, returning it and dropping the others
-    /// before it.
+    /// Waits up to the run's patience for the first event matching `wanted`, returning it and
+    /// dropping the others before it. The deadline is for the whole wait: heartbeats and other
+    /// events arriving meanwhile do not extend it.
     pub async fn event_where(&mut self, wanted: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
-        loop {
-            let event = self.next_event().await?;
-            if wanted(&event) {
-                return Ok(event);
+        let wait = async {
+            loop {
+                let event = self.next_event().await?;
+                if wanted(&event) {
+                    return Ok(event);
+                }
             }
-        }
+        };
+        tokio::time::timeout(patience(), wait)
+            .await
+            .map_err(|_| anyhow!("no matching event within {:?}", patience()))?
     }
 
     /// Events received so far and not yet taken.

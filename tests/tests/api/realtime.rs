@@ -848,19 +848,12 @@ async fn a_node_listens_in_redis_only_to_topics_its_clients_use() {
 
 #[tokio::test]
 async fn after_redis_loses_its_data_events_flow_again_in_a_new_epoch() {
-    let mut cluster = TestCluster::start(1).await;
-    let mut redis = petmesh_tests::RedisServer::start().await.unwrap();
-    let base = cluster
-        .spawn_node(|config| config.env("REDIS_URL", redis.url()))
-        .await
-        .unwrap()
-        .base_url();
-    let token = petmesh_tests::ApiClient::new(&base)
-        .login("admin", cluster.admin_password())
-        .await
-        .unwrap()
-        .access_token;
-    let admin_api = petmesh_tests::ApiClient::new(&base).token(&token);
+    // A Redis of the cluster's own, so that every node (and so the outbox relay of the pets
+    // topic, whichever node leases it) publishes where the subscriber listens.
+    let mut cluster = TestCluster::builder().nodes(1).own_redis().start().await;
+    let base = cluster.node(0).base_url();
+    let token = admin(&cluster).await.access_token;
+    let admin_api = cluster.client(0).token(&token);
     let mut ws = WsClient::login(&base, &token).await.unwrap();
     ws.subscribe(&["pets"]).await.unwrap();
     create_pet(&admin_api, "Before", "1.00", 1).await;
@@ -869,7 +862,7 @@ async fn after_redis_loses_its_data_events_flow_again_in_a_new_epoch() {
         .await
         .unwrap();
 
-    redis.restart().await.unwrap();
+    cluster.own_redis().restart().await.unwrap();
 
     // Events published while the node's connections come back may be lost (counted); keep
     // changing pets until one arrives: delivery must resume by itself.
