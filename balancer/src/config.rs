@@ -9,6 +9,7 @@ use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
 
 use petmesh_shared::{
     config::{self as layered, ConfigProblem, Sources},
+    redis_conn::{RedisMode, RedisTarget},
     telemetry::{self, LogFormat},
 };
 use serde::Deserialize;
@@ -77,10 +78,19 @@ pub struct ClusterSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
-    /// Connection URL (`REDIS_URL` also works).
+    /// `standalone` (one server) or `cluster` (a Redis Cluster).
+    pub mode: RedisMode,
+    /// Connection URL (`REDIS_URL` also works); in cluster mode, seed URLs separated by commas.
     pub url: String,
     /// Bound on connecting to Redis and on each registry read.
     pub timeout_ms: u64,
+}
+
+impl RedisSettings {
+    /// Where Redis is (the registry, the WebSocket slots).
+    pub fn target(&self) -> anyhow::Result<RedisTarget> {
+        RedisTarget::new(self.mode, &self.url, Duration::from_millis(self.timeout_ms))
+    }
 }
 
 /// Where nodes come from.
@@ -329,12 +339,17 @@ impl Settings {
         if self.workers > 256 {
             problem("workers", "must be at most 256 (0 = one per core)");
         }
-        if self.static_backends().is_ok_and(|b| b.is_empty())
-            && !self.redis.url.starts_with("redis://")
-            && !self.redis.url.starts_with("rediss://")
-            && !self.redis.url.starts_with("unix://")
-        {
-            problem("redis.url", "must be a redis:// URL");
+        if self.static_backends().is_ok_and(|b| b.is_empty()) {
+            let schemes = ["redis://", "rediss://", "unix://"];
+            let urls_ok =
+                self.redis.url.split(',').map(str::trim).all(|url| {
+                    url.is_empty() || schemes.iter().any(|scheme| url.starts_with(scheme))
+                });
+            if !urls_ok {
+                problem("redis.url", "must be a redis:// URL");
+            } else if let Err(err) = self.redis.target() {
+                problem("redis.url", &format!("{err:#}"));
+            }
         }
         if !telemetry::is_valid_level(&self.log.level) {
             problem(

@@ -6,12 +6,14 @@
 //! [`Membership`](crate::backend::Membership), keeps the last known set when a round fails,
 //! and resubscribes when the event stream breaks.
 
-use std::{future::Future, time::Duration};
+use std::future::Future;
 
 use anyhow::Context as _;
 use futures_util::{stream::BoxStream, StreamExt as _};
-use petmesh_shared::registry::{MembershipEvent, NodeInfo, NodeStatus, RedisKeys};
-use redis::AsyncConnectionConfig;
+use petmesh_shared::{
+    redis_conn::{RedisConnection, RedisTarget},
+    registry::{MembershipEvent, NodeInfo, NodeStatus, RedisKeys},
+};
 use tokio::sync::Mutex;
 
 use crate::backend::{Backend, Discovered};
@@ -60,33 +62,30 @@ impl ServiceDiscovery for StaticDiscovery {
 /// The Redis node registry of one cluster.
 #[derive(Debug)]
 pub struct RedisDiscovery {
-    /// Connection parameters.
-    client: redis::Client,
+    /// Where Redis is (standalone or a Redis Cluster), and the bound on each command.
+    target: RedisTarget,
     /// The cluster's key layout.
     keys: RedisKeys,
-    /// Bound on connecting and on each command.
-    timeout: Duration,
     /// The command connection, opened on first use and replaced after an error.
-    connection: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    connection: Mutex<Option<RedisConnection>>,
 }
 
 impl RedisDiscovery {
-    /// The registry of cluster `cluster` at `url`.
-    pub fn new(url: &str, cluster: &str, timeout: Duration) -> anyhow::Result<Self> {
-        Ok(Self {
-            client: redis::Client::open(url).context("redis.url is not a valid Redis URL")?,
+    /// The registry of cluster `cluster` in the Redis at `target`.
+    pub fn new(target: RedisTarget, cluster: &str) -> Self {
+        Self {
+            target,
             keys: RedisKeys::new(cluster),
-            timeout,
             connection: Mutex::new(None),
-        })
+        }
     }
 
-    async fn connection(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    async fn connection(&self) -> anyhow::Result<RedisConnection> {
         let mut slot = self.connection.lock().await;
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
         }
-        let connection = connect(&self.client, self.timeout).await?;
+        let connection = self.target.connect().await?;
         *slot = Some(connection.clone());
         Ok(connection)
     }
@@ -133,19 +132,21 @@ impl ServiceDiscovery for RedisDiscovery {
     }
 
     async fn watch(&self) -> anyhow::Result<Option<BoxStream<'static, MembershipEvent>>> {
-        let mut pubsub = tokio::time::timeout(self.timeout, self.client.get_async_pubsub())
-            .await
-            .context("connecting to Redis for membership events timed out")?
-            .context("connecting to Redis for membership events")?;
+        let (mut sink, messages) = self.target.subscriber().await?;
         tokio::time::timeout(
-            self.timeout,
-            pubsub.subscribe(self.keys.membership_channel()),
+            self.target.timeout(),
+            sink.subscribe(&self.keys.membership_channel()),
         )
         .await
         .context("subscribing to membership events timed out")?
         .context("subscribing to membership events")?;
-        let events = pubsub.into_on_message().filter_map(|message| async move {
-            let payload: String = message.get_payload().ok()?;
+        // The sink travels with the stream: dropping it would end the subscription.
+        let messages =
+            futures_util::stream::unfold((sink, messages), |(sink, mut messages)| async move {
+                let (_, payload) = messages.next().await?;
+                Some((payload, (sink, messages)))
+            });
+        let events = messages.filter_map(|payload| async move {
             match serde_json::from_str::<MembershipEvent>(&payload) {
                 Ok(event) => Some(event),
                 Err(err) => {
@@ -156,21 +157,6 @@ impl ServiceDiscovery for RedisDiscovery {
         });
         Ok(Some(events.boxed()))
     }
-}
-
-/// Opens a command connection to Redis, `timeout` bounding the connect and every command.
-/// Its driver task runs on the runtime that calls this; clones work from any thread.
-pub async fn connect(
-    client: &redis::Client,
-    timeout: Duration,
-) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .context("connecting to Redis")
 }
 
 /// A registry entry as a [`Discovered`] node.

@@ -7,7 +7,6 @@ use std::{
     future::Future,
     net::{IpAddr, SocketAddr, TcpListener},
     sync::Arc,
-    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -80,10 +79,9 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("discovery.static_upstreams: {e}"))?;
         let discovery = if backends.is_empty() {
             Discovery::Redis(Box::new(RedisDiscovery::new(
-                &settings.redis.url,
+                settings.redis.target()?,
                 &settings.cluster.name,
-                Duration::from_millis(settings.redis.timeout_ms),
-            )?))
+            )))
         } else {
             Discovery::Static(StaticDiscovery::new(backends))
         };
@@ -92,7 +90,7 @@ impl Application {
             Discovery::Static(_) => (None, None),
             Discovery::Redis(_) => {
                 let slots = Arc::new(ClusterSlots::new(
-                    &settings.redis.url,
+                    settings.redis.target()?,
                     &settings.cluster.name,
                     &settings,
                     metrics.clone(),

@@ -99,14 +99,16 @@ impl AppState {
             Duration::from_secs(settings.cache.pet_ttl_secs),
             metrics.store.cache_requests.clone(),
         );
+        let target = settings.redis.target()?;
         let log = EventLog::new(
             redis.clone(),
             keys.clone(),
+            target.sharded_pubsub(),
             settings.realtime.history_len,
             settings.realtime.history_ttl_secs,
         );
         let hub = Hub::new(
-            settings.redis.client()?,
+            target,
             keys.clone(),
             log.clone(),
             settings.node_id.as_str().into(),

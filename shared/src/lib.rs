@@ -4,6 +4,7 @@
 //! - [`error_body`]: the one JSON error body every failure is reported in.
 //! - [`event`]: the envelope of domain events published cluster-wide.
 //! - [`registry`]: the Redis key layout (every key a node or balancer touches is named here).
+//! - [`redis_conn`]: connecting to Redis, standalone or a Redis Cluster (commands, pub/sub).
 //! - [`config`]: layered configuration loading (defaults → file → environment) and the
 //!   one-line problem reports used when start-up is refused.
 //! - [`telemetry`]: the tracing subscriber (JSON or pretty).
@@ -14,6 +15,7 @@ pub mod config;
 pub mod error_body;
 pub mod event;
 pub mod probe;
+pub mod redis_conn;
 pub mod registry;
 pub mod shutdown;
 pub mod telemetry;

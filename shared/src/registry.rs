@@ -1,6 +1,20 @@
 //! The cluster registry and the Redis key layout, defined here and nowhere else.
 //!
-//! Every key starts with `petmesh:{cluster}:` so that several clusters can share one Redis.
+//! Every key starts with `petmesh:<cluster>:` so that several clusters can share one Redis.
+//!
+//! **Slots.** In a Redis Cluster a key's slot comes from its hash tag, the part between the
+//! first `{` and `}`. The layout chooses tags so that every multi-key command, transaction and
+//! script stays within one slot while unrelated keys spread over the shards:
+//! - a topic's offsets hash, history stream and channel share the tag `{<topic>}`, so the
+//!   publish script is one atomic script on one shard and the channel is sharded with them;
+//! - the registry (entries, id set, membership channel) shares `{registry}`: nodes write an
+//!   entry and the set in one transaction, readers `MGET` every entry at once;
+//! - a user's revocation keys share `{user:<id>}` (one `MGET` per authenticated request);
+//! - the login lock-out state shares `{login}` (one script reads a name's and an address's);
+//! - the WebSocket slots of one address are tagged by the address; the rest are single keys.
+//!
+//! Topic names never contain braces (they are alphanumeric with `_ . : -`), so a topic's tag is
+//! exactly its name.
 //!
 //! Membership protocol (nodes write, balancers read):
 //! 1. A node writes its [`NodeInfo`] as JSON to [`RedisKeys::node`] with a TTL of
@@ -100,33 +114,43 @@ impl RedisKeys {
 
     /// A node's registry entry (JSON [`NodeInfo`], with TTL).
     pub fn node(&self, node_id: &str) -> String {
-        format!("{}registry:node:{node_id}", self.prefix)
+        format!("{}{{registry}}:node:{node_id}", self.prefix)
     }
 
     /// The set of registered node ids (entries may have expired since; see the module doc).
     pub fn nodes(&self) -> String {
-        format!("{}registry:nodes", self.prefix)
+        format!("{}{{registry}}:nodes", self.prefix)
     }
 
     /// The pub/sub channel carrying [`MembershipEvent`]s.
     pub fn membership_channel(&self) -> String {
-        format!("{}registry:events", self.prefix)
+        format!("{}{{registry}}:events", self.prefix)
     }
 
-    /// The pub/sub channel carrying the [`crate::event::EventEnvelope`]s of `topic`.
+    /// The pub/sub channel carrying the [`crate::event::EventEnvelope`]s of `topic` (sharded
+    /// in a Redis Cluster: see [`crate::redis_conn::RedisTarget::sharded_pubsub`]).
     pub fn event_channel(&self, topic: &str) -> String {
-        format!("{}events:{topic}", self.prefix)
+        format!("{}events:{{{topic}}}", self.prefix)
+    }
+
+    /// The topic whose [`RedisKeys::event_channel`] is `channel`, if it is one.
+    pub fn topic_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("events:{")?
+            .strip_suffix('}')
     }
 
     /// The offset counter of `topic`: a hash with `epoch` (random, new whenever the history
-    /// is lost) and `seq` (the last offset given out).
+    /// is lost), `seq` (the last offset given out), `outbox` (the last outbox row applied) and
+    /// `replid` (the replication id of the Redis that wrote it, to notice a failover).
     pub fn topic_offsets(&self, topic: &str) -> String {
-        format!("{}events:offsets:{topic}", self.prefix)
+        format!("{}events:offsets:{{{topic}}}", self.prefix)
     }
 
     /// The bounded history of `topic`: a stream whose entry ids are `<seq>-0`.
     pub fn topic_history(&self, topic: &str) -> String {
-        format!("{}events:history:{topic}", self.prefix)
+        format!("{}events:history:{{{topic}}}", self.prefix)
     }
 
     /// The pub/sub channel on which revocations are announced, so every node closes the
@@ -140,22 +164,23 @@ impl RedisKeys {
         format!("{}cache:pet:{pet_id}", self.prefix)
     }
 
-    /// Marks one access token (by its `jti`) as revoked; expires with the token.
-    pub fn revoked_token(&self, jti: &str) -> String {
-        format!("{}auth:revoked-jti:{jti}", self.prefix)
+    /// Marks one access token of user `user_id` (by its `jti`) as revoked; expires with the
+    /// token. Shares the user's slot with [`RedisKeys::sessions_revoked_before`].
+    pub fn revoked_token(&self, user_id: &str, jti: &str) -> String {
+        format!("{}auth:{{user:{user_id}}}:revoked-jti:{jti}", self.prefix)
     }
 
     /// Holds the Unix time in milliseconds before which every access token of a user is revoked
     /// (logout-all, role or status change, deletion); expires when the last such token would
     /// have.
     pub fn sessions_revoked_before(&self, user_id: &str) -> String {
-        format!("{}auth:revoked-before:{user_id}", self.prefix)
+        format!("{}auth:{{user:{user_id}}}:revoked-before", self.prefix)
     }
 
     /// The failed-login state of one login name (a hash: consecutive `failures`, lock `level`,
     /// locked `until`), keyed by a digest of the lower-cased name so any name makes a short key.
     pub fn login_failures(&self, name_digest: &str) -> String {
-        format!("{}auth:login-failures:{name_digest}", self.prefix)
+        format!("{}auth:{{login}}:failures:{name_digest}", self.prefix)
     }
 
     /// A rate-limit bucket (its theoretical arrival time, Unix ms, with a TTL): budget `class`
@@ -166,7 +191,7 @@ impl RedisKeys {
 
     /// Failed logins from one client address in its current window (a counter with a TTL).
     pub fn login_ip_failures(&self, ip: &str) -> String {
-        format!("{}auth:login-ip-failures:{ip}", self.prefix)
+        format!("{}auth:{{login}}:ip-failures:{ip}", self.prefix)
     }
 
     /// The WebSocket slots one client address holds across every balancer: a hash, field =
@@ -191,44 +216,84 @@ mod tests {
     #[test]
     fn every_key_carries_the_cluster_prefix() {
         let keys = RedisKeys::new("blue");
-        assert_eq!(keys.revoked_token("j1"), "petmesh:blue:auth:revoked-jti:j1");
+        assert_eq!(
+            keys.revoked_token("u1", "j1"),
+            "petmesh:blue:auth:{user:u1}:revoked-jti:j1"
+        );
         assert_eq!(
             keys.sessions_revoked_before("u1"),
-            "petmesh:blue:auth:revoked-before:u1"
+            "petmesh:blue:auth:{user:u1}:revoked-before"
         );
-        assert_eq!(keys.node("n1"), "petmesh:blue:registry:node:n1");
+        assert_eq!(keys.node("n1"), "petmesh:blue:{registry}:node:n1");
+        assert_eq!(keys.pet_cache(7), "petmesh:blue:cache:pet:7");
         assert_eq!(
             keys.rate_limit("general", "ip:127.0.0.9"),
             "petmesh:blue:ratelimit:general:ip:127.0.0.9"
         );
         assert_eq!(
             keys.login_failures("ab12"),
-            "petmesh:blue:auth:login-failures:ab12"
+            "petmesh:blue:auth:{login}:failures:ab12"
         );
         assert_eq!(
             keys.login_ip_failures("127.0.0.9"),
-            "petmesh:blue:auth:login-ip-failures:127.0.0.9"
+            "petmesh:blue:auth:{login}:ip-failures:127.0.0.9"
         );
-        assert_eq!(keys.nodes(), "petmesh:blue:registry:nodes");
+        assert_eq!(keys.nodes(), "petmesh:blue:{registry}:nodes");
         assert_eq!(
             keys.ws_slots("2001:db8::1"),
             "petmesh:blue:ws-slots:{2001:db8::1}"
         );
         assert_eq!(keys.balancers(), "petmesh:blue:balancers");
-        assert_eq!(keys.membership_channel(), "petmesh:blue:registry:events");
-        assert_eq!(keys.event_channel("pets"), "petmesh:blue:events:pets");
+        assert_eq!(keys.membership_channel(), "petmesh:blue:{registry}:events");
+        assert_eq!(keys.event_channel("pets"), "petmesh:blue:events:{pets}");
         assert_eq!(
             keys.topic_offsets("room:r1"),
-            "petmesh:blue:events:offsets:room:r1"
+            "petmesh:blue:events:offsets:{room:r1}"
         );
         assert_eq!(
             keys.topic_history("room:r1"),
-            "petmesh:blue:events:history:room:r1"
+            "petmesh:blue:events:history:{room:r1}"
         );
         assert_eq!(keys.revocation_channel(), "petmesh:blue:auth:revocations");
         assert!(RedisKeys::new("green")
-            .revoked_token("j1")
+            .revoked_token("u", "j1")
             .starts_with("petmesh:green:"));
+    }
+
+    /// The hash tag: what a Redis Cluster hashes to choose a key's slot.
+    fn tag(key: &str) -> &str {
+        let open = key.find('{').expect("a tagged key");
+        let close = open + key[open..].find('}').expect("a closed tag");
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn keys_used_together_share_a_hash_tag() {
+        let keys = RedisKeys::new("blue");
+        for topic in ["pets", "room:r1", "user:42"] {
+            assert_eq!(tag(&keys.topic_offsets(topic)), topic);
+            assert_eq!(tag(&keys.topic_history(topic)), topic);
+            assert_eq!(tag(&keys.event_channel(topic)), topic);
+            assert_eq!(
+                keys.topic_of_channel(&keys.event_channel(topic)),
+                Some(topic)
+            );
+        }
+        assert_eq!(keys.topic_of_channel(&keys.revocation_channel()), None);
+        assert_eq!(tag(&keys.node("n1")), tag(&keys.nodes()));
+        assert_eq!(tag(&keys.membership_channel()), tag(&keys.nodes()));
+        assert_eq!(
+            tag(&keys.revoked_token("u1", "j1")),
+            tag(&keys.sessions_revoked_before("u1"))
+        );
+        assert_ne!(
+            tag(&keys.sessions_revoked_before("u1")),
+            tag(&keys.sessions_revoked_before("u2"))
+        );
+        assert_eq!(
+            tag(&keys.login_failures("ab")),
+            tag(&keys.login_ip_failures("10.0.0.1"))
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use petmesh_shared::telemetry::LogFormat;
+use petmesh_shared::{redis_conn::RedisMode, telemetry::LogFormat};
 
 use super::{
     BreakerSettings, ClusterSettings, DiscoverySettings, HealthSettings, LimitSettings,
@@ -63,6 +63,7 @@ impl Default for ShutdownSettings {
 impl Default for RedisSettings {
     fn default() -> Self {
         Self {
+            mode: RedisMode::Standalone,
             url: "redis://127.0.0.1:6379".into(),
             timeout_ms: 2000,
         }

@@ -16,10 +16,11 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
 use futures_util::StreamExt as _;
-use petmesh_shared::registry::RedisKeys;
-use redis::aio::MultiplexedConnection;
+use petmesh_shared::{
+    redis_conn::{RedisConnection, RedisTarget},
+    registry::RedisKeys,
+};
 use tokio::sync::{mpsc, watch};
 
 use super::{Held, WsLimiter};
@@ -115,8 +116,8 @@ const CONCURRENT_WRITES: usize = 32;
 /// The cluster-wide WebSocket slots of one balancer process.
 #[derive(Debug)]
 pub struct ClusterSlots {
-    /// Connection parameters.
-    client: redis::Client,
+    /// Where Redis is (standalone or a Redis Cluster).
+    target: RedisTarget,
     /// The cluster's key layout.
     keys: RedisKeys,
     /// This process's id in Redis (pid and a random part: unique per process).
@@ -125,11 +126,9 @@ pub struct ClusterSlots {
     lease_ms: u64,
     /// `limits.ws_lease_refresh_ms`.
     refresh: Duration,
-    /// `redis.timeout_ms`: bound on connecting and on each command.
-    timeout: Duration,
     /// The connection workers clone for their scripts; `None` while Redis is unreachable
     /// (handshakes then decide locally at once). Only the lease task opens it.
-    connection: Mutex<Option<MultiplexedConnection>>,
+    connection: Mutex<Option<RedisConnection>>,
     /// Whether the current outage has been logged.
     in_outage: AtomicBool,
     /// Live balancers when last counted (at least 1): the fallback's divisor.
@@ -139,20 +138,19 @@ pub struct ClusterSlots {
 }
 
 impl ClusterSlots {
-    /// The slots of cluster `cluster` in the Redis at `url`.
+    /// The slots of cluster `cluster` in the Redis at `target`.
     pub fn new(
-        url: &str,
+        target: RedisTarget,
         cluster: &str,
         settings: &crate::config::Settings,
         metrics: Metrics,
     ) -> anyhow::Result<Self> {
         Ok(Self {
-            client: redis::Client::open(url).context("redis.url is not a valid Redis URL")?,
+            target,
             keys: RedisKeys::new(cluster),
             instance: format!("{}-{:016x}", std::process::id(), rand::random::<u64>()),
             lease_ms: settings.limits.ws_lease_ms,
             refresh: Duration::from_millis(settings.limits.ws_lease_refresh_ms),
-            timeout: Duration::from_millis(settings.redis.timeout_ms),
             connection: Mutex::new(None),
             in_outage: AtomicBool::new(false),
             balancers_seen: AtomicUsize::new(1),
@@ -289,7 +287,7 @@ impl ClusterSlots {
     /// Opens the shared connection.
     async fn connect(&self) -> anyhow::Result<()> {
         // Opened here, on the control plane's runtime, which then drives it for the workers.
-        let connection = crate::discovery::connect(&self.client, self.timeout).await?;
+        let connection = self.target.connect().await?;
         *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection);
         if self.in_outage.swap(false, Ordering::Relaxed) {
             tracing::info!(
@@ -300,7 +298,7 @@ impl ClusterSlots {
     }
 
     /// The shared connection, `None` while Redis is unreachable.
-    fn current(&self) -> Option<MultiplexedConnection> {
+    fn current(&self) -> Option<RedisConnection> {
         self.connection
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -11,8 +11,8 @@
 //! so a revoked token works at most until Redis returns or the token expires. Revoking (logout)
 //! does need Redis and fails with 503 while it is down.
 //!
-//! Every revocation is also announced on the revocation channel ([`RevocationNotice`]) in the
-//! same round trip, so each node closes the WebSocket connections of the revoked sessions at
+//! Every revocation is also announced on the revocation channel ([`RevocationNotice`]) right
+//! after it is stored, so each node closes the WebSocket connections of the revoked sessions at
 //! once (after an `auth:revoked` event) instead of waiting for their next request.
 
 use std::time::Duration;
@@ -86,7 +86,10 @@ impl Revocations {
         let lookup: anyhow::Result<(Option<String>, Option<i64>)> = async {
             let mut conn = self.redis.clone();
             Ok(redis::cmd("MGET")
-                .arg(self.keys.revoked_token(&claims.jti.to_string()))
+                .arg(
+                    self.keys
+                        .revoked_token(&claims.sub.to_string(), &claims.jti.to_string()),
+                )
                 .arg(self.keys.sessions_revoked_before(&claims.sub.to_string()))
                 .query_async(&mut conn)
                 .await?)
@@ -109,8 +112,14 @@ impl Revocations {
         Ok(())
     }
 
-    /// Revokes the tokens `jti` until `expires_at` (Unix seconds); past tokens are skipped.
-    pub async fn revoke_tokens(&self, tokens: &[(Uuid, i64)]) -> Result<(), ApiError> {
+    /// Revokes the tokens `jti` of user `user_id` until `expires_at` (Unix seconds); past tokens
+    /// are skipped.
+    pub async fn revoke_tokens(
+        &self,
+        user_id: Uuid,
+        tokens: &[(Uuid, i64)],
+    ) -> Result<(), ApiError> {
+        let user = user_id.to_string();
         let now = chrono::Utc::now().timestamp();
         let mut pipe = redis::pipe();
         let mut notice = RevocationNotice::default();
@@ -118,15 +127,19 @@ impl Revocations {
             // Expired tokens are already refused; keep the key a little past expiry for skew.
             let ttl = expires_at - now + 60;
             if ttl > 0 {
-                pipe.set_ex(self.keys.revoked_token(&jti.to_string()), 1, ttl as u64)
-                    .ignore();
+                pipe.set_ex(
+                    self.keys.revoked_token(&user, &jti.to_string()),
+                    1,
+                    ttl as u64,
+                )
+                .ignore();
                 notice.jtis.push(*jti);
             }
         }
         if !notice.jtis.is_empty() {
-            self.announce(&mut pipe, &notice);
             let mut conn = self.redis.clone();
             pipe.query_async::<()>(&mut conn).await?;
+            self.announce(&notice).await?;
         }
         Ok(())
     }
@@ -134,31 +147,31 @@ impl Revocations {
     /// Revokes every access token of `user_id` issued up to now.
     pub async fn revoke_user_sessions(&self, user_id: Uuid) -> Result<(), ApiError> {
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
+        let mut conn = self.redis.clone();
+        redis::cmd("SET")
             .arg(self.keys.sessions_revoked_before(&user_id.to_string()))
             .arg(now_ms)
             .arg("EX")
             .arg(self.cutoff_ttl.as_secs())
-            .ignore();
-        self.announce(
-            &mut pipe,
-            &RevocationNotice {
-                user_id: Some(user_id),
-                before_ms: Some(now_ms),
-                ..Default::default()
-            },
-        );
-        let mut conn = self.redis.clone();
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
+            .query_async::<()>(&mut conn)
+            .await?;
+        self.announce(&RevocationNotice {
+            user_id: Some(user_id),
+            before_ms: Some(now_ms),
+            ..Default::default()
+        })
+        .await
     }
 
-    /// Adds the announcement of `notice` to `pipe`.
-    fn announce(&self, pipe: &mut redis::Pipeline, notice: &RevocationNotice) {
-        pipe.cmd("PUBLISH")
+    /// Publishes `notice` on the revocation channel. A separate command from the revocation
+    /// itself: in a Redis Cluster the channel and the user's keys live in different slots.
+    async fn announce(&self, notice: &RevocationNotice) -> Result<(), ApiError> {
+        let mut conn = self.redis.clone();
+        redis::cmd("PUBLISH")
             .arg(self.keys.revocation_channel())
             .arg(serde_json::to_string(notice).expect("notices serialise"))
-            .ignore();
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
     }
 }

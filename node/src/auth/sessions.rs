@@ -143,7 +143,7 @@ pub async fn logout(state: &AppState, claims: &Claims) -> Result<(), ApiError> {
         None => {
             state
                 .revocations
-                .revoke_tokens(&[(claims.jti, claims.exp)])
+                .revoke_tokens(claims.sub, &[(claims.jti, claims.exp)])
                 .await?
         }
     }
@@ -180,19 +180,23 @@ async fn revoke_family(
     tx: &mut Transaction<'static, Postgres>,
     family_id: Uuid,
 ) -> Result<(), ApiError> {
-    let live: Vec<(Uuid, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+    // Every token of a family belongs to one user.
+    let live: Vec<(Uuid, Uuid, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         "update refresh_token set revoked_at = coalesce(revoked_at, now())
          where family_id = $1
-         returning access_jti, access_expires_at",
+         returning user_id, access_jti, access_expires_at",
     )
     .bind(family_id)
     .fetch_all(&mut **tx)
     .await?;
+    let Some(&(user_id, _, _)) = live.first() else {
+        return Ok(());
+    };
     let tokens: Vec<(Uuid, i64)> = live
         .into_iter()
-        .map(|(jti, exp)| (jti, exp.timestamp()))
+        .map(|(_, jti, exp)| (jti, exp.timestamp()))
         .collect();
-    state.revocations.revoke_tokens(&tokens).await
+    state.revocations.revoke_tokens(user_id, &tokens).await
 }
 
 async fn issue_pair(

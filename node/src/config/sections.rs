@@ -6,7 +6,10 @@ use std::{
     time::Duration,
 };
 
-use petmesh_shared::telemetry::LogFormat;
+use petmesh_shared::{
+    redis_conn::{RedisConnection, RedisMode, RedisTarget},
+    telemetry::LogFormat,
+};
 
 use crate::client_ip::TrustedProxies;
 use secrecy::{ExposeSecret, SecretString};
@@ -66,7 +69,9 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
-    /// Connection URL (`REDIS_URL` also works).
+    /// `standalone` (one server) or `cluster` (a Redis Cluster).
+    pub mode: RedisMode,
+    /// Connection URL (`REDIS_URL` also works); in cluster mode, seed URLs separated by commas.
     pub url: SecretString,
     /// How long connecting to Redis, or one command, may take before it counts as failed.
     pub timeout_ms: u64,
@@ -286,6 +291,7 @@ impl Default for DatabaseSettings {
 impl Default for RedisSettings {
     fn default() -> Self {
         Self {
+            mode: RedisMode::Standalone,
             url: "redis://127.0.0.1:6379".into(),
             timeout_ms: 1000,
         }
@@ -418,7 +424,7 @@ impl ServerSettings {
 }
 
 /// The node's Redis connection (see [`RedisSettings::connect`]); clones share it.
-pub type Redis = redis::aio::ConnectionManager;
+pub type Redis = RedisConnection;
 
 impl ClusterSettings {
     /// The `host:port` registered for this node bound to `bound`: `advertise_addr` when set
@@ -459,27 +465,22 @@ impl DatabaseSettings {
 }
 
 impl RedisSettings {
-    /// A client for connections of their own (the WebSocket hub's pub/sub subscription).
-    pub fn client(&self) -> anyhow::Result<redis::Client> {
-        Ok(redis::Client::open(self.url.expose_secret())?)
+    /// Where Redis is, for connections of their own (the WebSocket hub's pub/sub subscriber).
+    pub fn target(&self) -> anyhow::Result<RedisTarget> {
+        RedisTarget::new(
+            self.mode,
+            self.url.expose_secret(),
+            Duration::from_millis(self.timeout_ms),
+        )
     }
 
     /// The node's Redis connection: one multiplexed connection shared by every request (commands
-    /// from concurrent requests are pipelined on it), connected lazily and re-established in the
-    /// background, with every command bounded by `timeout_ms`. A pool of connections would cost a
-    /// health-check round trip per checkout, which measured as half of an authenticated
-    /// request's time.
+    /// from concurrent requests are pipelined on it; in cluster mode one per Redis node),
+    /// connected lazily and re-established in the background, with every command bounded by
+    /// `timeout_ms`. A pool of connections would cost a health-check round trip per checkout,
+    /// which measured as half of an authenticated request's time.
     pub fn connect(&self) -> anyhow::Result<Redis> {
-        let timeout = Some(Duration::from_millis(self.timeout_ms));
-        let client = self.client()?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(timeout)
-            .set_response_timeout(timeout)
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        Ok(redis::aio::ConnectionManager::new_lazy_with_config(
-            client, config,
-        )?)
+        self.target()?.lazy_connection()
     }
 }
 

@@ -14,7 +14,17 @@
 //! number at or below it. A relay that appended an event but died (or timed out) before it
 //! could mark the row delivered therefore replays it harmlessly: each outbox row is appended
 //! exactly once. The mark lives in the topic's own hash, so the check stays one atomic script
-//! on the topic's keys (one shard, should Redis Cluster come).
+//! on the topic's keys (one shard in a Redis Cluster, where the channel is sharded too and the
+//! script publishes with `SPUBLISH`).
+//!
+//! **Failover.** Redis replicates asynchronously: a replica promoted after its master died may
+//! lack the last events the master acknowledged, and would hand their offsets out again to
+//! different events — a silent gap for anyone who saw the first ones. The offsets hash
+//! therefore records the replication id (`master_replid`) of the Redis that wrote it; a Redis
+//! with another id (a promoted replica gets a new one, as does a restarted server) starts a
+//! new epoch on the next append, and reads refuse to replay the old one
+//! ([`Missed::Lost`]), so a client resuming across a failover gets `recovered: false` rather
+//! than a history with a hole in it.
 
 use std::{fmt, str::FromStr, sync::Arc};
 
@@ -22,20 +32,29 @@ use petmesh_shared::{event::EventEnvelope, registry::RedisKeys};
 
 use crate::config::Redis;
 
+/// The replication id of the Redis running the script (Lua; see the module doc).
+const REPLID: &str = r"
+local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+";
+
 /// Assigns the next offset, appends to the history and publishes (see the module doc).
 /// KEYS: offsets hash, history stream. ARGV: channel, envelope JSON, history length, epoch
-/// to start if there is none, TTL in seconds, outbox number (empty for events published
-/// directly). Returns nil, appending nothing, for an outbox number already applied.
+/// to start if there is none (or it was written by another Redis), TTL in seconds, outbox
+/// number (empty for events published directly), publish command (`PUBLISH`, or `SPUBLISH`
+/// in a Redis Cluster). Returns nil, appending nothing, for an outbox number already applied.
 const APPEND: &str = r"
 local relayed = tonumber(ARGV[6])
 if relayed and relayed <= tonumber(redis.call('HGET', KEYS[1], 'outbox') or '0') then
   return false
 end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch and redis.call('HGET', KEYS[1], 'replid') ~= replid then
+  epoch = false
+end
 if not epoch then
   epoch = ARGV[4]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'replid', replid)
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', ARGV[2])
@@ -44,12 +63,22 @@ if relayed then
 end
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
-redis.call('PUBLISH', ARGV[1], epoch .. ' ' .. seq .. ' ' .. ARGV[2])
+redis.call(ARGV[7], ARGV[1], epoch .. ' ' .. seq .. ' ' .. ARGV[2])
 return {epoch, seq}
 ";
 
-/// `HMGET <offsets> epoch seq`.
-type OffsetsHash = (Option<String>, Option<u64>);
+/// Reads a topic's offsets and a range of its history at once. KEYS: offsets hash, history
+/// stream. ARGV: first and last stream id. Returns `{epoch, seq, entries, stale}`, `stale` 1
+/// when the offsets were written by another Redis (see the module doc).
+const READ: &str = r"
+local offsets = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'replid')
+local stale = 0
+if offsets[1] and offsets[3] ~= replid then stale = 1 end
+return {offsets[1], offsets[2], redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[2]), stale}
+";
+
+/// What [`READ`] returns.
+type ReadReply = (Option<String>, Option<u64>, Vec<HistoryEntry>, u8);
 
 /// One `XRANGE` entry: id and flat field/value list.
 type HistoryEntry = (String, Vec<String>);
@@ -131,17 +160,29 @@ pub struct EventLog {
     redis: Redis,
     keys: RedisKeys,
     append: Arc<redis::Script>,
+    read: Arc<redis::Script>,
+    /// `PUBLISH`, or `SPUBLISH` when channels are sharded.
+    publish: &'static str,
     history_len: u64,
     ttl_secs: u64,
 }
 
 impl EventLog {
-    /// A log over `redis` keeping `history_len` events per topic for `ttl_secs` after the last.
-    pub fn new(redis: Redis, keys: RedisKeys, history_len: u64, ttl_secs: u64) -> Self {
+    /// A log over `redis` keeping `history_len` events per topic for `ttl_secs` after the last;
+    /// `sharded` publishes with `SPUBLISH` (a Redis Cluster).
+    pub fn new(
+        redis: Redis,
+        keys: RedisKeys,
+        sharded: bool,
+        history_len: u64,
+        ttl_secs: u64,
+    ) -> Self {
         Self {
             redis,
             keys,
-            append: Arc::new(redis::Script::new(APPEND)),
+            append: Arc::new(redis::Script::new(&format!("{REPLID}{APPEND}"))),
+            read: Arc::new(redis::Script::new(&format!("{REPLID}{READ}"))),
+            publish: if sharded { "SPUBLISH" } else { "PUBLISH" },
             history_len,
             ttl_secs,
         }
@@ -183,6 +224,7 @@ impl EventLog {
             .arg(new_epoch)
             .arg(self.ttl_secs)
             .arg(outbox_seq.map(|seq| seq.to_string()).unwrap_or_default())
+            .arg(self.publish)
             .invoke_async(&mut conn)
             .await?;
         Ok(appended.map(|(epoch, seq)| Offset {
@@ -217,21 +259,22 @@ impl EventLog {
     ) -> anyhow::Result<Missed> {
         let mut conn = self.redis.clone();
         let end = until.map_or_else(|| "+".to_owned(), |seq| format!("{seq}-0"));
-        let ((epoch, seq), entries): (OffsetsHash, Vec<HistoryEntry>) = redis::pipe()
-            .atomic()
-            .cmd("HMGET")
-            .arg(self.keys.topic_offsets(topic))
-            .arg("epoch")
-            .arg("seq")
-            .cmd("XRANGE")
-            .arg(self.keys.topic_history(topic))
+        let (epoch, seq, entries, stale): ReadReply = self
+            .read
+            .key(self.keys.topic_offsets(topic))
+            .key(self.keys.topic_history(topic))
             .arg(format!("{}-0", after.seq + 1))
             .arg(end)
-            .query_async(&mut conn)
+            .invoke_async(&mut conn)
             .await?;
         let (Some(epoch), Some(current)) = (epoch, seq) else {
             return Ok(Missed::Lost("the topic's history has expired"));
         };
+        if stale == 1 {
+            return Ok(Missed::Lost(
+                "Redis failed over or restarted: the history may have lost events",
+            ));
+        }
         if *epoch != *after.epoch {
             return Ok(Missed::Lost("the topic's history was reset"));
         }

@@ -28,9 +28,10 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt;
-use petmesh_shared::registry::RedisKeys;
-use redis::aio::PubSubSink;
+use petmesh_shared::{
+    redis_conn::{RedisTarget, SubscriptionSink},
+    registry::RedisKeys,
+};
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -223,12 +224,12 @@ pub struct Hub {
 struct Inner {
     state: Mutex<State>,
     /// Serialises Redis subscribe and unsubscribe, so the two never cross.
-    interest: tokio::sync::Mutex<Option<PubSubSink>>,
+    interest: tokio::sync::Mutex<Option<SubscriptionSink>>,
     /// Signalled when a pub/sub connection is up (subscriptions wait for it).
     connected: Notify,
     /// Signalled when the last connection unregisters (the drain waits for it).
     emptied: Notify,
-    client: redis::Client,
+    redis: RedisTarget,
     keys: RedisKeys,
     log: EventLog,
     node_id: Arc<str>,
@@ -241,7 +242,7 @@ struct Inner {
 impl Hub {
     /// A hub for this node; [`Hub::run`] connects it to Redis.
     pub fn new(
-        client: redis::Client,
+        redis: RedisTarget,
         keys: RedisKeys,
         log: EventLog,
         node_id: Arc<str>,
@@ -257,7 +258,7 @@ impl Hub {
                 interest: tokio::sync::Mutex::new(None),
                 connected: Notify::new(),
                 emptied: Notify::new(),
-                client,
+                redis,
                 keys,
                 log,
                 node_id,
@@ -441,7 +442,7 @@ impl Hub {
         if !listening {
             let sink = interest.as_mut().ok_or_else(unavailable)?;
             let channel = self.inner.keys.event_channel(log);
-            tokio::time::timeout(Duration::from_secs(5), sink.subscribe(channel))
+            tokio::time::timeout(Duration::from_secs(5), sink.subscribe_topic(&channel))
                 .await
                 .map_err(|_| unavailable())?
                 .map_err(|_| unavailable())?;
@@ -603,6 +604,14 @@ impl Hub {
                 if event.offset.seq > last.seq + 1 {
                     self.fill_gap(log, last, event.offset.seq - 1).await;
                 }
+            } else if event.offset.seq > 1 {
+                // A new epoch (Redis lost the history, or failed over) whose first events
+                // were missed over pub/sub: they are in the new history.
+                let start = Offset {
+                    epoch: event.offset.epoch.clone(),
+                    seq: 0,
+                };
+                self.fill_gap(log, &start, event.offset.seq - 1).await;
             }
         }
         self.deliver(log, &event);
@@ -783,9 +792,7 @@ impl Hub {
     /// One pub/sub connection's life: subscribe to what local connections use, fill what was
     /// missed while disconnected, then deliver until the connection drops.
     async fn listen_once(&self) -> anyhow::Result<()> {
-        let timeout = Duration::from_secs(5);
-        let pubsub = tokio::time::timeout(timeout, self.inner.client.get_async_pubsub()).await??;
-        let (mut sink, mut stream) = pubsub.split();
+        let (mut sink, mut stream) = self.inner.redis.subscriber().await?;
         let revocations = self.inner.keys.revocation_channel();
         sink.subscribe(&revocations).await?;
         let logs: Vec<(String, Option<Offset>)> = {
@@ -797,7 +804,8 @@ impl Hub {
                 .collect()
         };
         for (name, _) in &logs {
-            sink.subscribe(self.inner.keys.event_channel(name)).await?;
+            sink.subscribe_topic(&self.inner.keys.event_channel(name))
+                .await?;
         }
         {
             let mut state = self.state();
@@ -827,21 +835,16 @@ impl Hub {
                 _ => {}
             }
         }
-        let events_prefix = self.inner.keys.event_channel("");
-        while let Some(message) = stream.next().await {
-            let channel = message.get_channel_name();
-            let Ok(payload) = message.get_payload::<String>() else {
-                continue;
-            };
+        while let Some((channel, payload)) = stream.next().await {
             if channel == revocations {
                 match serde_json::from_str::<RevocationNotice>(&payload) {
                     Ok(notice) => self.on_revocation(&notice),
                     Err(err) => tracing::warn!(error = %err, "unreadable revocation notice"),
                 }
-            } else if let Some(log) = channel.strip_prefix(&events_prefix) {
+            } else if let Some(log) = self.inner.keys.topic_of_channel(&channel) {
                 match LoggedEvent::from_message(&payload) {
                     Some(event) => self.on_event(log, event).await,
-                    None => tracing::warn!(channel, "unreadable event message"),
+                    None => tracing::warn!(channel = %channel, "unreadable event message"),
                 }
             }
         }
@@ -923,7 +926,9 @@ impl Hub {
         };
         if let Some(sink) = interest.as_mut() {
             for name in idle {
-                let _ = sink.unsubscribe(self.inner.keys.event_channel(&name)).await;
+                let _ = sink
+                    .unsubscribe_topic(&self.inner.keys.event_channel(&name))
+                    .await;
             }
         }
     }

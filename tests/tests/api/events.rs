@@ -97,14 +97,14 @@ async fn every_pet_and_order_change_is_published_exactly_once() {
         ["order:created", "order:updated"],
         "{seen:?}"
     );
-    let prefix = format!("petmesh:{}:events:", cluster.cluster_name());
+    let keys = petmesh_shared::registry::RedisKeys::new(cluster.cluster_name());
     for (event, channel, envelope) in &seen {
         let topic = if event.starts_with("pet:") {
             "pets"
         } else {
             "orders"
         };
-        assert_eq!(channel, &format!("{prefix}{topic}"));
+        assert_eq!(channel, &keys.event_channel(topic));
         assert_eq!(envelope["topic"], topic);
         assert!(envelope["timestamp"].as_i64().unwrap() > 0);
     }

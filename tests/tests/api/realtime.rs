@@ -779,9 +779,9 @@ async fn a_node_fills_a_gap_in_a_topic_from_its_history_before_delivering_furthe
     // but is never published.
     let redis = redis::Client::open(cluster.redis_url()).unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    let prefix = format!("petmesh:{}:events:", cluster.cluster_name());
+    let keys = petmesh_shared::registry::RedisKeys::new(cluster.cluster_name());
     let seq: u64 = redis::cmd("HINCRBY")
-        .arg(format!("{prefix}offsets:pets"))
+        .arg(keys.topic_offsets("pets"))
         .arg("seq")
         .arg(1)
         .query_async(&mut conn)
@@ -789,7 +789,7 @@ async fn a_node_fills_a_gap_in_a_topic_from_its_history_before_delivering_furthe
         .unwrap();
     let lost = json!({"event": "pet:updated", "topic": "pets", "payload": {"name": "Lost"}, "timestamp": 1, "nodeId": "elsewhere"});
     let _: String = redis::cmd("XADD")
-        .arg(format!("{prefix}history:pets"))
+        .arg(keys.topic_history("pets"))
         .arg(format!("{seq}-0"))
         .arg("e")
         .arg(lost.to_string())
@@ -842,7 +842,7 @@ async fn a_node_listens_in_redis_only_to_topics_its_clients_use() {
     ws.subscribe(&["pets"]).await.unwrap();
     assert_eq!(
         channels(events.clone()).await,
-        [format!("petmesh:{}:events:pets", cluster.cluster_name())]
+        [petmesh_shared::registry::RedisKeys::new(cluster.cluster_name()).event_channel("pets")]
     );
 }
 
