@@ -207,7 +207,7 @@ impl RedisCluster {
                 .context("CLUSTER NODES without `myself`")?;
             if !me.is_master() {
                 let replication: String =
-                    member.query(&redis::cmd("INFO").arg("replication")).await?;
+                    member.query(redis::cmd("INFO").arg("replication")).await?;
                 if !replication.contains("master_link_status:up") {
                     bail!(
                         "port {}: the replica's link to its master is not up",
@@ -337,11 +337,11 @@ impl Member {
 
     /// `CLUSTER INFO` (which must say `cluster_state:ok`) and `CLUSTER NODES`, parsed.
     async fn probe(&self) -> anyhow::Result<(String, Vec<topology::Member>)> {
-        let info: String = self.query(&redis::cmd("CLUSTER").arg("INFO")).await?;
+        let info: String = self.query(redis::cmd("CLUSTER").arg("INFO")).await?;
         if !info.contains("cluster_state:ok") {
             bail!("port {}: cluster_state is not ok", self.port);
         }
-        let nodes: String = self.query(&redis::cmd("CLUSTER").arg("NODES")).await?;
+        let nodes: String = self.query(redis::cmd("CLUSTER").arg("NODES")).await?;
         Ok((info, topology::parse(&nodes)?))
     }
 
