@@ -184,6 +184,41 @@ mod tests {
         );
     }
 
+    /// Starts a real Redis Cluster: needs redis-server and redis-cli (scripts/lib/deps.sh).
+    #[tokio::test]
+    async fn a_cluster_connection_reaches_keys_on_every_master() {
+        let cluster = crate::servers::RedisCluster::start().await.unwrap();
+        let mut conn = redis_connection(&cluster.seed_urls(), RedisMode::Cluster)
+            .await
+            .unwrap();
+        // Keys whose slots fall to different masters (a single server would not care).
+        let keys = ["a", "b", "c", "d", "e", "f"];
+        let mut masters = std::collections::BTreeSet::new();
+        for key in keys {
+            masters.insert(cluster.master_for_key(key).await.unwrap().port);
+            redis::cmd("SET")
+                .arg(key)
+                .arg(format!("value of {key}"))
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+        }
+        assert!(masters.len() > 1, "the keys span several masters");
+        for key in keys {
+            let value: String = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(value, format!("value of {key}"));
+        }
+        assert!(
+            redis_connection(&cluster.seed_urls(), RedisMode::Standalone)
+                .await
+                .is_err()
+        );
+    }
+
     #[test]
     fn seed_urls_split_the_list_and_keep_a_single_url() {
         assert_eq!(seed_urls("redis://a:1"), ["redis://a:1"]);
