@@ -1,7 +1,8 @@
 # shellcheck shell=bash
-# Installs the system packages the harness runs as real processes (PostgreSQL, Redis).
+# Installs the system packages the harness runs as real processes (PostgreSQL, Redis, and
+# redis-cli for a Redis Cluster).
 #
-# Sourced by scripts/test and scripts/cluster. Installs only what is missing, and only
+# Sourced by scripts/test, scripts/test-redis-cluster and scripts/cluster. Installs only what is missing, and only
 # through apt-get (Debian/Ubuntu, as in CI); anywhere else it says what to install.
 
 # Runs apt-get as root, directly or through non-interactive sudo.
@@ -18,11 +19,13 @@ _deps_apt_get() {
 # Prints the Debian packages whose programs are missing, one per line.
 _deps_missing() {
   command -v redis-server >/dev/null 2>&1 || echo redis-server
+  # redis-cli creates the Redis Cluster of the cluster-mode tests (`--cluster create`).
+  command -v redis-cli >/dev/null 2>&1 || echo redis-tools
   # The server binaries are not on PATH on Debian; the harness looks for them here.
   compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || echo postgresql
 }
 
-# Installs redis-server and postgresql if their programs are missing.
+# Installs redis-server, redis-tools and postgresql if their programs are missing.
 ensure_packages() {
   local missing
   mapfile -t missing < <(_deps_missing)
@@ -31,7 +34,7 @@ ensure_packages() {
   fi
   echo "deps: missing packages: ${missing[*]}" >&2
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "deps: no apt-get here; install ${missing[*]} yourself (PostgreSQL server binaries and redis-server)" >&2
+    echo "deps: no apt-get here; install ${missing[*]} yourself (PostgreSQL server binaries, redis-server and redis-cli)" >&2
     return 1
   fi
   echo "deps: apt-get update" >&2

@@ -16,6 +16,7 @@ use anyhow::Context as _;
 
 use crate::client::ApiClient;
 use crate::process::{connectable, find_binary, log, owned_command, OwnedProcess, TEST_LOG_ENV};
+use crate::redis_mode::{RedisMode, BALANCER_REDIS_MODE_ENV};
 
 /// The balancer binary's file name, as cargo builds it.
 const BALANCER_BIN: &str = "petmesh-balancer";
@@ -32,8 +33,11 @@ const ROUTING_POLL: Duration = Duration::from_millis(100);
 /// Everything a balancer process is started with. Built with `new` plus builder methods.
 #[derive(Clone, Debug)]
 pub struct BalancerConfig {
-    /// URL of the Redis server holding the registry (`REDIS_URL`).
+    /// URL of the Redis server holding the registry (`REDIS_URL`), or a Redis Cluster's
+    /// comma-separated seeds.
     redis_url: String,
+    /// Whether `redis_url` is one server or a Redis Cluster. Default standalone.
+    redis_mode: RedisMode,
     /// The cluster whose nodes it balances (the Redis key prefix).
     cluster_name: String,
     /// Name its log lines are prefixed with. Default `balancer`.
@@ -73,6 +77,7 @@ impl BalancerConfig {
     pub fn new(redis_url: impl Into<String>, cluster_name: impl Into<String>) -> Self {
         Self {
             redis_url: redis_url.into(),
+            redis_mode: RedisMode::Standalone,
             cluster_name: cluster_name.into(),
             name: "balancer".into(),
             host: "127.0.0.1".into(),
@@ -83,6 +88,13 @@ impl BalancerConfig {
             env: Vec::new(),
             binary: None,
         }
+    }
+
+    /// Sets how the balancer reaches Redis: in cluster mode it gets
+    /// `PETMESH_BALANCER__REDIS__MODE=cluster` and `REDIS_URL` must be the seed list.
+    pub fn redis_mode(mut self, mode: RedisMode) -> Self {
+        self.redis_mode = mode;
+        self
     }
 
     /// Sets the name its log lines are prefixed with.
@@ -161,6 +173,7 @@ impl BalancerConfig {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+        vars.extend(self.redis_mode.env_var(BALANCER_REDIS_MODE_ENV));
         vars.extend(self.env.iter().cloned());
         vars
     }
@@ -383,6 +396,16 @@ mod tests {
             value(&vars, "PETMESH_BALANCER__STRATEGY__HTTP"),
             Some("random")
         );
+        assert_eq!(value(&vars, BALANCER_REDIS_MODE_ENV), None);
+    }
+
+    #[test]
+    fn cluster_mode_is_passed_on() {
+        let vars = BalancerConfig::new("redis://a:1,redis://b:2", "c1")
+            .redis_mode(RedisMode::Cluster)
+            .env_vars();
+        assert_eq!(value(&vars, BALANCER_REDIS_MODE_ENV), Some("cluster"));
+        assert_eq!(value(&vars, "REDIS_URL"), Some("redis://a:1,redis://b:2"));
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //! names: the database `test_<uuid>` and the cluster name `test_<uuid>`, which is the
 //! node's Redis key prefix (`petmesh:{cluster}:`). Redis keys are not deleted afterwards:
 //! the Redis server of a test run is thrown away at its end, and prefixes never repeat.
+//!
+//! The run's Redis may be a Redis Cluster (`PETMESH_TEST_REDIS_MODE=cluster`, see
+//! [`crate::redis_mode`]); every node and balancer is then started in cluster mode with the
+//! seed list as `REDIS_URL`, and [`TestCluster::redis_mode`] tells tests which it is.
 
 use anyhow::Context as _;
 use sqlx::PgPool;
@@ -18,7 +22,10 @@ use crate::balancer::{BalancerConfig, BalancerProcess};
 use crate::client::ApiClient;
 use crate::database::TestDatabase;
 use crate::node::{random_token, NodeConfig, NodeProcess};
-use crate::servers::{PostgresServer, RedisServer};
+use crate::redis_mode::{
+    redis_connection, RedisConnection, RedisMode, REDIS_MODE_ENV, START_REDIS_ENV,
+};
+use crate::servers::{PostgresServer, PrivateRedis, RedisCluster, RedisServer};
 
 /// Length of the generated JWT secret.
 const JWT_SECRET_LEN: usize = 48;
@@ -45,8 +52,10 @@ pub struct TestCluster {
     template: NodeConfig,
     /// Number of the next node id (`node-<n>`); ids are never reused, even after a removal.
     next_id: usize,
-    /// URL of the Redis server.
+    /// URL of the Redis server, or the seed list of a Redis Cluster.
     redis_url: String,
+    /// Whether `redis_url` is one server or a Redis Cluster.
+    redis_mode: RedisMode,
     /// The cluster name, also the Redis key prefix.
     cluster_name: String,
     /// The secret the nodes sign tokens with, so tests can forge or inspect tokens.
@@ -54,8 +63,9 @@ pub struct TestCluster {
     /// The bootstrap admin's password.
     admin_password: String,
     /// A Redis of this cluster's own, when the builder asked for one (so that the test can
-    /// stop or freeze it); dropped after the processes that use it.
-    own_redis: Option<RedisServer>,
+    /// stop or freeze it, or kill a Redis Cluster's master) or the run's Redis is of another
+    /// mode than the builder's; dropped after the processes that use it.
+    own_redis: Option<PrivateRedis>,
     /// Servers started for this cluster alone, `None` when they came from the environment.
     /// Declared last: stopped after everything that uses them.
     #[expect(
@@ -76,18 +86,34 @@ pub struct TestClusterBuilder {
     balancers: usize,
     /// Extra environment for the balancer, e.g. a strategy.
     balancer_env: Vec<(String, String)>,
-    /// Whether nodes and balancer use a Redis of the cluster's own.
-    own_redis: bool,
+    /// Whether nodes and balancer use a Redis of the cluster's own, and of which kind.
+    own_redis: Option<RedisMode>,
+    /// The Redis mode the test needs, if it needs one; `None` follows the run.
+    redis_mode: Option<RedisMode>,
 }
 
-/// A PostgreSQL and a Redis server owned by one cluster (or one `petmesh-dev` run).
+/// A PostgreSQL and a Redis (server or cluster) owned by one cluster (or one `petmesh-dev`
+/// run).
 #[derive(Debug)]
 #[expect(dead_code, reason = "held only so that dropping it stops the servers")]
 pub(crate) struct PrivateServers {
     /// Stopped with a fast shutdown on drop.
     postgres: PostgresServer,
     /// Killed on drop.
-    redis: RedisServer,
+    redis: PrivateRedis,
+}
+
+/// The servers a cluster runs against, from the environment or started for it.
+#[derive(Debug)]
+pub(crate) struct RunServers {
+    /// The maintenance database URL.
+    pub(crate) database_url: String,
+    /// The `REDIS_URL` for nodes and balancers: one URL, or a Redis Cluster's seed list.
+    pub(crate) redis_url: String,
+    /// Which of the two `redis_url` is.
+    pub(crate) redis_mode: RedisMode,
+    /// The servers, when they were started here rather than given.
+    pub(crate) private: Option<PrivateServers>,
 }
 
 // === impl TestCluster ===
@@ -108,7 +134,8 @@ impl TestCluster {
             env: Vec::new(),
             balancers: 0,
             balancer_env: Vec::new(),
-            own_redis: false,
+            own_redis: None,
+            redis_mode: None,
         }
     }
 
@@ -181,17 +208,42 @@ impl TestCluster {
         &self.database
     }
 
-    /// URL of the Redis server the nodes use.
+    /// The `REDIS_URL` the nodes use: one server's URL, or in cluster mode the
+    /// comma-separated seed URLs of a Redis Cluster (see [`TestCluster::redis_mode`]).
     pub fn redis_url(&self) -> &str {
         &self.redis_url
+    }
+
+    /// Whether the nodes use one Redis server or a Redis Cluster.
+    pub fn redis_mode(&self) -> RedisMode {
+        self.redis_mode
+    }
+
+    /// A direct connection to the nodes' Redis, in either mode.
+    pub async fn redis_connection(&self) -> anyhow::Result<RedisConnection> {
+        redis_connection(&self.redis_url, self.redis_mode).await
     }
 
     /// The cluster's own Redis server, to stop, freeze (`SIGSTOP` its [`RedisServer::pid`]) or
     /// restart; panics when the cluster was built without `.own_redis()`.
     pub fn own_redis(&mut self) -> &mut RedisServer {
-        self.own_redis
-            .as_mut()
-            .expect("this cluster shares the run's Redis: build it with `.own_redis()`")
+        match &mut self.own_redis {
+            Some(PrivateRedis::Single(server)) => server,
+            _ => {
+                panic!("this cluster has no Redis server of its own: build it with `.own_redis()`")
+            }
+        }
+    }
+
+    /// The cluster's own Redis Cluster, to kill a master and wait for the failover; panics
+    /// when the cluster was built without `.own_redis_cluster()`.
+    pub fn own_redis_cluster(&mut self) -> &mut RedisCluster {
+        match &mut self.own_redis {
+            Some(PrivateRedis::Cluster(cluster)) => cluster,
+            _ => panic!(
+                "this cluster has no Redis Cluster of its own: build it with `.own_redis_cluster()`"
+            ),
+        }
     }
 
     /// The secret the nodes sign access tokens with.
@@ -241,7 +293,9 @@ impl TestCluster {
     ) -> anyhow::Result<&mut BalancerProcess> {
         let name = format!("balancer-{}", self.balancers.len() + 1);
         let config = env.iter().fold(
-            BalancerConfig::new(self.redis_url.as_str(), self.cluster_name.as_str()).name(name),
+            BalancerConfig::new(self.redis_url.as_str(), self.cluster_name.as_str())
+                .redis_mode(self.redis_mode)
+                .name(name),
             |config, (key, value)| config.env(*key, *value),
         );
         self.balancers.push(BalancerProcess::spawn(config).await?);
@@ -291,9 +345,25 @@ impl TestClusterBuilder {
     }
 
     /// Gives the cluster a Redis server of its own instead of the run's shared one, so that
-    /// the test can stop or freeze it without disturbing other tests.
+    /// the test can stop or freeze it without disturbing other tests. The nodes use it in
+    /// standalone mode, whatever the run's mode (this wins over [`Self::redis_mode`]).
     pub fn own_redis(mut self) -> Self {
-        self.own_redis = true;
+        self.own_redis = Some(RedisMode::Standalone);
+        self
+    }
+
+    /// Gives the cluster a Redis Cluster of its own (three masters, a replica each), so that
+    /// the test can kill a master ([`TestCluster::own_redis_cluster`]) without disturbing
+    /// other tests. The nodes use it in cluster mode (this wins over [`Self::redis_mode`]).
+    pub fn own_redis_cluster(mut self) -> Self {
+        self.own_redis = Some(RedisMode::Cluster);
+        self
+    }
+
+    /// Runs the nodes and balancers in this Redis mode whatever the run's: a cluster gets a
+    /// Redis of its own of that kind when the run's Redis is of the other.
+    pub fn redis_mode(mut self, mode: RedisMode) -> Self {
+        self.redis_mode = Some(mode);
         self
     }
 
@@ -307,20 +377,26 @@ impl TestClusterBuilder {
 
     /// Starts the cluster: servers, database, then all nodes in parallel.
     pub async fn try_start(self) -> anyhow::Result<TestCluster> {
-        let (maintenance_url, mut redis_url, servers) = servers().await?;
-        let own_redis = if self.own_redis {
-            let redis = RedisServer::start().await?;
-            redis_url = redis.url();
-            Some(redis)
-        } else {
-            None
+        let run = servers(self.redis_mode).await?;
+        let own_mode = self
+            .own_redis
+            .or(self.redis_mode.filter(|mode| *mode != run.redis_mode));
+        let own_redis = match own_mode {
+            Some(mode) => Some(PrivateRedis::start(mode).await?),
+            None => None,
         };
-        let database = TestDatabase::create(&maintenance_url).await?;
+        let (redis_url, redis_mode) = match &own_redis {
+            Some(redis) => (redis.url(), redis.mode()),
+            None => (run.redis_url, run.redis_mode),
+        };
+        let servers = run.private;
+        let database = TestDatabase::create(&run.database_url).await?;
         let cluster_name = format!("test_{}", uuid::Uuid::new_v4().simple());
         let jwt_secret = random_token(JWT_SECRET_LEN);
         let admin_password = random_token(ADMIN_PASSWORD_LEN);
         let template = self.env.iter().fold(
             NodeConfig::new(database.url(), redis_url.as_str())
+                .redis_mode(redis_mode)
                 .cluster(cluster_name.as_str())
                 .jwt_secret(jwt_secret.as_str())
                 .admin_password(admin_password.as_str())
@@ -336,6 +412,7 @@ impl TestClusterBuilder {
             template,
             next_id: 1,
             redis_url,
+            redis_mode,
             cluster_name,
             jwt_secret,
             admin_password,
@@ -361,6 +438,7 @@ impl TestClusterBuilder {
             };
             let config = self.balancer_env.iter().fold(
                 BalancerConfig::new(cluster.redis_url.as_str(), cluster.cluster_name.as_str())
+                    .redis_mode(cluster.redis_mode)
                     .name(name),
                 |config, (key, value)| config.env(key.as_str(), value.as_str()),
             );
@@ -372,22 +450,33 @@ impl TestClusterBuilder {
     }
 }
 
-/// The maintenance database URL, the Redis URL, and the servers behind them if we started
-/// them: `DATABASE_URL` and `REDIS_URL` when both are set, private servers otherwise.
-pub(crate) async fn servers() -> anyhow::Result<(String, String, Option<PrivateServers>)> {
+/// The servers to run against: `DATABASE_URL` and `REDIS_URL` when both are set (the mode
+/// of the latter from `PETMESH_TEST_REDIS_MODE`), private servers otherwise, with a Redis of
+/// mode `start_mode`, or of the mode `PETMESH_TEST_REDIS` names when that is `None`.
+pub(crate) async fn servers(start_mode: Option<RedisMode>) -> anyhow::Result<RunServers> {
     if let (Ok(database_url), Ok(redis_url)) =
         (std::env::var("DATABASE_URL"), std::env::var("REDIS_URL"))
     {
-        return Ok((database_url, redis_url, None));
+        return Ok(RunServers {
+            database_url,
+            redis_url,
+            redis_mode: RedisMode::from_env(REDIS_MODE_ENV)?,
+            private: None,
+        });
     }
-    let (postgres, redis) = crate::dev::with_servers::start_servers()
+    let mode = match start_mode {
+        Some(mode) => mode,
+        None => RedisMode::from_env(START_REDIS_ENV)?,
+    };
+    let (postgres, redis) = crate::dev::with_servers::start_servers(mode)
         .await
         .context("starting private servers (DATABASE_URL and REDIS_URL are not both set)")?;
-    Ok((
-        postgres.url(),
-        redis.url(),
-        Some(PrivateServers { postgres, redis }),
-    ))
+    Ok(RunServers {
+        database_url: postgres.url(),
+        redis_url: redis.url(),
+        redis_mode: redis.mode(),
+        private: Some(PrivateServers { postgres, redis }),
+    })
 }
 
 #[cfg(test)]

@@ -6,8 +6,10 @@
 //! - [`process`]: the rules for owning a child process (killed with us, reaped on drop,
 //!   output kept in a bounded [`LogTail`]), and [`OwnedProcess`], a petmesh binary run that
 //!   way and read through its JSON log.
-//! - [`servers`]: [`PostgresServer`] and [`RedisServer`], private instances on free loopback
-//!   ports in temporary directories.
+//! - [`servers`]: [`PostgresServer`], [`RedisServer`] and [`RedisCluster`], private instances
+//!   on free loopback ports in temporary directories.
+//! - [`redis_mode`]: [`RedisMode`], whether the run's Redis is one server or a Redis Cluster,
+//!   and [`redis_connection`], a direct connection for tests that works with either.
 //! - [`database`]: [`TestDatabase`], a fresh migrated database per test, dropped after it.
 //! - [`node`]: [`NodeConfig`] and [`NodeProcess`], the `petmesh-node` binary configured
 //!   through its environment and ready once `/health/ready` says so.
@@ -45,6 +47,7 @@ pub mod eventually;
 pub mod metrics;
 pub mod node;
 pub mod process;
+pub mod redis_mode;
 pub mod servers;
 pub mod ws;
 
@@ -55,5 +58,6 @@ pub use database::TestDatabase;
 pub use eventually::eventually;
 pub use node::{NodeConfig, NodeProcess, StartingNode};
 pub use process::{LogTail, OwnedProcess};
-pub use servers::{PostgresServer, RedisServer};
+pub use redis_mode::{redis_connection, RedisConnection, RedisMode};
+pub use servers::{PostgresServer, RedisCluster, RedisServer};
 pub use ws::{WsClient, WsResponse};

@@ -23,7 +23,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Start private PostgreSQL and Redis servers, run COMMAND with DATABASE_URL (the
-    /// maintenance database) and REDIS_URL set, then stop them. Exits with COMMAND's code.
+    /// maintenance database), REDIS_URL and PETMESH_TEST_REDIS_MODE set, then stop them.
+    /// Exits with COMMAND's code. With PETMESH_TEST_REDIS=cluster, Redis is a Redis Cluster
+    /// of six processes and REDIS_URL its comma-separated seed list.
     WithServers {
         /// The command and its arguments (put `--` before it).
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]

@@ -8,13 +8,17 @@
 //!
 //! `scripts/test` starts one pair for the whole run through `petmesh-dev with-servers` and
 //! every test creates its own database and Redis key prefix in them; a test run without those
-//! (`cargo test` by hand) gets a private pair per cluster instead.
+//! (`cargo test` by hand) gets a private pair per cluster instead. With
+//! `PETMESH_TEST_REDIS=cluster`, the Redis is a [`RedisCluster`] of six processes (see
+//! [`crate::redis_mode`]).
 
 mod postgres;
 mod redis;
+mod redis_cluster;
 
 pub use postgres::PostgresServer;
 pub use redis::RedisServer;
+pub use redis_cluster::{ClusterProcess, Failover, RedisCluster, SLOTS};
 
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
@@ -22,6 +26,49 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
+
+use crate::redis_mode::RedisMode;
+
+/// A private Redis of either kind, for whoever starts one by mode.
+#[derive(Debug)]
+pub enum PrivateRedis {
+    /// One server (mode standalone).
+    Single(RedisServer),
+    /// A Redis Cluster (mode cluster).
+    Cluster(RedisCluster),
+}
+
+// === impl PrivateRedis ===
+
+impl PrivateRedis {
+    /// Starts a single server or a Redis Cluster, as `mode` says.
+    pub async fn start(mode: RedisMode) -> anyhow::Result<Self> {
+        Ok(match mode {
+            RedisMode::Standalone => Self::Single(RedisServer::start().await?),
+            RedisMode::Cluster => Self::Cluster(
+                RedisCluster::start()
+                    .await
+                    .context("starting a Redis Cluster")?,
+            ),
+        })
+    }
+
+    /// The `REDIS_URL` for it: the server's URL, or the cluster's seed list.
+    pub fn url(&self) -> String {
+        match self {
+            Self::Single(server) => server.url(),
+            Self::Cluster(cluster) => cluster.seed_urls(),
+        }
+    }
+
+    /// Which mode petmesh must use with it.
+    pub fn mode(&self) -> RedisMode {
+        match self {
+            Self::Single(_) => RedisMode::Standalone,
+            Self::Cluster(_) => RedisMode::Cluster,
+        }
+    }
+}
 
 /// How long a server may take from spawn to answering its first query.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);

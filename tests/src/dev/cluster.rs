@@ -7,6 +7,10 @@
 //! rendered readably on stderr. It runs until SIGINT or SIGTERM, then stops the balancer,
 //! drains the nodes, and stops the servers.
 //!
+//! With `--redis-cluster`, the Redis is a private Redis Cluster (three masters, a replica
+//! each) and every node and balancer runs with `redis.mode = cluster` and the seed list as
+//! `REDIS_URL` (a `REDIS_URL` given in the environment is then taken to be a seed list).
+//!
 //! Until `petmesh-balancer` has been built, the first node takes the balancer's port instead,
 //! so the entry URL stays the same.
 
@@ -24,6 +28,7 @@ use self::tools::{node_has_subcommand, run_tool};
 use crate::balancer::{balancer_binary, BalancerConfig, BalancerProcess};
 use crate::cluster::PrivateServers;
 use crate::node::{random_token, NodeConfig, NodeProcess};
+use crate::redis_mode::RedisMode;
 
 /// The database the local cluster uses; kept when the servers come from the environment.
 const DATABASE: &str = "petmesh";
@@ -76,6 +81,10 @@ pub struct ClusterArgs {
     /// Don't run `petmesh-node seed`, even when the node has that subcommand.
     #[arg(long)]
     pub no_seed: bool,
+    /// Start a Redis Cluster (three masters, a replica each) instead of one Redis server, and
+    /// run the nodes and balancers in Redis Cluster mode.
+    #[arg(long)]
+    pub redis_cluster: bool,
 }
 
 /// What runs while the cluster is up. Field order is drop order: the balancer, then the
@@ -124,8 +133,14 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<i32> {
 /// Servers, database, migrations, seed data, nodes: in that order, each step waiting for
 /// the one before.
 async fn start(args: &ClusterArgs) -> anyhow::Result<LocalCluster> {
-    let (maintenance_url, redis_url, servers) = crate::cluster::servers().await?;
-    let database_url = create_database(&maintenance_url).await?;
+    let wanted = args.redis_cluster.then_some(RedisMode::Cluster);
+    let run = crate::cluster::servers(wanted).await?;
+    let redis_mode = wanted.unwrap_or(run.redis_mode);
+    let (redis_url, servers) = (run.redis_url, run.private);
+    let database_url = create_database(&run.database_url).await?;
+    if redis_mode == RedisMode::Cluster {
+        println!("redis cluster: {redis_url}");
+    }
 
     let admin_password = match std::env::var(ADMIN_PASSWORD_ENV) {
         Ok(password) if !password.is_empty() => {
@@ -139,6 +154,7 @@ async fn start(args: &ClusterArgs) -> anyhow::Result<LocalCluster> {
         }
     };
     let template = NodeConfig::new(database_url, redis_url.as_str())
+        .redis_mode(redis_mode)
         .cluster(CLUSTER_NAME)
         .environment(ENVIRONMENT)
         .jwt_secret(random_token(48))
@@ -183,6 +199,7 @@ async fn start(args: &ClusterArgs) -> anyhow::Result<LocalCluster> {
         };
         {
             let config = BalancerConfig::new(redis_url.as_str(), CLUSTER_NAME)
+                .redis_mode(redis_mode)
                 .name(name)
                 .host(args.host.as_str())
                 .ports(port, admin)

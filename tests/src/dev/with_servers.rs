@@ -3,6 +3,10 @@
 //! `scripts/test` runs the whole test suite this way, so that every test process shares one
 //! PostgreSQL and one Redis (each test still gets its own database and key prefix) instead
 //! of starting a pair per test. The servers exist exactly as long as the command.
+//!
+//! With `PETMESH_TEST_REDIS=cluster` the Redis is a Redis Cluster (three masters, a replica
+//! each): `REDIS_URL` is then its comma-separated seed list, and `PETMESH_TEST_REDIS_MODE`
+//! says `cluster` (else `standalone`), which the harness passes on to nodes and balancers.
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt as _;
@@ -13,30 +17,33 @@ use anyhow::Context as _;
 
 use super::{in_terminal_foreground, ShutdownSignals};
 use crate::process::{kill_with_parent, send_signal};
-use crate::servers::{PostgresServer, RedisServer};
+use crate::redis_mode::{RedisMode, REDIS_MODE_ENV, START_REDIS_ENV};
+use crate::servers::{PostgresServer, PrivateRedis};
 
 /// How often the command is polled for exit.
 const POLL: Duration = Duration::from_millis(50);
 
-/// Starts the servers, runs `command` with `DATABASE_URL` (the maintenance database) and
-/// `REDIS_URL` in its environment, stops the servers, and returns the exit code to exit with:
-/// the command's own, or 128 + the signal that ended it.
+/// Starts the servers, runs `command` with `DATABASE_URL` (the maintenance database),
+/// `REDIS_URL` and `PETMESH_TEST_REDIS_MODE` in its environment, stops the servers, and
+/// returns the exit code to exit with: the command's own, or 128 + the signal that ended it.
 ///
 /// SIGINT and SIGTERM are passed on to the command (a second one kills it); the servers
 /// are stopped only once it has exited.
 pub async fn run(command: &[OsString]) -> anyhow::Result<i32> {
     let (program, args) = command.split_first().context("no command given")?;
+    let redis_mode = RedisMode::from_env(START_REDIS_ENV)?;
     let mut signals = ShutdownSignals::install()?;
     // A signal during start-up drops the half-started servers, which stops and deletes them.
     let (postgres, redis) = tokio::select! {
-        servers = start_servers() => servers?,
+        servers = start_servers(redis_mode) => servers?,
         signal = signals.recv() => return Ok(128 + signal),
     };
 
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env("DATABASE_URL", postgres.url())
-        .env("REDIS_URL", redis.url());
+        .env("REDIS_URL", redis.url())
+        .env(REDIS_MODE_ENV, redis.mode().as_str());
     // SIGTERM rather than SIGKILL: if we die, the command still gets to stop its own
     // children (test binaries, nodes) instead of orphaning them.
     kill_with_parent(&mut cmd, libc::SIGTERM);
@@ -50,9 +57,12 @@ pub async fn run(command: &[OsString]) -> anyhow::Result<i32> {
     Ok(exit_code(status))
 }
 
-/// Starts both servers at once; if one fails, the other is dropped (stopped) with it.
-pub(crate) async fn start_servers() -> anyhow::Result<(PostgresServer, RedisServer)> {
-    let (postgres, redis) = tokio::join!(PostgresServer::start(), RedisServer::start());
+/// Starts PostgreSQL and a Redis of `redis_mode` at once; if one fails, the other is dropped
+/// (stopped) with it.
+pub(crate) async fn start_servers(
+    redis_mode: RedisMode,
+) -> anyhow::Result<(PostgresServer, PrivateRedis)> {
+    let (postgres, redis) = tokio::join!(PostgresServer::start(), PrivateRedis::start(redis_mode));
     let postgres = postgres.context("starting PostgreSQL")?;
     let redis = redis.context("starting Redis")?;
     Ok((postgres, redis))

@@ -13,6 +13,7 @@ use rand::distributions::{Alphanumeric, DistString as _};
 
 pub use crate::process::TEST_LOG_ENV;
 use crate::process::{find_binary, owned_command};
+use crate::redis_mode::{RedisMode, NODE_REDIS_MODE_ENV};
 
 /// The node binary's file name, as cargo builds it.
 const NODE_BIN: &str = "petmesh-node";
@@ -29,8 +30,10 @@ const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct NodeConfig {
     /// Full URL of the node's database (`DATABASE_URL`).
     pub(crate) database_url: String,
-    /// URL of the Redis server (`REDIS_URL`).
+    /// URL of the Redis server (`REDIS_URL`), or a Redis Cluster's comma-separated seeds.
     pub(crate) redis_url: String,
+    /// Whether `redis_url` is one server or a Redis Cluster. Default standalone.
+    pub(crate) redis_mode: RedisMode,
     /// The cluster name, which is also the Redis key prefix. Default `test`.
     pub(crate) cluster_name: String,
     /// The node's id in the registry and in log prefixes. Default `node-1`.
@@ -64,6 +67,7 @@ impl NodeConfig {
         Self {
             database_url: database_url.into(),
             redis_url: redis_url.into(),
+            redis_mode: RedisMode::Standalone,
             cluster_name: "test".into(),
             node_id: "node-1".into(),
             jwt_secret: random_token(48),
@@ -81,6 +85,13 @@ impl NodeConfig {
     /// Sets the cluster name (and with it the Redis key prefix).
     pub fn cluster(mut self, name: impl Into<String>) -> Self {
         self.cluster_name = name.into();
+        self
+    }
+
+    /// Sets how the node reaches Redis: in cluster mode it gets
+    /// `PETMESH_NODE__REDIS__MODE=cluster` and `REDIS_URL` must be the seed list.
+    pub fn redis_mode(mut self, mode: RedisMode) -> Self {
+        self.redis_mode = mode;
         self
     }
 
@@ -185,6 +196,7 @@ impl NodeConfig {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+        vars.extend(self.redis_mode.env_var(NODE_REDIS_MODE_ENV));
         if let Some(password) = &self.admin_password {
             vars.push(("PETMESH_ADMIN_PASSWORD".into(), password.clone()));
         }
@@ -253,6 +265,18 @@ mod tests {
     fn no_admin_password_unless_given() {
         let vars = NodeConfig::new("a", "b").env_vars();
         assert_eq!(value(&vars, "PETMESH_ADMIN_PASSWORD"), None);
+    }
+
+    #[test]
+    fn only_cluster_mode_is_passed_on() {
+        let vars = NodeConfig::new("a", "b").env_vars();
+        assert_eq!(value(&vars, NODE_REDIS_MODE_ENV), None);
+        let seeds = "redis://127.0.0.1:1,redis://127.0.0.1:2";
+        let vars = NodeConfig::new("a", seeds)
+            .redis_mode(RedisMode::Cluster)
+            .env_vars();
+        assert_eq!(value(&vars, NODE_REDIS_MODE_ENV), Some("cluster"));
+        assert_eq!(value(&vars, "REDIS_URL"), Some(seeds));
     }
 
     #[test]

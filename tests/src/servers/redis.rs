@@ -47,7 +47,7 @@ impl RedisServer {
         let log_path = dir.path().join("redis.log");
         let (work, log) = (dir.path(), &log_path);
         let (child, port) = start_on_free_port("redis", log, |port| async move {
-            let mut child = spawn_redis(work, log, port)?;
+            let mut child = spawn_redis(work, log, port, &[])?;
             match wait_ready(&mut child, port, log).await {
                 Ok(()) => Ok((child, port)),
                 Err(e) => {
@@ -71,7 +71,7 @@ impl RedisServer {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let mut child = spawn_redis(self.dir.path(), &self.log_path, self.port)?;
+        let mut child = spawn_redis(self.dir.path(), &self.log_path, self.port, &[])?;
         if let Err(e) = wait_ready(&mut child, self.port, &self.log_path).await {
             let _ = child.kill();
             let _ = child.wait();
@@ -120,8 +120,14 @@ impl Drop for RedisServer {
 }
 
 /// Starts `redis-server` on `port` with no snapshots and no append-only file, so it never
-/// writes anything but its log (truncated first) into `dir`.
-fn spawn_redis(dir: &Path, log_path: &Path, port: u16) -> anyhow::Result<Child> {
+/// writes anything but its log (truncated first) into `dir`. `extra` arguments come last (a
+/// cluster member's `--cluster-*` settings), so they may override the ones here.
+pub(super) fn spawn_redis(
+    dir: &Path,
+    log_path: &Path,
+    port: u16,
+    extra: &[String],
+) -> anyhow::Result<Child> {
     let log = File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let mut cmd = Command::new(PROGRAM);
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -137,6 +143,7 @@ fn spawn_redis(dir: &Path, log_path: &Path, port: u16) -> anyhow::Result<Child> 
         ])
         .arg("--dir")
         .arg(dir)
+        .args(extra)
         .current_dir(dir)
         .process_group(0)
         .stdin(Stdio::null())
@@ -152,7 +159,11 @@ fn spawn_redis(dir: &Path, log_path: &Path, port: u16) -> anyhow::Result<Child> 
 }
 
 /// Sends `PING` until the answer is `+PONG`, the child exits, or the deadline passes.
-async fn wait_ready(child: &mut Child, port: u16, log_path: &Path) -> anyhow::Result<()> {
+pub(super) async fn wait_ready(
+    child: &mut Child,
+    port: u16,
+    log_path: &Path,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait().context("polling redis-server")? {

@@ -1,20 +1,22 @@
 //! The cluster registry read straight from Redis, with the key layout and types of
 //! `petmesh-shared`, so the tests check what nodes really write rather than what a balancer
-//! makes of it.
+//! makes of it. Works with either Redis mode (see `petmesh_tests::redis_mode`).
 
 use std::collections::BTreeSet;
 
 use futures_util::StreamExt as _;
 use petmesh_shared::registry::{MembershipEvent, NodeInfo, RedisKeys};
-use petmesh_tests::{eventually::patience, TestCluster};
-use redis::aio::MultiplexedConnection;
+use petmesh_tests::redis_mode::seed_urls;
+use petmesh_tests::{eventually::patience, RedisConnection, TestCluster};
 
 /// Reads one cluster's registry.
 pub struct Registry {
-    /// To open subscriptions.
+    /// To open subscriptions: the (first seed) server. In a Redis Cluster a plain `PUBLISH`
+    /// reaches the subscribers of every member, so any one of them will do.
     client: redis::Client,
-    /// For reads; cloned per call (clones share the connection).
-    conn: MultiplexedConnection,
+    /// For reads, routed by key in cluster mode; cloned per call (clones share the
+    /// connection).
+    conn: RedisConnection,
     /// The cluster's key layout.
     keys: RedisKeys,
 }
@@ -26,10 +28,11 @@ pub struct MembershipEvents {
 }
 
 impl Registry {
-    /// Connects to the Redis of `cluster`.
+    /// Connects to the Redis of `cluster`, in its mode.
     pub async fn connect(cluster: &TestCluster) -> Self {
-        let client = redis::Client::open(cluster.redis_url()).unwrap();
-        let conn = client.get_multiplexed_async_connection().await.unwrap();
+        let first = seed_urls(cluster.redis_url())[0];
+        let client = redis::Client::open(first).unwrap();
+        let conn = cluster.redis_connection().await.unwrap();
         Self {
             client,
             conn,
