@@ -32,6 +32,28 @@ pub enum RedisMode {
     Cluster,
 }
 
+impl RedisMode {
+    /// The setting's value naming this mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standalone => "standalone",
+            Self::Cluster => "cluster",
+        }
+    }
+}
+
+impl std::str::FromStr for RedisMode {
+    type Err = anyhow::Error;
+
+    fn from_str(value: &str) -> anyhow::Result<Self> {
+        match value.trim() {
+            "standalone" => Ok(Self::Standalone),
+            "cluster" => Ok(Self::Cluster),
+            other => bail!("unknown Redis mode {other:?}: expected `standalone` or `cluster`"),
+        }
+    }
+}
+
 /// Where Redis is and how long one connect or command may take. Its `Debug` leaves the URLs
 /// out: they may hold a password.
 #[derive(Clone)]
@@ -361,6 +383,14 @@ mod tests {
         assert!(!target(RedisMode::Standalone, "redis://a:1")
             .unwrap()
             .sharded_pubsub());
+    }
+
+    #[test]
+    fn modes_parse_as_the_setting_names_them() {
+        for mode in [RedisMode::Standalone, RedisMode::Cluster] {
+            assert_eq!(mode.as_str().parse::<RedisMode>().unwrap(), mode);
+        }
+        assert!("sentinel".parse::<RedisMode>().is_err());
     }
 
     #[test]

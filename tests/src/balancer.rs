@@ -173,7 +173,10 @@ impl BalancerConfig {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        vars.extend(self.redis_mode.env_var(BALANCER_REDIS_MODE_ENV));
+        vars.extend(crate::redis_mode::mode_env_var(
+            self.redis_mode,
+            BALANCER_REDIS_MODE_ENV,
+        ));
         vars.extend(self.env.iter().cloned());
         vars
     }

@@ -460,13 +460,13 @@ pub(crate) async fn servers(start_mode: Option<RedisMode>) -> anyhow::Result<Run
         return Ok(RunServers {
             database_url,
             redis_url,
-            redis_mode: RedisMode::from_env(REDIS_MODE_ENV)?,
+            redis_mode: crate::redis_mode::mode_from_env(REDIS_MODE_ENV)?,
             private: None,
         });
     }
     let mode = match start_mode {
         Some(mode) => mode,
-        None => RedisMode::from_env(START_REDIS_ENV)?,
+        None => crate::redis_mode::mode_from_env(START_REDIS_ENV)?,
     };
     let (postgres, redis) = crate::dev::with_servers::start_servers(mode)
         .await

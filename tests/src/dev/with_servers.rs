@@ -31,7 +31,7 @@ const POLL: Duration = Duration::from_millis(50);
 /// are stopped only once it has exited.
 pub async fn run(command: &[OsString]) -> anyhow::Result<i32> {
     let (program, args) = command.split_first().context("no command given")?;
-    let redis_mode = RedisMode::from_env(START_REDIS_ENV)?;
+    let redis_mode = crate::redis_mode::mode_from_env(START_REDIS_ENV)?;
     let mut signals = ShutdownSignals::install()?;
     // A signal during start-up drops the half-started servers, which stops and deletes them.
     let (postgres, redis) = tokio::select! {

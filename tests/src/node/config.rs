@@ -196,7 +196,10 @@ impl NodeConfig {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        vars.extend(self.redis_mode.env_var(NODE_REDIS_MODE_ENV));
+        vars.extend(crate::redis_mode::mode_env_var(
+            self.redis_mode,
+            NODE_REDIS_MODE_ENV,
+        ));
         if let Some(password) = &self.admin_password {
             vars.push(("PETMESH_ADMIN_PASSWORD".into(), password.clone()));
         }
