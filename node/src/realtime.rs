@@ -167,6 +167,7 @@ mod tests {
             "auth:revoked",
             "auth:expired",
             "system:reconnect",
+            "system:resync",
         ] {
             assert!(
                 names.iter().any(|n| n == event),

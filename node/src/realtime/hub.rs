@@ -18,12 +18,15 @@
 //!
 //! **Redis interest.** The hub subscribes in Redis only to logs that some local connection
 //! uses, and unsubscribes from a log a while after its last subscriber left.
+//!
+//! Where the rest lives: [`feed`] (the Redis subscriber, gap fills, `system:resync`),
+//! [`queue`] (a connection's sending side), [`sweep`] (deadlines and pings).
 
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard, OnceLock,
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
     },
     time::Duration,
 };
@@ -32,7 +35,7 @@ use petmesh_shared::{
     redis_conn::{RedisTarget, SubscriptionSink},
     registry::RedisKeys,
 };
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{
@@ -40,124 +43,20 @@ use super::{
     topic::Audience,
 };
 use crate::{
-    auth::{revocation::RevocationNotice, Claims},
+    auth::Claims,
     config::RealtimeSettings,
     events::log::{EventLog, LoggedEvent, Missed, Offset},
     metrics::{realtime::RealtimeMetrics, Metrics},
 };
 
+mod feed;
+mod queue;
+mod sweep;
+
+pub use queue::{Control, Outbound, Outbox};
+
 /// A connection's number on this node.
 pub type ConnId = u64;
-
-/// A log without subscribers stays subscribed in Redis this long, in case one comes back.
-const IDLE_LOG_LINGER: Duration = Duration::from_secs(30);
-
-/// How often the hub checks deadlines (authentication, idle, token expiry) and idle logs.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Longest wait between attempts to re-establish the pub/sub connection.
-const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
-
-/// What the writer of a connection sends.
-#[derive(Debug)]
-pub enum Outbound {
-    /// A text frame (an event's is shared by every connection it goes to, without copies).
-    Text(Utf8Bytes),
-    /// A ping.
-    Ping,
-    /// A close frame; the connection ends after it.
-    Close(u16, &'static str),
-}
-
-/// Shared between a connection's tasks and the hub: how to stop it and when it was last heard.
-#[derive(Debug, Default)]
-pub struct Control {
-    /// Set once by [`Control::force_close`]: the connection is closing, with this frame.
-    close_frame: OnceLock<(u16, &'static str)>,
-    notify: Notify,
-    last_seen_ms: AtomicU64,
-    ping_sent: AtomicBool,
-}
-
-impl Control {
-    /// Stops the connection at once (whatever is queued is dropped) with a close frame
-    /// `code`/`reason` if the socket still takes one. The first reason wins.
-    pub fn force_close(&self, code: u16, reason: &'static str) {
-        let _ = self.close_frame.set((code, reason));
-        self.notify.notify_waiters();
-    }
-
-    /// The close frame to send after [`Control::force_close`].
-    pub fn close_frame(&self) -> Option<(u16, &'static str)> {
-        self.close_frame.get().copied()
-    }
-
-    /// Whether the connection is being force-closed.
-    pub fn is_closing(&self) -> bool {
-        self.close_frame.get().is_some()
-    }
-
-    /// Resolves once the connection is being force-closed.
-    pub async fn closed(&self) {
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_closing() {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// Records that the client was heard from now.
-    pub fn touch(&self, now_ms: u64) {
-        self.last_seen_ms.store(now_ms, Ordering::Relaxed);
-        self.ping_sent.store(false, Ordering::Relaxed);
-    }
-}
-
-/// The sending side of a connection, as the hub and the request handlers use it.
-#[derive(Debug, Clone)]
-pub struct Outbox {
-    /// The bounded queue the writer drains.
-    pub queue: mpsc::Sender<Outbound>,
-    /// Stop signal and liveness.
-    pub control: Arc<Control>,
-}
-
-impl Outbox {
-    /// Queues `frame` without waiting; a full queue means a slow consumer, which is closed.
-    /// Returns whether the frame was queued.
-    pub fn push(&self, frame: Outbound, metrics: &RealtimeMetrics) -> bool {
-        match self.queue.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.control.is_closing() {
-                    metrics.slow_consumers.inc();
-                }
-                self.control.force_close(1013, "slow consumer");
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-
-    /// Queues `frame`, waiting for room (replays); gives up when the connection is closing.
-    pub async fn send(&self, frame: Outbound) -> bool {
-        tokio::select! {
-            sent = self.queue.send(frame) => sent.is_ok(),
-            () = self.control.closed() => false,
-        }
-    }
-
-    /// Queues a close frame after what is queued, or closes at once if the queue is full.
-    pub fn close(&self, code: u16, reason: &'static str) {
-        if self.queue.try_send(Outbound::Close(code, reason)).is_err() {
-            self.control.force_close(code, reason);
-        }
-    }
-}
 
 /// An authenticated connection's identity.
 #[derive(Debug, Clone)]
@@ -590,110 +489,6 @@ impl Hub {
         Ok(())
     }
 
-    // === fan-out ===
-
-    /// Delivers one event of `log` that arrived over pub/sub, filling a gap first if there is
-    /// one.
-    async fn on_event(&self, log: &str, event: LoggedEvent) {
-        let last = self.state().logs.get(log).and_then(|l| l.last.clone());
-        if let Some(last) = &last {
-            if last.epoch == event.offset.epoch {
-                if event.offset.seq <= last.seq {
-                    return; // already delivered (a gap fill read it from the history)
-                }
-                if event.offset.seq > last.seq + 1 {
-                    self.fill_gap(log, last, event.offset.seq - 1).await;
-                }
-            } else if event.offset.seq > 1 {
-                // A new epoch (Redis lost the history, or failed over) whose first events
-                // were missed over pub/sub: they are in the new history.
-                let start = Offset {
-                    epoch: event.offset.epoch.clone(),
-                    seq: 0,
-                };
-                self.fill_gap(log, &start, event.offset.seq - 1).await;
-            }
-        }
-        self.deliver(log, &event);
-    }
-
-    /// Reads events `after.seq + 1 ..= until` of `log` from its history and delivers them.
-    async fn fill_gap(&self, log: &str, after: &Offset, until: u64) {
-        match self.inner.log.after(log, after, Some(until)).await {
-            Ok(Missed::Events(events)) => {
-                self.metrics().gap_fills.inc_by(events.len() as u64);
-                for event in &events {
-                    self.deliver(log, event);
-                }
-            }
-            Ok(Missed::Lost(reason)) => {
-                tracing::warn!(
-                    log,
-                    reason,
-                    "events missed over pub/sub are gone from the history"
-                );
-            }
-            Err(err) => {
-                tracing::warn!(log, error = %err, "could not read missed events from the history");
-            }
-        }
-    }
-
-    /// Hands `event` to every active, matching subscription of `log`.
-    fn deliver(&self, log: &str, event: &LoggedEvent) {
-        let metrics = self.metrics();
-        let latency_ms = chrono::Utc::now().timestamp_millis() - event.envelope.timestamp;
-        metrics
-            .broadcast_latency
-            .observe(latency_ms.max(0) as f64 / 1000.0);
-        let mut state = self.state();
-        let State { connections, logs } = &mut *state;
-        let Some(entry) = logs.get_mut(log) else {
-            return;
-        };
-        if let Some(last) = &entry.last {
-            if last.epoch == event.offset.epoch && event.offset.seq <= last.seq {
-                return;
-            }
-        }
-        entry.last = Some(event.offset.clone());
-        // One frame per topic name (usually one), shared by every connection.
-        let mut frames: Vec<(Arc<str>, Utf8Bytes)> = Vec::new();
-        let mut sent = 0u64;
-        for sub in &entry.subscriptions {
-            if !sub.active {
-                continue;
-            }
-            if let Some(after) = &sub.after {
-                if after.epoch == event.offset.epoch && event.offset.seq <= after.seq {
-                    continue;
-                }
-            }
-            let Some(conn) = connections.get(&sub.conn) else {
-                continue;
-            };
-            if !admits(sub.audience, &conn.origin, &event.envelope) {
-                continue;
-            }
-            let frame = match frames.iter().find(|(t, _)| *t == sub.topic) {
-                Some((_, frame)) => frame.clone(),
-                None => {
-                    let frame = event_frame(&sub.topic, event);
-                    frames.push((sub.topic.clone(), frame.clone()));
-                    frame
-                }
-            };
-            if conn.outbox.push(Outbound::Text(frame), metrics) {
-                sent += 1;
-            }
-        }
-        drop(state);
-        metrics
-            .messages_out
-            .with_label_values(&["event"])
-            .inc_by(sent);
-    }
-
     /// Sends `event` (not part of any topic) to the connections `matches` selects, then
     /// closes them with `close` if given.
     fn notify_connections(
@@ -714,25 +509,6 @@ impl Hub {
             count += 1;
         }
         count
-    }
-
-    /// Closes the sessions a revocation notice names: `auth:revoked`, then close 4401.
-    fn on_revocation(&self, notice: &RevocationNotice) {
-        let frame = protocol::event(
-            "auth:revoked",
-            None,
-            None,
-            &serde_json::json!({"reason": "the session was revoked"}),
-            chrono::Utc::now().timestamp_millis(),
-        );
-        let closed = self.notify_connections(&frame, Some((4401, "session revoked")), |conn| {
-            conn.session
-                .as_ref()
-                .is_some_and(|s| notice.revokes(&s.claims))
-        });
-        if closed > 0 {
-            tracing::info!(connections = closed, "closed revoked sessions");
-        }
     }
 
     /// Tells every connection to reconnect elsewhere (`system:reconnect`, close 1012): the
@@ -763,174 +539,6 @@ impl Hub {
         };
         let _ = tokio::time::timeout(grace, all_closed).await;
         self.connection_count()
-    }
-
-    // === background work ===
-
-    /// Runs the hub's background work until the process ends: the pub/sub connection (with
-    /// reconnects and gap fills) and the deadline sweep.
-    pub async fn run(self) {
-        let sweeper = self.clone();
-        tokio::spawn(async move { sweeper.sweep_forever().await });
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.listen_once().await {
-                Ok(()) => delay = Duration::from_millis(100),
-                Err(err) => {
-                    tracing::warn!(error = %err, "event subscription lost; reconnecting");
-                }
-            }
-            *self.inner.interest.lock().await = None;
-            for log in self.state().logs.values_mut() {
-                log.listening = false;
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(MAX_RECONNECT_DELAY);
-        }
-    }
-
-    /// One pub/sub connection's life: subscribe to what local connections use, fill what was
-    /// missed while disconnected, then deliver until the connection drops.
-    async fn listen_once(&self) -> anyhow::Result<()> {
-        let (mut sink, mut stream) = self.inner.redis.subscriber().await?;
-        let revocations = self.inner.keys.revocation_channel();
-        sink.subscribe(&revocations).await?;
-        let logs: Vec<(String, Option<Offset>)> = {
-            let state = self.state();
-            state
-                .logs
-                .iter()
-                .map(|(name, log)| (name.clone(), log.last.clone()))
-                .collect()
-        };
-        for (name, _) in &logs {
-            sink.subscribe_topic(&self.inner.keys.event_channel(name))
-                .await?;
-        }
-        {
-            let mut state = self.state();
-            for (name, _) in &logs {
-                if let Some(log) = state.logs.get_mut(name) {
-                    log.listening = true;
-                }
-            }
-        }
-        *self.inner.interest.lock().await = Some(sink);
-        self.inner.connected.notify_waiters();
-        // Whatever was published while the connection was down is in the histories; if a
-        // history was lost meanwhile (a new epoch), all of the new one is news.
-        for (name, last) in logs {
-            let Some(last) = last else { continue };
-            match self.inner.log.current(&name).await {
-                Ok(Some(current)) if current.epoch == last.epoch && current.seq > last.seq => {
-                    self.fill_gap(&name, &last, current.seq).await;
-                }
-                Ok(Some(current)) if current.epoch != last.epoch => {
-                    let start = Offset {
-                        epoch: current.epoch.clone(),
-                        seq: 0,
-                    };
-                    self.fill_gap(&name, &start, current.seq).await;
-                }
-                _ => {}
-            }
-        }
-        while let Some((channel, payload)) = stream.next().await {
-            if channel == revocations {
-                match serde_json::from_str::<RevocationNotice>(&payload) {
-                    Ok(notice) => self.on_revocation(&notice),
-                    Err(err) => tracing::warn!(error = %err, "unreadable revocation notice"),
-                }
-            } else if let Some(log) = self.inner.keys.topic_of_channel(&channel) {
-                match LoggedEvent::from_message(&payload) {
-                    Some(event) => self.on_event(log, event).await,
-                    None => tracing::warn!(channel = %channel, "unreadable event message"),
-                }
-            }
-        }
-        anyhow::bail!("the pub/sub connection closed")
-    }
-
-    /// Every [`SWEEP_INTERVAL`]: closes connections past their deadlines, pings quiet ones,
-    /// and drops the Redis subscriptions of logs nobody used for [`IDLE_LOG_LINGER`].
-    async fn sweep_forever(&self) {
-        let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            self.sweep_connections();
-            self.drop_idle_logs().await;
-        }
-    }
-
-    fn sweep_connections(&self) {
-        let settings = &self.inner.settings;
-        let now = self.now_ms();
-        let now_unix = chrono::Utc::now().timestamp();
-        let metrics = self.metrics();
-        let state = self.state();
-        for conn in state.connections.values() {
-            let control = &conn.outbox.control;
-            let last_seen = control.last_seen_ms.load(Ordering::Relaxed);
-            match &conn.session {
-                None if now.saturating_sub(conn.connected_at_ms) >= settings.auth_timeout_ms => {
-                    conn.outbox.close(4401, "authentication timed out");
-                    continue;
-                }
-                Some(session) if session.claims.exp <= now_unix => {
-                    let frame = protocol::event(
-                        "auth:expired",
-                        None,
-                        None,
-                        &serde_json::json!({"reason": "the access token expired"}),
-                        chrono::Utc::now().timestamp_millis(),
-                    );
-                    conn.outbox.push(Outbound::Text(frame.into()), metrics);
-                    conn.outbox.close(4401, "token expired");
-                    continue;
-                }
-                _ => {}
-            }
-            let quiet = now.saturating_sub(last_seen);
-            if quiet >= settings.idle_timeout_secs * 1000 {
-                conn.outbox.close(1001, "idle timeout");
-            } else if quiet >= settings.ping_interval_secs * 1000
-                && !control.ping_sent.swap(true, Ordering::Relaxed)
-            {
-                conn.outbox.push(Outbound::Ping, metrics);
-            }
-        }
-    }
-
-    async fn drop_idle_logs(&self) {
-        let now = self.now_ms();
-        let linger = IDLE_LOG_LINGER.as_millis() as u64;
-        let mut interest = self.inner.interest.lock().await;
-        let idle: Vec<String> = {
-            let mut state = self.state();
-            let idle: Vec<String> = state
-                .logs
-                .iter()
-                .filter(|(_, log)| {
-                    log.subscriptions.is_empty()
-                        && log
-                            .idle_since_ms
-                            .is_some_and(|t| now.saturating_sub(t) >= linger)
-                })
-                .map(|(name, _)| name.clone())
-                .collect();
-            for name in &idle {
-                state.logs.remove(name);
-            }
-            idle
-        };
-        if let Some(sink) = interest.as_mut() {
-            for name in idle {
-                let _ = sink
-                    .unsubscribe_topic(&self.inner.keys.event_channel(&name))
-                    .await;
-            }
-        }
     }
 }
 
