@@ -11,6 +11,7 @@
 //! - [`outbox`]: domain events surviving a frozen Redis, a dead relay and replays, in commit
 //!   order.
 //! - [`realtime`]: WebSocket clients surviving the loss or drain of their node.
+//! - [`redis_failover`]: a Redis Cluster master killed under steady publishing.
 //! - [`rate_limits`]: budgets that hold for the whole cluster, with or without Redis.
 //! - [`operations`]: the balancer's `check-config` and `healthcheck`; the metrics dashboards
 //!   and alerts read.
@@ -25,5 +26,6 @@ mod operations;
 mod outbox;
 mod rate_limits;
 mod realtime;
+mod redis_failover;
 mod strategies;
 mod support;
