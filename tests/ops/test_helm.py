@@ -289,6 +289,7 @@ def test_kubernetes_older_than_1_28_is_refused():
         "unknown-service-type",
         "grace-not-a-number",
         "jwt-secret-too-short",
+        "unknown-redis-mode",
     ],
     argvalues=[
         ("node.replicas=three", "node.replicas: Invalid type. Expected: integer, given: string"),
@@ -304,6 +305,7 @@ def test_kubernetes_older_than_1_28_is_refused():
             "node.drain.gracePeriodSeconds: Invalid type. Expected: integer, given: string",
         ),
         ("secrets.jwtSecret=short", "secrets.jwtSecret: String length must be greater than or equal to 32"),
+        ("redis.mode=sentinel", "redis.mode: redis.mode must be one of the following"),
     ],
 )
 def test_schema_rejects_bad_values(setting, message):
@@ -335,6 +337,7 @@ def test_missing_secrets_fail_with_a_clear_message(missing, message):
         "managed-node-setting",
         "managed-balancer-setting",
         "url-and-bundled",
+        "cluster-mode-and-bundled",
         "hpa-without-cpu-request",
         "both-monitors",
         "servicemonitor-without-admin-port",
@@ -350,6 +353,11 @@ def test_missing_secrets_fail_with_a_clear_message(missing, message):
             DEFAULT,
             ["redis.bundled.enabled=true"],
             "secrets.redisUrl must be empty with redis.bundled.enabled=true",
+        ),
+        (
+            FULL,
+            ["redis.mode=cluster"],
+            "redis.mode=cluster needs a Redis Cluster, and the bundled Redis is one server",
         ),
         (
             DEFAULT,
@@ -652,6 +660,25 @@ def test_binaries_refuse_a_misspelt_setting(setting, kind, component, binary, bi
     variable = re.search(r"\.(PETMESH_\w+)=", setting).group(1)
     assert result.returncode == 64, (result.returncode, result.stdout, result.stderr)
     assert variable in result.stderr and "invalid configuration" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "kind, component, binary",
+    ids=["node", "balancer"],
+    argvalues=[("Deployment", "node", "petmesh-node"), ("Deployment", "balancer", "petmesh-balancer")],
+)
+def test_a_redis_cluster_reaches_both_binaries_as_seed_urls(kind, component, binary, bin_dir):
+    docs = render(
+        DEFAULT,
+        "redis.mode=cluster",
+        r"secrets.redisUrl=redis://redis-0.redis:6379\,redis://redis-1.redis:6379",
+    )
+    env = workload_env(docs, kind, component)
+    assert env["REDIS_URL"] == "redis://redis-0.redis:6379,redis://redis-1.redis:6379"
+    mode_var = "PETMESH_NODE__REDIS__MODE" if component == "node" else "PETMESH_BALANCER__REDIS__MODE"
+    assert env[mode_var] == "cluster"
+    result = check_config(bin_dir, binary, env)
+    assert result.returncode == 0, f"{binary} check-config:\n{result.stderr}"
 
 
 # === monitoring ===

@@ -124,11 +124,12 @@ toString would print as 1e+06: whole numbers are printed as integers.
   "PETMESH_NODE__SERVER__PORT" "PETMESH_NODE__SERVER__DRAIN_DELAY_MS" "PETMESH_NODE__SERVER__GRACE_PERIOD_SECS"
   "PETMESH_NODE__NODE_ID" "PETMESH_NODE__CLUSTER__NAME" "PETMESH_NODE__CLUSTER__ADVERTISE_ADDR" "PETMESH_NODE__CLUSTER__ZONE"
   "PETMESH_NODE__AUTH__JWT_SECRET" "PETMESH_NODE__DATABASE__URL" "DATABASE_URL" "PETMESH_NODE__REDIS__URL" "REDIS_URL"
-  "PETMESH_NODE__BOOTSTRAP__ADMIN_PASSWORD" "PETMESH_ADMIN_PASSWORD")) -}}
+  "PETMESH_NODE__REDIS__MODE" "PETMESH_NODE__BOOTSTRAP__ADMIN_PASSWORD" "PETMESH_ADMIN_PASSWORD")) -}}
 PETMESH_NODE__SERVER__PORT: {{ include "petmesh.node.port" . | quote }}
 PETMESH_NODE__SERVER__DRAIN_DELAY_MS: {{ mul .Values.node.drain.drainDelaySeconds 1000 | quote }}
 PETMESH_NODE__SERVER__GRACE_PERIOD_SECS: {{ include "petmesh.envValue" .Values.node.drain.gracePeriodSeconds | quote }}
 PETMESH_NODE__CLUSTER__NAME: {{ include "petmesh.clusterName" . | quote }}
+PETMESH_NODE__REDIS__MODE: {{ .Values.redis.mode | quote }}
 {{- range $key, $value := .Values.node.config }}
 {{- if not (kindIs "invalid" $value) }}
 {{ $key }}: {{ include "petmesh.envValue" $value | quote }}
@@ -140,10 +141,12 @@ PETMESH_NODE__CLUSTER__NAME: {{ include "petmesh.clusterName" . | quote }}
 {{- define "petmesh.balancer.configData" -}}
 {{- include "petmesh.refuseManaged" (list .Values.balancer.config "balancer.config" (list
   "PETMESH_BALANCER__LISTEN__PORT" "PETMESH_BALANCER__ADMIN__PORT" "PETMESH_BALANCER__CLUSTER__NAME"
-  "PETMESH_BALANCER__SHUTDOWN__GRACE_PERIOD_SECS" "PETMESH_BALANCER__REDIS__URL" "REDIS_URL")) -}}
+  "PETMESH_BALANCER__SHUTDOWN__GRACE_PERIOD_SECS" "PETMESH_BALANCER__REDIS__URL" "REDIS_URL"
+  "PETMESH_BALANCER__REDIS__MODE")) -}}
 PETMESH_BALANCER__LISTEN__PORT: {{ include "petmesh.balancer.port" . | quote }}
 PETMESH_BALANCER__ADMIN__PORT: {{ include "petmesh.balancer.adminPort" . | quote }}
 PETMESH_BALANCER__CLUSTER__NAME: {{ include "petmesh.clusterName" . | quote }}
+PETMESH_BALANCER__REDIS__MODE: {{ .Values.redis.mode | quote }}
 PETMESH_BALANCER__SHUTDOWN__GRACE_PERIOD_SECS: {{ include "petmesh.envValue" .Values.balancer.drain.gracePeriodSeconds | quote }}
 {{- range $key, $value := .Values.balancer.config }}
 {{- if not (kindIs "invalid" $value) }}
@@ -198,6 +201,9 @@ The migration Job's hook copy leaves the admin password out (a generated one wou
 {{- end -}}
 {{- if and .Values.redis.bundled.enabled .Values.secrets.redisUrl -}}
 {{- fail "secrets.redisUrl must be empty with redis.bundled.enabled=true (the URL of the bundled Redis is derived)" -}}
+{{- end -}}
+{{- if and .Values.redis.bundled.enabled (eq .Values.redis.mode "cluster") -}}
+{{- fail "redis.mode=cluster needs a Redis Cluster, and the bundled Redis is one server: set secrets.redisUrl to the cluster's seed URLs and redis.bundled.enabled=false" -}}
 {{- end -}}
 {{- end -}}
 
