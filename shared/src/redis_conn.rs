@@ -7,7 +7,11 @@
 //! `MOVED` and `ASK` redirections and refreshes the topology when a node fails; the key layout
 //! ([`crate::registry::RedisKeys`]) keeps every multi-key command and script within one slot.
 
-use std::time::Duration;
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
@@ -193,8 +197,9 @@ impl RedisTarget {
 
     /// A pub/sub connection, connected now: a sink to (un)subscribe with and the stream of
     /// messages. In cluster mode it holds one connection per shard, and the stream ends when
-    /// any of them drops, so the caller subscribes afresh (and fills what it missed) rather
-    /// than trusting a half-recovered set of subscriptions.
+    /// any of them drops or a shard drops a subscription by itself (its slot moved to another
+    /// master), so the caller subscribes afresh (and fills what it missed) rather than trusting
+    /// a half-recovered set of subscriptions.
     pub async fn subscriber(&self) -> anyhow::Result<(SubscriptionSink, MessageStream)> {
         let connecting = async {
             anyhow::Ok(match self.mode {
@@ -211,9 +216,13 @@ impl RedisTarget {
                         .cluster_client(Some(push))?
                         .get_async_connection()
                         .await?;
+                    let leaving = Arc::new(Mutex::new(HashSet::new()));
                     (
-                        SubscriptionSink::Cluster(connection),
-                        MessageStream::Cluster(received),
+                        SubscriptionSink::Cluster {
+                            connection,
+                            leaving: Arc::clone(&leaving),
+                        },
+                        MessageStream::Cluster { received, leaving },
                     )
                 }
             })
@@ -283,7 +292,13 @@ pub enum SubscriptionSink {
     /// One pub/sub connection to a standalone Redis.
     Standalone(PubSubSink),
     /// A RESP3 cluster connection: subscriptions go to the node serving the channel's slot.
-    Cluster(ClusterConnection),
+    Cluster {
+        /// The connection (one per Redis node).
+        connection: ClusterConnection,
+        /// Channels being unsubscribed on request, so the stream can tell those confirmations
+        /// from a shard dropping a subscription by itself.
+        leaving: Arc<Mutex<HashSet<String>>>,
+    },
 }
 
 impl SubscriptionSink {
@@ -292,7 +307,7 @@ impl SubscriptionSink {
     pub async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
         match self {
             Self::Standalone(sink) => sink.subscribe(channel).await,
-            Self::Cluster(connection) => connection.subscribe(channel).await,
+            Self::Cluster { connection, .. } => connection.subscribe(channel).await,
         }
     }
 
@@ -301,7 +316,7 @@ impl SubscriptionSink {
     pub async fn subscribe_topic(&mut self, channel: &str) -> redis::RedisResult<()> {
         match self {
             Self::Standalone(sink) => sink.subscribe(channel).await,
-            Self::Cluster(connection) => connection.ssubscribe(channel).await,
+            Self::Cluster { connection, .. } => connection.ssubscribe(channel).await,
         }
     }
 
@@ -309,7 +324,16 @@ impl SubscriptionSink {
     pub async fn unsubscribe_topic(&mut self, channel: &str) -> redis::RedisResult<()> {
         match self {
             Self::Standalone(sink) => sink.unsubscribe(channel).await,
-            Self::Cluster(connection) => connection.sunsubscribe(channel).await,
+            Self::Cluster {
+                connection,
+                leaving,
+            } => {
+                leaving
+                    .lock()
+                    .expect("leaving channels lock")
+                    .insert(channel.to_owned());
+                connection.sunsubscribe(channel).await
+            }
         }
     }
 }
@@ -319,12 +343,17 @@ pub enum MessageStream {
     /// From a standalone Redis.
     Standalone(PubSubStream),
     /// Pushes from every node of a Redis Cluster.
-    Cluster(mpsc::UnboundedReceiver<PushInfo>),
+    Cluster {
+        /// The pushes.
+        received: mpsc::UnboundedReceiver<PushInfo>,
+        /// Shared with the sink (see [`SubscriptionSink::Cluster`]).
+        leaving: Arc<Mutex<HashSet<String>>>,
+    },
 }
 
 impl MessageStream {
     /// The next message as (channel, payload); `None` once the connection is lost (in cluster
-    /// mode: any of its node connections).
+    /// mode: any of its node connections, or a subscription a shard dropped by itself).
     pub async fn next(&mut self) -> Option<(String, String)> {
         match self {
             Self::Standalone(stream) => loop {
@@ -333,7 +362,7 @@ impl MessageStream {
                     return Some((message.get_channel_name().to_owned(), payload));
                 }
             },
-            Self::Cluster(received) => loop {
+            Self::Cluster { received, leaving } => loop {
                 let push = received.recv().await?;
                 match push.kind {
                     PushKind::Message | PushKind::SMessage => {
@@ -342,6 +371,22 @@ impl MessageStream {
                         }
                     }
                     PushKind::Disconnection => return None,
+                    PushKind::SUnsubscribe => {
+                        let channel = push
+                            .data
+                            .into_iter()
+                            .next()
+                            .and_then(|c| redis::from_redis_value::<String>(c).ok())
+                            .unwrap_or_default();
+                        let asked = leaving
+                            .lock()
+                            .expect("leaving channels lock")
+                            .remove(&channel);
+                        if !asked {
+                            // The channel's slot moved to another master, which dropped it.
+                            return None;
+                        }
+                    }
                     _ => {}
                 }
             },

@@ -8,6 +8,7 @@
 //! persistence, killed with the harness), plus cluster mode with a node timeout of one second,
 //! so a failover takes a couple of seconds rather than the default fifteen or more.
 
+mod migrate;
 mod topology;
 
 pub use topology::SLOTS;

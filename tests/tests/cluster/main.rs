@@ -11,7 +11,8 @@
 //! - [`outbox`]: domain events surviving a frozen Redis, a dead relay and replays, in commit
 //!   order.
 //! - [`realtime`]: WebSocket clients surviving the loss or drain of their node.
-//! - [`redis_failover`]: a Redis Cluster master killed under steady publishing.
+//! - [`redis_cluster`]: a Redis Cluster master killed, and a slot moved, under steady
+//!   publishing.
 //! - [`rate_limits`]: budgets that hold for the whole cluster, with or without Redis.
 //! - [`operations`]: the balancer's `check-config` and `healthcheck`; the metrics dashboards
 //!   and alerts read.
@@ -26,6 +27,6 @@ mod operations;
 mod outbox;
 mod rate_limits;
 mod realtime;
-mod redis_failover;
+mod redis_cluster;
 mod strategies;
 mod support;

@@ -1,7 +1,8 @@
-//! A Redis Cluster master killed under steady publishing (issue 13, Must show): REST writes
-//! fail for no longer than the failover (the outbox holds their events meanwhile), and every
-//! subscriber ends with every event exactly once, in order — or is told explicitly that some
-//! may be missing (`system:resync`, `recovered: false`), never left with a silent gap.
+//! A Redis Cluster changing under steady publishing (issue 13, Must show): a master killed
+//! (REST writes fail for no longer than the failover, the outbox holding their events
+//! meanwhile) and a busy slot moved to another master. Every subscriber ends with every event
+//! exactly once, in order — or is told explicitly that some may be missing (`system:resync`,
+//! `recovered: false`), never left with a silent gap.
 
 use std::{
     collections::HashSet,
@@ -10,7 +11,7 @@ use std::{
 
 use anyhow::ensure;
 use petmesh_shared::registry::RedisKeys;
-use petmesh_tests::{ApiClient, TestCluster, TestResponse, WsClient};
+use petmesh_tests::{servers::SLOTS, ApiClient, TestCluster, TestResponse, WsClient};
 use reqwest::Method;
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -345,4 +346,75 @@ fn a_new_epoch_without_a_resync_is_a_silent_gap() {
     let created = vec!["a".to_owned(), "b".to_owned()];
     check_complete_or_told(&seen(true), &created, &created).unwrap();
     assert!(check_complete_or_told(&seen(false), &created, &created).is_err());
+}
+
+#[tokio::test]
+async fn moving_a_busy_topics_slot_to_another_master_loses_no_event_silently() {
+    let mut cluster = TestCluster::builder()
+        .nodes(3)
+        .own_redis_cluster()
+        .start()
+        .await;
+    let api = cluster.client(0);
+    let token = api
+        .login("admin", cluster.admin_password())
+        .await
+        .unwrap()
+        .access_token;
+    let api = api.token(&token);
+    let mut readers = Vec::new();
+    for node in cluster.nodes() {
+        let mut ws = WsClient::login(&node.base_url(), &token).await.unwrap();
+        ws.subscribe(&["pets"]).await.unwrap();
+        readers.push(tokio::spawn(read_until(ws, "after")));
+    }
+    let keys = RedisKeys::new(cluster.cluster_name());
+    let redis = cluster.own_redis_cluster();
+    let slot = redis.slot(&keys.topic_offsets("pets")).await.unwrap();
+    let source = redis.master_for_slot(slot).await.unwrap();
+    let mut target = None;
+    for other_slot in [0, SLOTS / 2, SLOTS - 1] {
+        let master = redis.master_for_slot(other_slot).await.unwrap();
+        if master.port != source.port {
+            target = Some(master);
+            break;
+        }
+    }
+    let target = target.expect("another master");
+
+    // Creations at a steady pace while the slot moves in the middle of them.
+    let mut created = Vec::new();
+    let mut pace = tokio::time::interval(PACE);
+    for i in 0..30 {
+        pace.tick().await;
+        if i == 10 {
+            redis.move_slot(slot, target.port).await.unwrap();
+        }
+        let name = format!("moving-{i:02}");
+        create_pet(&api, &name).await.unwrap().assert_status(201);
+        created.push(name);
+    }
+    let owner = redis.master_for_slot(slot).await.unwrap();
+    eprintln!(
+        "slot {slot} of `pets` moved from :{} towards :{}, served by :{}",
+        source.port, target.port, owner.port
+    );
+    create_pet(&api, "after").await.unwrap().assert_status(201);
+    let mut reference: Option<Vec<String>> = None;
+    for (index, reader) in readers.into_iter().enumerate() {
+        let who = format!("subscriber on node {index}");
+        let seen = tokio::time::timeout(Duration::from_secs(30), reader)
+            .await
+            .unwrap_or_else(|_| panic!("{who} never saw the closing event"))
+            .unwrap();
+        let reference = reference
+            .get_or_insert_with(|| seen.created.iter().map(|(name, _)| name.clone()).collect());
+        check_complete_or_told(&seen, &created, reference)
+            .unwrap_or_else(|e| panic!("{who}: {e:#}"));
+        eprintln!(
+            "{who}: {} events, {} resync(s)",
+            seen.created.len(),
+            seen.resyncs.len()
+        );
+    }
 }
