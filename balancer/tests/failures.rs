@@ -216,7 +216,9 @@ async fn a_client_too_slow_to_send_its_head_is_cut_off_after_the_header_read_tim
         .expect("the balancer closes a connection stuck in its head");
     assert!(
         started.elapsed() >= Duration::from_millis(300),
-        "not before the timeout"
+        "not before the timeout: closed after {:?} with {:?}",
+        started.elapsed(),
+        String::from_utf8_lossy(&rest)
     );
     assert_eq!(a.requests(), 0);
 
