@@ -1,8 +1,9 @@
 //! `petmesh-dev`: private servers and a local cluster for developers and scripts.
 //!
 //! `scripts/test` runs the test suite under `petmesh-dev with-servers`, `scripts/cluster`
-//! execs `petmesh-dev cluster`, and `scripts/bench-realtime` drives `petmesh-dev fanout` and
-//! `petmesh-dev idle-memory`. The work is done in `petmesh_tests::dev`; this file only
+//! execs `petmesh-dev cluster`, `scripts/bench-realtime` drives `petmesh-dev fanout` and
+//! `petmesh-dev idle-memory`, and `scripts/bench-redis` adds `petmesh-dev redis` and
+//! `petmesh-dev redis-pool-bench`. The work is done in `petmesh_tests::dev`; this file only
 //! parses arguments and turns results into exit codes.
 
 use std::ffi::OsString;
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use petmesh_tests::dev::{self, ClusterArgs, FanoutArgs, IdleArgs};
+use petmesh_tests::dev::{self, ClusterArgs, FanoutArgs, IdleArgs, PoolBenchArgs, RedisArgs};
 
 /// Development helpers for petmesh.
 #[derive(Debug, Parser)]
@@ -41,6 +42,13 @@ enum Cmd {
     /// Open many idle connections to one node and print the growth of its resident memory
     /// per connection as one `result` line.
     IdleMemory(IdleArgs),
+    /// Run a private Redis until Ctrl-C: one server, or a Redis Cluster with N masters
+    /// (and R replicas each). Prints its URL, mode, master and replica pids, then `ready`.
+    Redis(RedisArgs),
+    /// Measure the node's revocation check (one MGET) from many tasks through one
+    /// multiplexed connection and through deadpool-redis pools, against a private Redis;
+    /// prints one `result` line per variant and round.
+    RedisPoolBench(PoolBenchArgs),
 }
 
 impl Cmd {
@@ -50,8 +58,10 @@ impl Cmd {
     /// parent-death signal is tied to.
     fn runtime(&self) -> tokio::runtime::Builder {
         match self {
-            Self::Fanout(_) | Self::IdleMemory(_) => tokio::runtime::Builder::new_multi_thread(),
-            Self::WithServers { .. } | Self::Cluster(_) => {
+            Self::Fanout(_) | Self::IdleMemory(_) | Self::RedisPoolBench(_) => {
+                tokio::runtime::Builder::new_multi_thread()
+            }
+            Self::WithServers { .. } | Self::Cluster(_) | Self::Redis(_) => {
                 tokio::runtime::Builder::new_current_thread()
             }
         }
@@ -73,6 +83,8 @@ fn main() -> ExitCode {
                     Cmd::Cluster(args) => dev::cluster::run(args).await,
                     Cmd::Fanout(args) => dev::fanout::run(args).await,
                     Cmd::IdleMemory(args) => dev::fanout::run_idle(args).await,
+                    Cmd::Redis(args) => dev::redis::run(args).await,
+                    Cmd::RedisPoolBench(args) => dev::redis_pool::run(args).await,
                 }
             })
         });

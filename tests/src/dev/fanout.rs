@@ -5,12 +5,13 @@
 //! Both commands speak either protocol ([`System`]) with one code path each:
 //!
 //! - petmesh ([`petmesh`]): `/ws` with the access token in `Authorization: Bearer`,
-//!   `room:join` / `room:message` in room `bench`;
+//!   `room:join` / `room:message` in room `bench` (or, with `--rooms N`, rooms `bench-0` to
+//!   `bench-<N-1>`, so that the load spreads over topics and, in a Redis Cluster, masters);
 //! - Socket.IO ([`socketio`]): Engine.IO v4 / Socket.IO v5 spoken directly over the
 //!   websocket transport, `join` (acknowledged) and `publish`, answered by a `msg` broadcast.
 //!
-//! A fan-out round ([`round`]) connects the subscribers round-robin over the given nodes,
-//! lets one publisher send "sequence number + send time" messages at a fixed rate, and after
+//! A fan-out round ([`round`]) connects the subscribers round-robin over the given nodes
+//! (and rooms), lets the publishers send "sequence number + send time" messages at a fixed rate, and after
 //! a warm-up measures deliveries per second, publish-to-receive latency (the same machine
 //! clock on both ends), losses and the CPU time of the server processes (`/proc/<pid>/stat`)
 //! over the measured window. [`idle`] opens many idle connections to one node and reports
@@ -22,10 +23,10 @@
 mod idle;
 mod outcome;
 mod petmesh;
-mod procfs;
+pub(crate) mod procfs;
 mod round;
 mod socketio;
-mod stats;
+pub(crate) mod stats;
 
 pub use idle::{run as run_idle, IdleArgs};
 pub use round::{run, FanoutArgs};
@@ -111,13 +112,13 @@ enum Inbound {
 // === impl System ===
 
 impl System {
-    /// Connects to `base_url` (`http://host:port`) and joins the benchmark room (or, for
-    /// pets, subscribes to them).
-    async fn subscriber(self, base_url: &str, token: &str) -> anyhow::Result<Socket> {
+    /// Connects to `base_url` (`http://host:port`) and joins benchmark room `room` (or, for
+    /// pets, subscribes to them; Socket.IO has one room).
+    async fn subscriber(self, base_url: &str, token: &str, room: &str) -> anyhow::Result<Socket> {
         match self {
             Self::Petmesh => {
                 let mut socket = petmesh::connect(base_url, token).await?;
-                petmesh::join(&mut socket).await?;
+                petmesh::join(&mut socket, room).await?;
                 Ok(socket)
             }
             Self::PetmeshPets => {
@@ -133,11 +134,23 @@ impl System {
         }
     }
 
-    /// Connects the publisher; petmesh only lets room members send to a room, so there it
-    /// joins too (and receives its own messages, which are not counted).
-    async fn publisher(self, base_url: &str, token: &str) -> anyhow::Result<Socket> {
+    /// Connects a publisher that sends to `rooms`; petmesh only lets room members send to a
+    /// room, so there it joins them too (and receives its own messages, which are not
+    /// counted).
+    async fn publisher(
+        self,
+        base_url: &str,
+        token: &str,
+        rooms: &[String],
+    ) -> anyhow::Result<Socket> {
         match self {
-            Self::Petmesh => self.subscriber(base_url, token).await,
+            Self::Petmesh => {
+                let mut socket = petmesh::connect(base_url, token).await?;
+                for room in rooms {
+                    petmesh::join(&mut socket, room).await?;
+                }
+                Ok(socket)
+            }
             Self::PetmeshPets => petmesh::connect(base_url, token).await,
             Self::Socketio => socketio::connect(base_url).await,
         }
@@ -152,10 +165,10 @@ impl System {
         }
     }
 
-    /// The frame that publishes message `seq`, sent at `sent_us`.
-    fn publish_frame(self, seq: u64, sent_us: u64) -> String {
+    /// The frame that publishes message `seq`, sent at `sent_us`, to `room`.
+    fn publish_frame(self, seq: u64, sent_us: u64, room: &str) -> String {
         match self {
-            Self::Petmesh => petmesh::publish_frame(seq, sent_us),
+            Self::Petmesh => petmesh::publish_frame(seq, sent_us, room),
             Self::PetmeshPets => petmesh::create_pet_frame(seq, sent_us),
             Self::Socketio => socketio::publish_frame(seq, sent_us),
         }
@@ -166,6 +179,16 @@ impl System {
         match self {
             Self::Petmesh | Self::PetmeshPets => petmesh::classify(text),
             Self::Socketio => socketio::classify(text),
+        }
+    }
+
+    /// The name of benchmark room `index` of `rooms`: `bench` when there is one (as before
+    /// rooms could be chosen), else `bench-<index>`.
+    fn room(rooms: usize, index: usize) -> String {
+        if rooms == 1 {
+            petmesh::ROOM.to_owned()
+        } else {
+            format!("{}-{index}", petmesh::ROOM)
         }
     }
 
@@ -242,6 +265,13 @@ fn now_us() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_room_keeps_its_old_name_and_several_are_numbered() {
+        assert_eq!(System::room(1, 0), "bench");
+        assert_eq!(System::room(12, 0), "bench-0");
+        assert_eq!(System::room(12, 11), "bench-11");
+    }
 
     #[test]
     fn ws_base_swaps_the_scheme_and_drops_a_trailing_slash() {

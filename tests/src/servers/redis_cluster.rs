@@ -1,5 +1,7 @@
 //! A private Redis Cluster: six `redis-server` processes (three masters, one replica each) on
-//! free loopback ports, joined with `redis-cli --cluster create`.
+//! free loopback ports, joined with `redis-cli --cluster create`; or another shape
+//! ([`RedisCluster::start_with`]), down to one master owning every slot, which benchmarks
+//! compare with three (`scripts/bench-redis`).
 //!
 //! It exists so that petmesh's `redis.mode = cluster` can be tested against the real thing,
 //! failovers included: a member can be SIGKILLed ([`RedisCluster::kill`]) and
@@ -28,10 +30,10 @@ use crate::process::{kill_with_parent, send_signal};
 /// The cluster tool, looked up on `PATH` (Debian package `redis-tools`).
 const CLI: &str = "redis-cli";
 
-/// How many masters the cluster has; the slots are split evenly between them.
+/// How many masters [`RedisCluster::start`] creates; the slots are split evenly between them.
 const MASTERS: usize = 3;
 
-/// How many replicas each master has.
+/// How many replicas each master has in [`RedisCluster::start`].
 const REPLICAS: usize = 1;
 
 /// `cluster-node-timeout`: how long a member may be unreachable before it is flagged as
@@ -47,6 +49,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A running Redis Cluster owned by the harness; every member is killed on drop.
 #[derive(Debug)]
 pub struct RedisCluster {
+    /// Masters the cluster was created with; [`RedisCluster::check_whole`] wants as many.
+    masters: usize,
+    /// Replicas per master the cluster was created with.
+    replicas: usize,
     /// The members in start order; a killed one stays, marked, so ports and logs remain
     /// known.
     members: Vec<Member>,
@@ -94,16 +100,44 @@ impl RedisCluster {
     /// once every member reports `cluster_state:ok` and sees every slot assigned and every
     /// replica attached (see [`RedisCluster::check_whole`]).
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(MASTERS, REPLICAS).await
+    }
+
+    /// Starts a cluster of `masters` masters with `replicas` replicas each and returns once it
+    /// is whole, as [`RedisCluster::start`] does. One master (which may have no replica) gets
+    /// every slot with `CLUSTER ADDSLOTSRANGE`, because `redis-cli --cluster create` wants at
+    /// least three; any other shape is made by that tool, which refuses fewer than three.
+    pub async fn start_with(masters: usize, replicas: usize) -> anyhow::Result<Self> {
+        if masters == 0 || (masters == 1 && replicas > 0) || masters == 2 {
+            bail!("a Redis Cluster here has one master without replicas, or three or more masters; not {masters} with {replicas} each");
+        }
         let dir = tempfile::Builder::new()
             .prefix("petmesh-redis-cluster-")
             .tempdir()
             .context("creating a temporary directory for the Redis Cluster")?;
-        let mut members = Vec::with_capacity(MASTERS * (1 + REPLICAS));
+        let mut members = Vec::with_capacity(masters * (1 + replicas));
         for index in 0..members.capacity() {
             members.push(Member::start(dir.path(), index).await?);
         }
-        let cluster = Self { members, dir };
-        cluster.create().await?;
+        let cluster = Self {
+            masters,
+            replicas,
+            members,
+            dir,
+        };
+        if masters == 1 {
+            cluster.members[0]
+                .query::<()>(
+                    redis::cmd("CLUSTER")
+                        .arg("ADDSLOTSRANGE")
+                        .arg(0)
+                        .arg(SLOTS - 1),
+                )
+                .await
+                .context("assigning every slot to the one master")?;
+        } else {
+            cluster.create().await?;
+        }
         poll("the Redis Cluster to form", FORM_TIMEOUT, || {
             cluster.check_whole()
         })
@@ -127,6 +161,26 @@ impl RedisCluster {
     /// The members still running, in start order.
     pub fn processes(&self) -> Vec<ClusterProcess> {
         self.live().map(Member::process).collect()
+    }
+
+    /// The running members that are masters, and those that are replicas, each as it sees
+    /// itself (`myself` in its `CLUSTER NODES`), in start order.
+    pub async fn roles(&self) -> anyhow::Result<(Vec<ClusterProcess>, Vec<ClusterProcess>)> {
+        let (mut masters, mut replicas) = (Vec::new(), Vec::new());
+        for member in self.live() {
+            let nodes: String = member.query(redis::cmd("CLUSTER").arg("NODES")).await?;
+            let view = topology::parse(&nodes)?;
+            let me = view
+                .iter()
+                .find(|m| m.flags.iter().any(|f| f == "myself"))
+                .context("CLUSTER NODES without `myself`")?;
+            if me.is_master() {
+                masters.push(member.process());
+            } else {
+                replicas.push(member.process());
+            }
+        }
+        Ok((masters, replicas))
     }
 
     /// The temporary directory holding each member's directory; removed on drop.
@@ -192,7 +246,7 @@ impl RedisCluster {
     }
 
     /// `Ok` when every running member reports `cluster_state:ok` with all slots assigned,
-    /// sees three healthy masters each with its replica, and every replica's link to its
+    /// sees as many healthy masters as it was created with, each with its replicas, and every replica's link to its
     /// master is up (it has synchronised). Otherwise the first problem found.
     pub async fn check_whole(&self) -> anyhow::Result<()> {
         for member in self.live() {
@@ -200,7 +254,7 @@ impl RedisCluster {
             if !info.contains("cluster_slots_assigned:16384") {
                 bail!("port {}: not every slot is assigned", member.port);
             }
-            topology::check_whole(&view, MASTERS, REPLICAS)
+            topology::check_whole(&view, self.masters, self.replicas)
                 .map_err(|problem| anyhow::anyhow!("port {} sees: {problem}", member.port))?;
             let me = view
                 .iter()
@@ -244,12 +298,16 @@ impl RedisCluster {
     }
 
     /// Runs `redis-cli --cluster create` over every member: slots split evenly over the
-    /// first three, one replica each for the others.
+    /// masters, the others their replicas.
     async fn create(&self) -> anyhow::Result<()> {
         let mut cmd = std::process::Command::new(CLI);
         cmd.args(["--cluster", "create"])
             .args(self.members.iter().map(|m| format!("127.0.0.1:{}", m.port)))
-            .args(["--cluster-replicas", &REPLICAS.to_string(), "--cluster-yes"])
+            .args([
+                "--cluster-replicas",
+                &self.replicas.to_string(),
+                "--cluster-yes",
+            ])
             .stdin(Stdio::null())
             .process_group(0);
         kill_with_parent(&mut cmd, libc::SIGKILL);
@@ -450,6 +508,18 @@ mod tests {
         for pid in pids {
             assert!(send_signal(pid, 0).is_err(), "member pid {pid} reaped");
         }
+    }
+
+    #[tokio::test]
+    async fn a_one_master_cluster_serves_every_slot_from_its_one_process() {
+        let cluster = RedisCluster::start_with(1, 0).await.unwrap();
+        assert_eq!(cluster.urls().len(), 1);
+        let only = cluster.processes()[0];
+        for slot in [0, SLOTS / 2, SLOTS - 1] {
+            assert_eq!(cluster.master_for_slot(slot).await.unwrap(), only);
+        }
+        assert_eq!(cluster.roles().await.unwrap(), (vec![only], vec![]));
+        cluster.check_whole().await.unwrap();
     }
 
     #[tokio::test]

@@ -47,7 +47,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<i32> {
         bail!("--connections and --concurrency must be at least 1");
     }
     args.target.check()?;
-    let node = CpuProbe::new(&[args.pid], None)?;
+    let node = CpuProbe::new(&[args.pid], &[], &[])?;
     node.settle(SETTLE_TIMEOUT).await?;
     let before = rss_kib(args.pid)?;
 

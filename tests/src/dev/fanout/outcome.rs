@@ -15,13 +15,17 @@ pub(super) struct Outcome {
     contender: &'static str,
     /// Subscriber connections.
     subscribers: usize,
-    /// Deliveries per second offered: rate × subscribers.
+    /// Rooms they are spread over.
+    rooms: usize,
+    /// Publisher connections.
+    publishers: usize,
+    /// Deliveries per second offered: rate × subscribers per room.
     target_per_sec: f64,
     /// Length of the window, seconds.
     window_secs: f64,
     /// Window messages sent.
     sent: u64,
-    /// Window deliveries expected: sent × subscribers.
+    /// Window deliveries expected: sent × subscribers per room.
     expected: u64,
     /// Window deliveries received.
     received: u64,
@@ -47,7 +51,7 @@ impl Outcome {
         reports: Vec<SubscriberReport>,
         drained: Duration,
     ) -> Self {
-        let expected = publisher.in_window * args.subscribers as u64;
+        let expected = publisher.in_window * args.members_per_room() as u64;
         let mut samples = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
         let mut ended = BTreeMap::new();
         let (mut errors, mut last_error) = (0, None);
@@ -63,7 +67,9 @@ impl Outcome {
         Self {
             contender: args.target.system.name(),
             subscribers: args.subscribers,
-            target_per_sec: args.rate * args.subscribers as f64,
+            rooms: args.rooms,
+            publishers: args.publishers,
+            target_per_sec: args.rate * args.members_per_room() as f64,
             window_secs: publisher.window.as_secs_f64(),
             sent: publisher.in_window,
             expected,
@@ -97,15 +103,23 @@ impl Outcome {
             ms(self.latencies.max_ms()),
         );
         let redis = cpu.redis.map_or("nan".into(), |r| format!("{r:.3}"));
+        let replicas = cpu
+            .redis_replicas
+            .map_or("nan".into(), |r| format!("{r:.3}"));
         // What the machine was busy with beyond the servers, Redis and us: interrupts, other
         // processes. Large values mean the figures are disturbed. Every reading is rounded
         // to a clock tick per process, so on a quiet machine the difference can come out a
         // little below zero; that is shown as zero.
-        let other = (cpu.machine - cpu.servers - cpu.redis.unwrap_or(0.0) - client_cpu).max(0.0);
+        let other = (cpu.machine
+            - cpu.servers
+            - cpu.redis.unwrap_or(0.0)
+            - cpu.redis_replicas.unwrap_or(0.0)
+            - client_cpu)
+            .max(0.0);
         eprintln!(
             "fanout: {}: {per_sec:.0}/s delivered (target {:.0}/s), {} of {} received, \
              p50 {p50} ms, p99 {p99} ms, max {max} ms, drained in {:.0?}; CPU s: servers {:.2} \
-             ({:.2} in the kernel), Redis {redis}, load generator {client_cpu:.2}, \
+             ({:.2} in the kernel), Redis {redis} (replicas {replicas}), load generator {client_cpu:.2}, \
              anything else {other:.2}{}",
             self.contender,
             self.target_per_sec,
@@ -117,13 +131,15 @@ impl Outcome {
             self.problems(),
         );
         println!(
-            "result contender={} subscribers={} target_per_s={:.0} window_s={:.3} sent={} \
+            "result contender={} subscribers={} rooms={} publishers={} target_per_s={:.0} window_s={:.3} sent={} \
              expected={} received={} lost={} delivered_per_s={per_sec:.1} p50_ms={p50} \
              p99_ms={p99} max_ms={max} server_cpu_s={:.3} server_sys_s={:.3} \
-             redis_cpu_s={redis} client_cpu_s={client_cpu:.3} other_cpu_s={other:.3} \
+             redis_cpu_s={redis} redis_replica_cpu_s={replicas} client_cpu_s={client_cpu:.3} other_cpu_s={other:.3} \
              disconnects={} errors={}",
             self.contender,
             self.subscribers,
+            self.rooms,
+            self.publishers,
             self.target_per_sec,
             self.window_secs,
             self.sent,

@@ -18,8 +18,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::{next_text, ws_base, ws_connect, Inbound, Socket};
 
-/// The room every subscriber joins and the publisher sends to.
-const ROOM: &str = "bench";
+/// The room every subscriber joins and the publisher sends to; with several rooms, the
+/// prefix of their names.
+pub(super) const ROOM: &str = "bench";
 
 /// The request id of the `room:join`, to find its response among events.
 const JOIN_ID: &str = "join";
@@ -64,9 +65,9 @@ pub(super) async fn connect(base_url: &str, token: &str) -> anyhow::Result<Socke
     ws_connect(&format!("{}/ws", ws_base(base_url)), Some(token)).await
 }
 
-/// Joins [`ROOM`] and waits for the response (events that arrive first are dropped).
-pub(super) async fn join(socket: &mut Socket) -> anyhow::Result<()> {
-    request(socket, "room:join", json!({"roomId": ROOM})).await
+/// Joins `room` and waits for the response (events that arrive first are dropped).
+pub(super) async fn join(socket: &mut Socket, room: &str) -> anyhow::Result<()> {
+    request(socket, "room:join", json!({"roomId": room})).await
 }
 
 /// Subscribes to the `pets` topic and waits for the response.
@@ -109,10 +110,11 @@ pub(super) fn create_pet_frame(seq: u64, sent_us: u64) -> String {
     )
 }
 
-/// A `room:message` request carrying `"<seq> <sent_us>"`, with the sequence number as its id.
-pub(super) fn publish_frame(seq: u64, sent_us: u64) -> String {
+/// A `room:message` request to `room` carrying `"<seq> <sent_us>"`, with the sequence number
+/// as its id.
+pub(super) fn publish_frame(seq: u64, sent_us: u64, room: &str) -> String {
     format!(
-        r#"{{"type":"request","id":"{seq}","action":"room:message","payload":{{"roomId":"{ROOM}","content":"{seq} {sent_us}"}}}}"#
+        r#"{{"type":"request","id":"{seq}","action":"room:message","payload":{{"roomId":"{room}","content":"{seq} {sent_us}"}}}}"#
     )
 }
 
@@ -163,7 +165,7 @@ mod tests {
 
     #[test]
     fn publish_frame_is_a_room_message_request() {
-        let frame: serde_json::Value = serde_json::from_str(&publish_frame(7, 1234)).unwrap();
+        let frame: serde_json::Value = serde_json::from_str(&publish_frame(7, 1234, ROOM)).unwrap();
         assert_eq!(frame["type"], "request");
         assert_eq!(frame["id"], "7");
         assert_eq!(frame["action"], "room:message");

@@ -19,29 +19,34 @@ const QUIET_SAMPLES: usize = 2;
 
 /// CPU time of the server processes and, separately, of Redis.
 #[derive(Debug)]
-pub(super) struct CpuProbe {
+pub(crate) struct CpuProbe {
     /// The server processes (nodes) whose CPU is summed.
     servers: Vec<u32>,
-    /// Redis, reported on its own; `None` when not measured.
-    redis: Option<u32>,
+    /// The Redis processes serving the data (one server, or a cluster's masters), summed
+    /// and reported on their own; empty when not measured.
+    redis: Vec<u32>,
+    /// A Redis Cluster's replicas, summed and reported on their own; often empty.
+    replicas: Vec<u32>,
     /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
     ticks_per_sec: f64,
 }
 
 /// One reading of [`CpuProbe`], in clock ticks.
 #[derive(Clone, Copy, Debug, Default)]
-pub(super) struct CpuSample {
+pub(crate) struct CpuSample {
     /// The servers' CPU time, summed.
     servers: Ticks,
     /// Redis's CPU time (0 when not measured).
     redis: Ticks,
+    /// The replicas' CPU time (0 when not measured).
+    replicas: Ticks,
     /// Busy time of all CPUs together, whoever used it.
     machine: u64,
 }
 
 /// CPU time of a process (or a sum of processes) in clock ticks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct Ticks {
+pub(crate) struct Ticks {
     /// In user space (`utime`).
     user: u64,
     /// In the kernel on the process's behalf (`stime`): system calls, and for loopback TCP
@@ -51,24 +56,27 @@ pub(super) struct Ticks {
 
 /// CPU seconds spent between two samples.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct CpuSeconds {
+pub(crate) struct CpuSeconds {
     /// The servers' user + system time.
-    pub(super) servers: f64,
+    pub(crate) servers: f64,
     /// The part of `servers` spent in the kernel.
-    pub(super) servers_system: f64,
-    /// Redis's user + system time; `None` when not measured.
-    pub(super) redis: Option<f64>,
+    pub(crate) servers_system: f64,
+    /// Redis's user + system time (over all its serving processes); `None` when not
+    /// measured.
+    pub(crate) redis: Option<f64>,
+    /// The replicas' user + system time; `None` when there are none.
+    pub(crate) redis_replicas: Option<f64>,
     /// Busy time of all CPUs together: the servers, Redis, the load generator, interrupt
     /// handling and whatever else runs on the machine.
-    pub(super) machine: f64,
+    pub(crate) machine: f64,
 }
 
 // === impl CpuProbe ===
 
 impl CpuProbe {
     /// A probe for these processes; fails if one of them cannot be read.
-    pub(super) fn new(servers: &[u32], redis: Option<u32>) -> anyhow::Result<Self> {
-        for &pid in servers.iter().chain(&redis) {
+    pub(crate) fn new(servers: &[u32], redis: &[u32], replicas: &[u32]) -> anyhow::Result<Self> {
+        for &pid in servers.iter().chain(redis).chain(replicas) {
             process_ticks(pid)?;
         }
         // SAFETY: sysconf only reads a configuration value.
@@ -78,46 +86,37 @@ impl CpuProbe {
         }
         Ok(Self {
             servers: servers.to_vec(),
-            redis,
+            redis: redis.to_vec(),
+            replicas: replicas.to_vec(),
             ticks_per_sec: ticks as f64,
         })
     }
 
     /// The processes' and the machine's CPU ticks so far.
-    pub(super) fn sample(&self) -> anyhow::Result<CpuSample> {
-        let mut servers = Ticks::default();
-        for &pid in &self.servers {
-            let ticks = process_ticks(pid)?;
-            servers.user += ticks.user;
-            servers.system += ticks.system;
-        }
-        let redis = self
-            .redis
-            .map(process_ticks)
-            .transpose()?
-            .unwrap_or_default();
+    pub(crate) fn sample(&self) -> anyhow::Result<CpuSample> {
         Ok(CpuSample {
-            servers,
-            redis,
+            servers: sum_ticks(&self.servers)?,
+            redis: sum_ticks(&self.redis)?,
+            replicas: sum_ticks(&self.replicas)?,
             machine: machine_busy_ticks()?,
         })
     }
 
     /// `ticks` clock ticks in seconds.
-    pub(super) fn ticks_to_seconds(&self, ticks: u64) -> f64 {
+    pub(crate) fn ticks_to_seconds(&self, ticks: u64) -> f64 {
         ticks as f64 / self.ticks_per_sec
     }
 
     /// The CPU seconds spent between two samples.
-    pub(super) fn seconds_between(&self, from: CpuSample, to: CpuSample) -> CpuSeconds {
+    pub(crate) fn seconds_between(&self, from: CpuSample, to: CpuSample) -> CpuSeconds {
         let secs = |a: u64, b: u64| self.ticks_to_seconds(b.saturating_sub(a));
         let system = secs(from.servers.system, to.servers.system);
         CpuSeconds {
             servers: secs(from.servers.user, to.servers.user) + system,
             servers_system: system,
-            redis: self
-                .redis
-                .map(|_| secs(from.redis.total(), to.redis.total())),
+            redis: (!self.redis.is_empty()).then(|| secs(from.redis.total(), to.redis.total())),
+            redis_replicas: (!self.replicas.is_empty())
+                .then(|| secs(from.replicas.total(), to.replicas.total())),
             machine: secs(from.machine, to.machine),
         }
     }
@@ -126,7 +125,7 @@ impl CpuProbe {
     /// [`QUIET_TICKS`]), so that what the last step set off (joins announced to a room,
     /// connections torn down) is not counted in the next measurement. Gives up with a
     /// warning after `timeout`. Returns at once when there are no servers to watch.
-    pub(super) async fn settle(&self, timeout: Duration) -> anyhow::Result<()> {
+    pub(crate) async fn settle(&self, timeout: Duration) -> anyhow::Result<()> {
         if self.servers.is_empty() {
             return Ok(());
         }
@@ -155,13 +154,24 @@ impl CpuProbe {
 
 impl Ticks {
     /// User + system.
-    pub(super) fn total(self) -> u64 {
+    pub(crate) fn total(self) -> u64 {
         self.user + self.system
     }
 }
 
+/// utime and stime of `pids`, summed.
+fn sum_ticks(pids: &[u32]) -> anyhow::Result<Ticks> {
+    let mut sum = Ticks::default();
+    for &pid in pids {
+        let ticks = process_ticks(pid)?;
+        sum.user += ticks.user;
+        sum.system += ticks.system;
+    }
+    Ok(sum)
+}
+
 /// utime and stime of process `pid` (all its threads).
-pub(super) fn process_ticks(pid: u32) -> anyhow::Result<Ticks> {
+pub(crate) fn process_ticks(pid: u32) -> anyhow::Result<Ticks> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     parse_stat_ticks(&stat).with_context(|| format!("unexpected format of {path}: {stat}"))
@@ -174,7 +184,7 @@ fn machine_busy_ticks() -> anyhow::Result<u64> {
 }
 
 /// Resident memory of process `pid` in KiB (`VmRSS`).
-pub(super) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     parse_vm_rss(&status).with_context(|| format!("no VmRSS line in {path}"))
@@ -243,10 +253,10 @@ mod tests {
     fn this_process_can_be_read() {
         let pid = std::process::id();
         assert!(rss_kib(pid).unwrap() > 0);
-        let probe = CpuProbe::new(&[pid], None).unwrap();
+        let probe = CpuProbe::new(&[pid], &[], &[]).unwrap();
         let (a, b) = (probe.sample().unwrap(), probe.sample().unwrap());
         let seconds = probe.seconds_between(a, b);
         assert!(seconds.servers >= seconds.servers_system);
-        assert_eq!(seconds.redis, None);
+        assert_eq!((seconds.redis, seconds.redis_replicas), (None, None));
     }
 }

@@ -5,14 +5,14 @@
 
 /// Publish-to-receive latencies of one round, sorted, in microseconds.
 #[derive(Debug, Default)]
-pub(super) struct Latencies {
+pub(crate) struct Latencies {
     /// Ascending.
     sorted_us: Vec<u64>,
 }
 
 impl Latencies {
     /// Sorts `samples_us`.
-    pub(super) fn new(mut samples_us: Vec<u64>) -> Self {
+    pub(crate) fn new(mut samples_us: Vec<u64>) -> Self {
         samples_us.sort_unstable();
         Self {
             sorted_us: samples_us,
@@ -21,7 +21,7 @@ impl Latencies {
 
     /// The `p`-th percentile (0 < p ≤ 100) in milliseconds by the nearest-rank method; `None`
     /// without samples.
-    pub(super) fn percentile_ms(&self, p: f64) -> Option<f64> {
+    pub(crate) fn percentile_ms(&self, p: f64) -> Option<f64> {
         let n = self.sorted_us.len();
         if n == 0 {
             return None;
@@ -32,7 +32,7 @@ impl Latencies {
     }
 
     /// The largest latency in milliseconds.
-    pub(super) fn max_ms(&self) -> Option<f64> {
+    pub(crate) fn max_ms(&self) -> Option<f64> {
         self.sorted_us.last().map(|&us| us as f64 / 1000.0)
     }
 }
