@@ -87,10 +87,18 @@ async fn dashboard_metrics_exist_from_start_up_and_follow_a_draining_node() {
         assert_eq!(at(series), Some(0.0), "{series}");
     }
 
+    // The node-state gauges are refreshed by the balancer's periodic round, which may come a
+    // little after `/admin/nodes` lists the nodes.
+    assert_eventually!(
+        metrics::value(
+            &admin.get("/metrics").await.unwrap().text,
+            r#"petmesh_balancer_nodes{state="ready"}"#
+        ) == Some(2.0),
+        "the balancer's gauges count both nodes ready"
+    );
     let text = admin.get("/metrics").await.unwrap().text;
     let at = |series: &str| metrics::value(&text, series);
     assert_eq!(at("petmesh_balancer_discovery_up"), Some(1.0));
-    assert_eq!(at(r#"petmesh_balancer_nodes{state="ready"}"#), Some(2.0));
     assert_eq!(
         at(r#"petmesh_balancer_proxy_errors_total{kind="no_healthy_node"}"#),
         Some(0.0)

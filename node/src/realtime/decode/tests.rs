@@ -219,6 +219,22 @@ fn proptest_any_text_frame_decodes_to_an_action_or_an_error_with_a_code() {
     });
 }
 
+/// Found by the property above: a correlation id that is a float must come back exactly as
+/// sent, or the client cannot match the answer (serde_json parses floats exactly only with
+/// its `float_roundtrip` feature).
+#[test]
+fn a_float_correlation_id_is_echoed_exactly() {
+    let text = r#"{"event":"auth:login","id":-1.963971377239822e+63}"#;
+    let id = match decode_frame(text) {
+        Ok((request, _)) => request.id,
+        Err((id, err)) => {
+            answers_with_its_code(&id, &err).unwrap();
+            id
+        }
+    };
+    assert_eq!(id.to_string(), "-1.963971377239822e+63");
+}
+
 #[test]
 fn proptest_any_payload_of_a_known_action_decodes_or_is_a_validation_error() {
     let strategy = (proptest::sample::select(known_actions()), json_object());
