@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use petmesh_tests::dev::{self, ClusterArgs, FanoutArgs, IdleArgs};
+use petmesh_tests::dev::{self, ChaosArgs, ClusterArgs, FanoutArgs, IdleArgs};
 
 /// Development helpers for petmesh.
 #[derive(Debug, Parser)]
@@ -41,6 +41,9 @@ enum Cmd {
     /// Open many idle connections to one node and print the growth of its resident memory
     /// per connection as one `result` line.
     IdleMemory(IdleArgs),
+    /// Run a chaos experiment (node-kill, order-burst) on a private 3-node cluster under load
+    /// and print its figures and a final PASS or FAIL line (exit 0 or 1).
+    Chaos(ChaosArgs),
 }
 
 impl Cmd {
@@ -50,7 +53,11 @@ impl Cmd {
     /// parent-death signal is tied to.
     fn runtime(&self) -> tokio::runtime::Builder {
         match self {
-            Self::Fanout(_) | Self::IdleMemory(_) => tokio::runtime::Builder::new_multi_thread(),
+            // Chaos experiments are load generators too; their children are spawned from
+            // runtime workers, which live as long as the process.
+            Self::Fanout(_) | Self::IdleMemory(_) | Self::Chaos(_) => {
+                tokio::runtime::Builder::new_multi_thread()
+            }
             Self::WithServers { .. } | Self::Cluster(_) => {
                 tokio::runtime::Builder::new_current_thread()
             }
@@ -73,6 +80,7 @@ fn main() -> ExitCode {
                     Cmd::Cluster(args) => dev::cluster::run(args).await,
                     Cmd::Fanout(args) => dev::fanout::run(args).await,
                     Cmd::IdleMemory(args) => dev::fanout::run_idle(args).await,
+                    Cmd::Chaos(args) => dev::chaos::run(args).await,
                 }
             })
         });
