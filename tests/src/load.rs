@@ -99,7 +99,9 @@ impl RunningLoad {
 
     /// Waits until the duration has passed and every HTTP request has been answered.
     pub async fn http_done(&mut self) {
-        (&mut self.dispatcher).await.expect("the dispatcher panicked");
+        (&mut self.dispatcher)
+            .await
+            .expect("the dispatcher panicked");
     }
 
     /// Waits for the HTTP load to end, lets the subscribers catch up with `last_offset`
@@ -163,8 +165,11 @@ async fn dispatch(load: HttpLoad, options: LoadOptions, recorder: Arc<Recorder>)
                     .acquire_owned()
                     .await
                     .expect("never closed");
-                let (load, recorder, mix) =
-                    (Arc::clone(&load), Arc::clone(&recorder), options.mix.clone());
+                let (load, recorder, mix) = (
+                    Arc::clone(&load),
+                    Arc::clone(&recorder),
+                    options.mix.clone(),
+                );
                 tokio::spawn(async move {
                     let mut rng = rand::rngs::StdRng::from_entropy();
                     while Instant::now() < end {

@@ -207,15 +207,19 @@ impl HttpLoad {
                 self.simple(kind, Method::GET, &path, user, None).await
             }
             Kind::Login => {
-                let body = json!({"username": self.setup.users[user].username, "password": LOAD_PASSWORD});
+                let body =
+                    json!({"username": self.setup.users[user].username, "password": LOAD_PASSWORD});
                 self.simple(kind, Method::POST, "/api/v1/auth/login", user, Some(body))
                     .await
             }
             Kind::Order => {
-                let pet_id = self.setup.order_pet_ids[rng.gen_range(0..self.setup.order_pet_ids.len())];
+                let pet_id =
+                    self.setup.order_pet_ids[rng.gen_range(0..self.setup.order_pet_ids.len())];
                 let key = format!("load-{}", uuid::Uuid::new_v4().simple());
                 let record = self.place_order(user, pet_id, 1, key).await;
-                let outcome = record.outcome.unwrap_or(Outcome::Failed(ErrorClass::Transport));
+                let outcome = record
+                    .outcome
+                    .unwrap_or(Outcome::Failed(ErrorClass::Transport));
                 Done {
                     kind,
                     outcome,
@@ -283,7 +287,8 @@ impl HttpLoad {
         quantity: u32,
         key: String,
     ) -> OrderRecord {
-        let body = json!({"petId": pet_id, "quantity": quantity, "paymentToken": self.payment_token});
+        let body =
+            json!({"petId": pet_id, "quantity": quantity, "paymentToken": self.payment_token});
         let url = format!("{}/api/v1/store/orders", self.setup.base_url);
         let mut record = OrderRecord {
             key,
@@ -320,7 +325,10 @@ impl HttpLoad {
                         Err(e) => (Outcome::Failed(ErrorClass::of_transport(&e)), None),
                         Ok(bytes) => {
                             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                            (order_outcome(status, &body, &mut record.order_ids), retry_after)
+                            (
+                                order_outcome(status, &body, &mut record.order_ids),
+                                retry_after,
+                            )
                         }
                     }
                 }
@@ -336,7 +344,9 @@ impl HttpLoad {
                 return record;
             }
             let jitter = rand::thread_rng().gen_range(0.5..1.0);
-            let wait = retry_after.unwrap_or(pause.mul_f64(jitter)).min(self.retry.backoff_max);
+            let wait = retry_after
+                .unwrap_or(pause.mul_f64(jitter))
+                .min(self.retry.backoff_max);
             tokio::time::sleep(wait).await;
             pause = (pause * 2).min(self.retry.backoff_max);
         }

@@ -43,7 +43,12 @@ impl Report {
         let secs = options.duration.as_secs_f64();
         Self {
             url: url.to_owned(),
-            mode: if options.rate.is_some() { "open" } else { "closed" }.into(),
+            mode: if options.rate.is_some() {
+                "open"
+            } else {
+                "closed"
+            }
+            .into(),
             rate: options.rate,
             connections: options.connections,
             duration_secs: secs,
@@ -58,7 +63,10 @@ impl Report {
     pub fn table(&self) -> String {
         let mut out = String::new();
         let how = match self.rate {
-            Some(rate) => format!("open loop at {rate} req/s (≤ {} in flight)", self.connections),
+            Some(rate) => format!(
+                "open loop at {rate} req/s (≤ {} in flight)",
+                self.connections
+            ),
             None => format!("closed loop over {} connections", self.connections),
         };
         let _ = writeln!(
@@ -69,8 +77,17 @@ impl Report {
         let _ = writeln!(
             out,
             "{:<8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "kind", "requests", "ok", "refused", "failed", "retries", "p50 ms", "p90 ms", "p99 ms",
-            "p99.9 ms", "max ms"
+            "kind",
+            "requests",
+            "ok",
+            "refused",
+            "failed",
+            "retries",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms"
         );
         for (name, tally) in &self.http.kinds {
             row(&mut out, name, tally);
@@ -83,7 +100,15 @@ impl Report {
             self.http.failed_idempotent, self.http.failed_non_idempotent
         );
         let errors = joined(self.http.all.errors.iter().map(|(c, n)| format!("{c} {n}")));
-        let _ = writeln!(out, "errors: {}", if errors.is_empty() { "none".into() } else { errors });
+        let _ = writeln!(
+            out,
+            "errors: {}",
+            if errors.is_empty() {
+                "none".into()
+            } else {
+                errors
+            }
+        );
         let _ = writeln!(
             out,
             "statuses: {}",

@@ -166,7 +166,11 @@ impl Recorder {
         let mut inner = self.lock();
         inner.in_flight -= 1;
         inner.all.add(done, us);
-        inner.kinds.entry(done.kind).or_insert_with(Tally::new).add(done, us);
+        inner
+            .kinds
+            .entry(done.kind)
+            .or_insert_with(Tally::new)
+            .add(done, us);
         inner.window.saturating_record(us.max(1));
         if let Some(status) = done.status {
             *inner.statuses.entry(status).or_default() += 1;

@@ -157,7 +157,12 @@ impl WsLoad {
         for index in 0..options.subscribers {
             let source = loopback.then(|| {
                 let group = (index / PER_SOURCE) % 250;
-                IpAddr::V4(Ipv4Addr::new(127, 0, 100, u8::try_from(group + 1).unwrap_or(1)))
+                IpAddr::V4(Ipv4Addr::new(
+                    127,
+                    0,
+                    100,
+                    u8::try_from(group + 1).unwrap_or(1),
+                ))
             });
             let subscriber = Subscriber {
                 index,
@@ -312,12 +317,16 @@ impl Subscriber {
                 anyhow::bail!("connecting timed out");
             }
         };
-        let since = self.state().last.map(|o| json!({ self.topic.clone(): o.to_string() }));
+        let since = self
+            .state()
+            .last
+            .map(|o| json!({ self.topic.clone(): o.to_string() }));
         let mut payload = json!({ "topics": [self.topic] });
         if let Some(since) = since {
             payload["since"] = since;
         }
-        let frame = json!({"type": "request", "id": "sub", "action": "subscribe", "payload": payload});
+        let frame =
+            json!({"type": "request", "id": "sub", "action": "subscribe", "payload": payload});
         socket.send(Message::text(frame.to_string())).await?;
         self.set_connected(true);
         let mut stopped = self.stopped.clone();
@@ -356,9 +365,7 @@ impl Subscriber {
 
     async fn connect(
         &self,
-    ) -> anyhow::Result<
-        tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-    > {
+    ) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
         let socket = match self.addr {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
             SocketAddr::V6(_) => TcpSocket::new_v6()?,

@@ -119,11 +119,19 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
         "latency p50 / p99 / max (from the due time)",
         format!(
             "{:.1} / {:.1} / {:.1} ms",
-            report.http.all.latency_ms.p50, report.http.all.latency_ms.p99, report.http.all.latency_ms.max
+            report.http.all.latency_ms.p50,
+            report.http.all.latency_ms.p99,
+            report.http.all.latency_ms.max
         ),
     );
-    findings.figure("order retries (same Idempotency-Key)", report.http.kinds.get("order").map_or(0, |t| t.retries));
-    findings.figure("failed non-idempotent requests (logins)", report.http.failed_non_idempotent);
+    findings.figure(
+        "order retries (same Idempotency-Key)",
+        report.http.kinds.get("order").map_or(0, |t| t.retries),
+    );
+    findings.figure(
+        "failed non-idempotent requests (logins)",
+        report.http.failed_non_idempotent,
+    );
     findings.figure(
         "balancer attempts sent to the dead node after the kill",
         watch.attempts_after_kill,
@@ -143,8 +151,15 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
     findings.figure("websocket reconnects", ws.reconnects);
     findings.figure("websocket events received", ws.events);
     findings.figure("websocket resyncs", ws.resyncs);
-    findings.figure("pets topic last offset", ws.final_offset.clone().unwrap_or_default());
-    findings.check("failed idempotent requests", report.http.failed_idempotent, 0);
+    findings.figure(
+        "pets topic last offset",
+        ws.final_offset.clone().unwrap_or_default(),
+    );
+    findings.check(
+        "failed idempotent requests",
+        report.http.failed_idempotent,
+        0,
+    );
     findings.check("websocket events lost", ws.lost, 0);
     findings.check("websocket events duplicated", ws.duplicates, 0);
     findings.check(
@@ -152,7 +167,11 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
         (ws.subscribers - ws.connected_at_end) as u64,
         0,
     );
-    findings.check("websocket resumptions refused (recovered: false)", ws.resyncs, 0);
+    findings.check(
+        "websocket resumptions refused (recovered: false)",
+        ws.resyncs,
+        0,
+    );
     findings.detail = serde_json::to_value(&report)?;
     Ok(findings)
 }

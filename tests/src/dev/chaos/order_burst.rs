@@ -75,9 +75,19 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
         },
     )
     .await?;
-    let admin = ApiClient::new(setup.base_url.clone())
-        .token(setup.admin_token.clone().expect("the admin password was given"));
-    let pets = create_pets(&admin, &format!("{}-burst", setup.run_id), plan.pets, plan.stock).await?;
+    let admin = ApiClient::new(setup.base_url.clone()).token(
+        setup
+            .admin_token
+            .clone()
+            .expect("the admin password was given"),
+    );
+    let pets = create_pets(
+        &admin,
+        &format!("{}-burst", setup.run_id),
+        plan.pets,
+        plan.stock,
+    )
+    .await?;
     setup.order_pet_ids = pets.clone();
     let setup = Arc::new(setup);
     let load = HttpLoad::new(
@@ -194,14 +204,16 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
     findings.figure("refused (409 sold out)", refused);
     findings.figure(
         "failed after every retry",
-        format!(
-            "{failed} ({})",
-            classes
+        if classes.is_empty() {
+            failed.to_string()
+        } else {
+            let mut classes: Vec<String> = classes
                 .iter()
                 .map(|(c, n)| format!("{} {n}", c.name()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+                .collect();
+            classes.sort();
+            format!("{failed} ({})", classes.join(", "))
+        },
     );
     findings.figure("keys sent more than once", retried);
     findings.figure(
@@ -213,23 +225,43 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
             .join(", "),
     );
     findings.figure("orders in the database", db.by_key.len());
-    findings.figure("orders approved / cancelled", format!("{} / {}", db.approved, db.cancelled));
-    findings.figure("units sold of stock", format!("{} of {}", db.sold, plan.stock * plan.pets as i64));
-    findings.figure("orders placed for an attempt that failed (client never knew)", unknown_but_placed);
+    findings.figure(
+        "orders approved / cancelled",
+        format!("{} / {}", db.approved, db.cancelled),
+    );
+    findings.figure(
+        "units sold of stock",
+        format!("{} of {}", db.sold, plan.stock * plan.pets as i64),
+    );
+    findings.figure(
+        "orders placed for an attempt that failed (client never knew)",
+        unknown_but_placed,
+    );
     findings.figure("dead payment jobs", db.dead_jobs);
     findings.figure(
         "every order paid or cancelled after the kill",
         settled_after.map_or("not by the deadline".into(), ms),
     );
     findings.check("oversold units", db.oversold, 0);
-    findings.check("pets whose stock + live orders differ from the initial stock", db.drift, 0);
+    findings.check(
+        "pets whose stock + live orders differ from the initial stock",
+        db.drift,
+        0,
+    );
     findings.check("duplicate orders (database)", db.duplicates, 0);
-    findings.check("duplicate orders (one key, two order ids)", client_duplicates, 0);
+    findings.check(
+        "duplicate orders (one key, two order ids)",
+        client_duplicates,
+        0,
+    );
     findings.check("acknowledged orders missing", lost_acknowledged, 0);
     findings.check("orders placed although answered 409", refused_but_placed, 0);
     findings.check("orders not of this burst", strangers as u64, 0);
     findings.check(
-        &format!("orders left unpaid after the lease time ({LEASE_SECS} s + {} s)", PAYMENT_MARGIN.as_secs()),
+        &format!(
+            "orders left unpaid after the lease time ({LEASE_SECS} s + {} s)",
+            PAYMENT_MARGIN.as_secs()
+        ),
         unpaid,
         0,
     );
