@@ -294,7 +294,7 @@ impl Subscriber {
                 if self.is_stopped() {
                     break;
                 }
-                tracing_free_log(self.index, &e);
+                report_connection_problem(self.index, &e);
                 let mut stopped = self.stopped.clone();
                 tokio::select! {
                     _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
@@ -457,7 +457,7 @@ impl Subscriber {
 }
 
 /// Connection problems are expected during chaos; only the first few are worth a line.
-fn tracing_free_log(index: usize, error: &anyhow::Error) {
+fn report_connection_problem(index: usize, error: &anyhow::Error) {
     static LOGGED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     if LOGGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5 {
         eprintln!("petmesh-load: ws subscriber {index}: {error:#}");
