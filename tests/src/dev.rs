@@ -1,18 +1,21 @@
 //! The `petmesh-dev` subcommands: the one implementation of "start private servers" and
 //! "run a local cluster" that `scripts/test` and `scripts/cluster` build on, and the
-//! real-time load generator of `scripts/bench-realtime` (`fanout`, `idle-memory`), and what
+//! real-time load generator of `scripts/bench-realtime` (`fanout`, `idle-memory`), what
 //! `scripts/bench-redis` adds to it (`redis`: a Redis of a chosen shape; `redis-pool-bench`:
-//! a connection pool against one multiplexed connection).
+//! a connection pool against one multiplexed connection), and the chaos experiments of
+//! `scripts/chaos` (`chaos`).
 //!
 //! They live in the library rather than in `main.rs` so that they reuse the harness types
 //! directly and stay unit-testable; `main.rs` only parses arguments.
 
+pub mod chaos;
 pub mod cluster;
 pub mod fanout;
 pub mod redis;
 pub mod redis_pool;
 pub mod with_servers;
 
+pub use chaos::ChaosArgs;
 pub use cluster::ClusterArgs;
 pub use fanout::{FanoutArgs, IdleArgs};
 pub use redis::RedisArgs;

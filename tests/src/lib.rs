@@ -21,7 +21,10 @@
 //! - [`ws`]: [`WsClient`], a client of the WebSocket protocol.
 //! - [`metrics`]: one series' value in a `/metrics` body.
 //! - [`mod@eventually`]: [`assert_eventually!`] and [`eventually()`] for state that converges.
-//! - [`dev`]: the `petmesh-dev` subcommands the scripts use (`with-servers`, `cluster`).
+//! - [`load`]: the HTTP and WebSocket load generator of `petmesh-load` and the chaos
+//!   experiments.
+//! - [`dev`]: the `petmesh-dev` subcommands the scripts use (`with-servers`, `cluster`,
+//!   `chaos`).
 //!
 //! A test usually needs only:
 //!
@@ -44,6 +47,7 @@ pub mod cluster;
 pub mod database;
 pub mod dev;
 pub mod eventually;
+pub mod load;
 pub mod metrics;
 pub mod node;
 pub mod process;

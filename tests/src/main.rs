@@ -11,7 +11,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use petmesh_tests::dev::{self, ClusterArgs, FanoutArgs, IdleArgs, PoolBenchArgs, RedisArgs};
+use petmesh_tests::dev::{
+    self, ChaosArgs, ClusterArgs, FanoutArgs, IdleArgs, PoolBenchArgs, RedisArgs,
+};
 
 /// Development helpers for petmesh.
 #[derive(Debug, Parser)]
@@ -49,6 +51,9 @@ enum Cmd {
     /// multiplexed connection and through deadpool-redis pools, against a private Redis;
     /// prints one `result` line per variant and round.
     RedisPoolBench(PoolBenchArgs),
+    /// Run a chaos experiment (node-kill, order-burst) on a private 3-node cluster under load
+    /// and print its figures and a final PASS or FAIL line (exit 0 or 1).
+    Chaos(ChaosArgs),
 }
 
 impl Cmd {
@@ -58,7 +63,9 @@ impl Cmd {
     /// parent-death signal is tied to.
     fn runtime(&self) -> tokio::runtime::Builder {
         match self {
-            Self::Fanout(_) | Self::IdleMemory(_) | Self::RedisPoolBench(_) => {
+            // Chaos experiments are load generators too; their children are spawned from
+            // runtime workers, which live as long as the process.
+            Self::Fanout(_) | Self::IdleMemory(_) | Self::RedisPoolBench(_) | Self::Chaos(_) => {
                 tokio::runtime::Builder::new_multi_thread()
             }
             Self::WithServers { .. } | Self::Cluster(_) | Self::Redis(_) => {
@@ -85,6 +92,7 @@ fn main() -> ExitCode {
                     Cmd::IdleMemory(args) => dev::fanout::run_idle(args).await,
                     Cmd::Redis(args) => dev::redis::run(args).await,
                     Cmd::RedisPoolBench(args) => dev::redis_pool::run(args).await,
+                    Cmd::Chaos(args) => dev::chaos::run(args).await,
                 }
             })
         });

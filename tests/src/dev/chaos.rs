@@ -1,0 +1,171 @@
+//! `petmesh-dev chaos <experiment>`: a failure injected into a real cluster (3 nodes, the
+//! balancer, Redis, PostgreSQL, all processes of the harness) under steady load from the
+//! load generator ([`crate::load`]), ending with the figures and one verdict line, `PASS` or
+//! `FAIL`, on correctness properties. Timings are printed, never judged: they depend on the
+//! machine.
+//!
+//! - [`node_kill`]: SIGKILL one node under mixed HTTP and WebSocket load.
+//! - [`order_burst`]: a burst of keyed orders for scarce stock, a node killed mid-burst,
+//!   then stock, duplicates and payments checked in PostgreSQL.
+//!
+//! Each has a short form (`--short`, or `CHAOS_SHORT=1`) for CI, bounded to about a minute.
+
+mod node_kill;
+mod order_burst;
+
+use std::fmt::Display;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::cluster::TestCluster;
+
+/// Options of `petmesh-dev chaos`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ChaosArgs {
+    /// The experiment to run.
+    #[arg(value_enum)]
+    pub experiment: Experiment,
+    /// The short form: smaller numbers, about a minute (for CI).
+    #[arg(long, env = "CHAOS_SHORT", value_parser = clap::builder::FalseyValueParser::new())]
+    pub short: bool,
+    /// Also write the figures and the verdict as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// The experiments.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Experiment {
+    /// SIGKILL one of three nodes under steady mixed load with WebSocket subscribers.
+    NodeKill,
+    /// Concurrent keyed orders for scarce stock, a node SIGKILLed mid-burst.
+    OrderBurst,
+}
+
+/// One correctness property and whether it held.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    /// What must hold, e.g. "failed idempotent requests".
+    pub property: String,
+    /// The value measured.
+    pub value: u64,
+    /// The value it must have.
+    pub expected: u64,
+}
+
+impl Check {
+    fn held(&self) -> bool {
+        self.value == self.expected
+    }
+}
+
+/// What an experiment found: figures to print, and the checks that decide the verdict.
+#[derive(Debug, Default, Serialize)]
+pub struct Findings {
+    /// `(name, value)` lines, printed in order.
+    pub figures: Vec<(String, String)>,
+    /// The correctness properties.
+    pub checks: Vec<Check>,
+    /// Extra detail for the JSON file (the load report).
+    pub detail: serde_json::Value,
+}
+
+impl Findings {
+    /// Adds a figure.
+    fn figure(&mut self, name: &str, value: impl Display) {
+        self.figures.push((name.to_owned(), value.to_string()));
+    }
+
+    /// Adds a property that must be `expected`.
+    fn check(&mut self, property: &str, value: u64, expected: u64) {
+        self.checks.push(Check {
+            property: property.to_owned(),
+            value,
+            expected,
+        });
+    }
+
+    fn passed(&self) -> bool {
+        self.checks.iter().all(Check::held)
+    }
+}
+
+/// Runs the experiment, prints its figures and verdict, and returns the exit code: 0 for
+/// PASS, 1 for FAIL.
+pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
+    let form = if args.short { "short" } else { "full" };
+    let name = match args.experiment {
+        Experiment::NodeKill => "node-kill",
+        Experiment::OrderBurst => "order-burst",
+    };
+    println!("chaos: {name} ({form} form)");
+    let findings = match args.experiment {
+        Experiment::NodeKill => node_kill::run(args.short).await?,
+        Experiment::OrderBurst => order_burst::run(args.short).await?,
+    };
+    println!("chaos: {name}: figures");
+    for (figure, value) in &findings.figures {
+        println!("  {figure}: {value}");
+    }
+    println!("chaos: {name}: checks");
+    for check in &findings.checks {
+        println!(
+            "  {} {}: {} (must be {})",
+            if check.held() { "ok  " } else { "FAIL" },
+            check.property,
+            check.value,
+            check.expected
+        );
+    }
+    let passed = findings.passed();
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "experiment": name,
+            "form": form,
+            "verdict": if passed { "PASS" } else { "FAIL" },
+            "figures": findings.figures.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            "checks": findings.checks,
+            "detail": findings.detail,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{}", if passed { "PASS" } else { "FAIL" });
+    Ok(if passed { 0 } else { 1 })
+}
+
+/// Three nodes and a balancer that admits every subscriber, with `env` for the nodes, and
+/// the balancer routing to all of them.
+async fn three_node_cluster(env: &[(&str, &str)]) -> anyhow::Result<TestCluster> {
+    let builder = env.iter().fold(
+        TestCluster::builder()
+            .nodes(3)
+            .balancer_env("PETMESH_BALANCER__LIMITS__WS_PER_IP", "100000"),
+        |builder, (key, value)| builder.env(*key, *value),
+    );
+    let cluster = builder.try_start().await?;
+    let ids: Vec<&str> = cluster.nodes().iter().map(|n| n.id()).collect();
+    cluster
+        .balancer()
+        .until_routing_to(&ids, Duration::from_secs(60))
+        .await?;
+    println!(
+        "chaos: cluster up: balancer {}, {}",
+        cluster.balancer().base_url(),
+        cluster
+            .nodes()
+            .iter()
+            .map(|n| format!("{} {}", n.id(), n.base_url()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(cluster)
+}
+
+/// Milliseconds of `d`, for figures.
+fn ms(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
