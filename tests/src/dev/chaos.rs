@@ -7,11 +7,19 @@
 //! - [`node_kill`]: SIGKILL one node under mixed HTTP and WebSocket load.
 //! - [`order_burst`]: a burst of keyed orders for scarce stock, a node killed mid-burst,
 //!   then stock, duplicates and payments checked in PostgreSQL.
+//! - [`postgres_restart`]: PostgreSQL stopped for 10 s and started again under load.
+//! - [`redis_outage`]: Redis killed for 10 s and started again (empty) under reads,
+//!   orders and subscribers.
+//! - [`rolling_restart`]: every node drained (SIGTERM) and replaced in turn under mixed HTTP
+//!   and WebSocket load.
 //!
 //! Each has a short form (`--short`, or `CHAOS_SHORT=1`) for CI, bounded to about a minute.
 
 mod node_kill;
 mod order_burst;
+mod postgres_restart;
+mod redis_outage;
+mod rolling_restart;
 
 use std::fmt::Display;
 use std::path::PathBuf;
@@ -43,6 +51,12 @@ pub enum Experiment {
     NodeKill,
     /// Concurrent keyed orders for scarce stock, a node SIGKILLed mid-burst.
     OrderBurst,
+    /// Each of three nodes SIGTERMed and replaced in turn under steady mixed load.
+    RollingRestart,
+    /// Redis down for 10 s, then started again empty, under load.
+    RedisOutage,
+    /// PostgreSQL stopped for 10 s, then started again, under load.
+    PostgresRestart,
 }
 
 /// One correctness property and whether it held.
@@ -52,13 +66,19 @@ pub struct Check {
     pub property: String,
     /// The value measured.
     pub value: u64,
-    /// The value it must have.
+    /// The value it must have, or must not exceed (`at_most`).
     pub expected: u64,
+    /// Whether `expected` is a bound (`value <= expected`) rather than the value itself.
+    pub at_most: bool,
 }
 
 impl Check {
     fn held(&self) -> bool {
-        self.value == self.expected
+        if self.at_most {
+            self.value <= self.expected
+        } else {
+            self.value == self.expected
+        }
     }
 }
 
@@ -85,6 +105,17 @@ impl Findings {
             property: property.to_owned(),
             value,
             expected,
+            at_most: false,
+        });
+    }
+
+    /// Adds a property that must not exceed `bound`.
+    fn check_at_most(&mut self, property: &str, value: u64, bound: u64) {
+        self.checks.push(Check {
+            property: property.to_owned(),
+            value,
+            expected: bound,
+            at_most: true,
         });
     }
 
@@ -100,11 +131,17 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
     let name = match args.experiment {
         Experiment::NodeKill => "node-kill",
         Experiment::OrderBurst => "order-burst",
+        Experiment::RollingRestart => "rolling-restart",
+        Experiment::RedisOutage => "redis-outage",
+        Experiment::PostgresRestart => "postgres-restart",
     };
     println!("chaos: {name} ({form} form)");
     let findings = match args.experiment {
         Experiment::NodeKill => node_kill::run(args.short).await?,
         Experiment::OrderBurst => order_burst::run(args.short).await?,
+        Experiment::RollingRestart => rolling_restart::run(args.short).await?,
+        Experiment::RedisOutage => redis_outage::run(args.short).await?,
+        Experiment::PostgresRestart => postgres_restart::run(args.short).await?,
     };
     println!("chaos: {name}: figures");
     for (figure, value) in &findings.figures {
@@ -113,10 +150,11 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
     println!("chaos: {name}: checks");
     for check in &findings.checks {
         println!(
-            "  {} {}: {} (must be {})",
+            "  {} {}: {} (must be {}{})",
             if check.held() { "ok  " } else { "FAIL" },
             check.property,
             check.value,
+            if check.at_most { "at most " } else { "" },
             check.expected
         );
     }
@@ -140,8 +178,16 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
 /// Three nodes and a balancer that admits every subscriber, with `env` for the nodes, and
 /// the balancer routing to all of them.
 async fn three_node_cluster(env: &[(&str, &str)]) -> anyhow::Result<TestCluster> {
+    three_node_cluster_from(TestCluster::builder(), env).await
+}
+
+/// [`three_node_cluster`] from `builder` (e.g. with a Redis of the cluster's own).
+async fn three_node_cluster_from(
+    builder: crate::cluster::TestClusterBuilder,
+    env: &[(&str, &str)],
+) -> anyhow::Result<TestCluster> {
     let builder = env.iter().fold(
-        TestCluster::builder()
+        builder
             .nodes(3)
             .balancer_env("PETMESH_BALANCER__LIMITS__WS_PER_IP", "100000"),
         |builder, (key, value)| builder.env(*key, *value),

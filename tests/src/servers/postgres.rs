@@ -99,6 +99,26 @@ impl PostgresServer {
         })
     }
 
+    /// Stops the server with a fast shutdown (SIGINT: sessions are ended, the data is kept;
+    /// SIGKILL after 10 s). Its port stays closed until [`PostgresServer::start_again`].
+    pub fn stop(&mut self) {
+        stop_postmaster(&mut self.child);
+    }
+
+    /// Starts the server again on the same data directory and port (after
+    /// [`PostgresServer::stop`]), returning once it accepts connections.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        let bin = bin_dir()?;
+        let run_as = run_as()?;
+        let mut child = spawn_postgres(&bin, self.dir.path(), &self.log_path, self.port, run_as)?;
+        if let Err(e) = wait_ready(&mut child, self.port, &self.log_path).await {
+            stop_postmaster(&mut child);
+            return Err(e);
+        }
+        self.child = child;
+        Ok(())
+    }
+
     /// The maintenance database URL: `postgres://postgres@127.0.0.1:PORT/postgres`.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)

@@ -66,8 +66,16 @@ impl RedisServer {
         })
     }
 
+    /// Kills the server (its data is lost, as in a crash without persistence) and leaves it
+    /// down, its port closed, until [`RedisServer::restart`] starts a new one on the same port.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Kills the server (its data is lost, as in a crash without persistence) and starts a new
-    /// one on the same port, returning once it answers `PING`.
+    /// one on the same port, returning once it answers `PING`. After
+    /// [`RedisServer::stop`] it only starts the new one.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         let _ = self.child.kill();
         let _ = self.child.wait();
