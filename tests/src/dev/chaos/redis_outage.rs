@@ -16,9 +16,9 @@
 //!
 //! PASS: the reads answered during the outage (the seconds of the load's timeline that
 //! overlap it) failed at most 1 % of the time, and the registry, every node's readiness, the
-//! caches and the broadcasts were back within 30 s of the restart. Orders (which need Redis for their
-//! idempotency keys), the subscribers' losses across the restart (the topic's offsets start
-//! over in a new epoch) and every timing are reported.
+//! caches and the broadcasts were back within 30 s of the restart. The orders, the
+//! subscribers' losses and resyncs across the restart (the topic's offsets start over in a
+//! new epoch) and every timing are reported.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
