@@ -51,7 +51,8 @@ enum Cmd {
     /// multiplexed connection and through deadpool-redis pools, against a private Redis;
     /// prints one `result` line per variant and round.
     RedisPoolBench(PoolBenchArgs),
-    /// Run a chaos experiment (node-kill, order-burst) on a private 3-node cluster under load
+    /// Run a chaos experiment (node-kill, order-burst, rolling-restart, redis-outage,
+    /// postgres-restart) on a private 3-node cluster under load
     /// and print its figures and a final PASS or FAIL line (exit 0 or 1).
     Chaos(ChaosArgs),
 }
