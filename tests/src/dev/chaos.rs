@@ -23,12 +23,14 @@ mod rolling_restart;
 
 use std::fmt::Display;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::cluster::TestCluster;
+use crate::load::{Setup, SetupOptions, WsLoad, WsOptions};
 
 /// Options of `petmesh-dev chaos`.
 #[derive(clap::Args, Clone, Debug)]
@@ -209,6 +211,32 @@ async fn three_node_cluster_from(
             .join(", ")
     );
     Ok(cluster)
+}
+
+/// The steady mixed load's users (and 10 pets to order) through the balancer at `base_url`,
+/// logged in with the admin's `admin_password`.
+async fn mixed_load_setup(
+    base_url: &str,
+    admin_password: &str,
+    users: usize,
+) -> anyhow::Result<Arc<Setup>> {
+    let options = SetupOptions {
+        users,
+        admin_password: Some(admin_password.to_owned()),
+        order_pets: 10,
+    };
+    Ok(Arc::new(Setup::prepare(base_url, &options).await?))
+}
+
+/// `subscribers` WebSocket clients of `pets` spread over `setup`'s users.
+async fn pets_subscribers(setup: &Setup, subscribers: usize) -> anyhow::Result<WsLoad> {
+    WsLoad::start(WsOptions {
+        base_url: setup.base_url.clone(),
+        topic: "pets".into(),
+        tokens: setup.users.iter().map(|u| u.token.clone()).collect(),
+        subscribers,
+    })
+    .await
 }
 
 /// Milliseconds of `d`, for figures.

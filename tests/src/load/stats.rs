@@ -292,6 +292,13 @@ pub struct LatencyReport {
     pub max: f64,
 }
 
+impl LatencyReport {
+    /// `p50 / p99 / max ms`, one decimal each: how the chaos experiments print latency.
+    pub fn p50_p99_max(&self) -> String {
+        format!("{:.1} / {:.1} / {:.1} ms", self.p50, self.p99, self.max)
+    }
+}
+
 /// The figures of one kind, or of all.
 #[derive(Clone, Debug, Serialize)]
 pub struct TallyReport {

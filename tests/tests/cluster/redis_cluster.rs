@@ -135,6 +135,38 @@ fn check_complete_or_told(
     Ok(())
 }
 
+/// Waits for each reader (one per node) to see the closing event, then checks what it saw with
+/// [`check_complete_or_told`], the first reader's order being the reference for the others.
+async fn assert_every_subscriber_complete_or_told(
+    readers: Vec<tokio::task::JoinHandle<Seen>>,
+    created: &[String],
+) {
+    let mut reference: Option<Vec<String>> = None;
+    for (index, reader) in readers.into_iter().enumerate() {
+        let who = format!("subscriber on node {index}");
+        let seen = tokio::time::timeout(Duration::from_secs(30), reader)
+            .await
+            .unwrap_or_else(|_| panic!("{who} never saw the closing event"))
+            .unwrap();
+        let reference = reference
+            .get_or_insert_with(|| seen.created.iter().map(|(name, _)| name.clone()).collect());
+        check_complete_or_told(&seen, created, reference)
+            .unwrap_or_else(|e| panic!("{who}: {e:#}"));
+        let epochs: HashSet<&str> = seen
+            .created
+            .iter()
+            .map(|(_, o)| offset_parts(o).0)
+            .collect();
+        eprintln!(
+            "{who}: {} events in {} epoch(s), {} resync(s) {:?}",
+            seen.created.len(),
+            epochs.len(),
+            seen.resyncs.len(),
+            seen.resyncs
+        );
+    }
+}
+
 #[tokio::test]
 async fn killing_the_master_of_a_busy_topic_loses_no_event_silently_and_writes_go_on() {
     let mut cluster = TestCluster::builder()
@@ -307,30 +339,7 @@ async fn killing_the_master_of_a_busy_topic_loses_no_event_silently_and_writes_g
         );
     }
 
-    let mut reference: Option<Vec<String>> = None;
-    for (index, reader) in readers.into_iter().enumerate() {
-        let who = format!("subscriber on node {index}");
-        let seen = tokio::time::timeout(Duration::from_secs(30), reader)
-            .await
-            .unwrap_or_else(|_| panic!("{who} never saw the closing event"))
-            .unwrap();
-        let reference = reference
-            .get_or_insert_with(|| seen.created.iter().map(|(name, _)| name.clone()).collect());
-        check_complete_or_told(&seen, &created, reference)
-            .unwrap_or_else(|e| panic!("{who}: {e:#}"));
-        let epochs: HashSet<&str> = seen
-            .created
-            .iter()
-            .map(|(_, o)| offset_parts(o).0)
-            .collect();
-        eprintln!(
-            "{who}: {} events in {} epoch(s), {} resync(s) {:?}",
-            seen.created.len(),
-            epochs.len(),
-            seen.resyncs.len(),
-            seen.resyncs
-        );
-    }
+    assert_every_subscriber_complete_or_told(readers, &created).await;
 }
 
 #[test]
@@ -400,21 +409,5 @@ async fn moving_a_busy_topics_slot_to_another_master_loses_no_event_silently() {
         source.port, target.port, owner.port
     );
     create_pet(&api, "after").await.unwrap().assert_status(201);
-    let mut reference: Option<Vec<String>> = None;
-    for (index, reader) in readers.into_iter().enumerate() {
-        let who = format!("subscriber on node {index}");
-        let seen = tokio::time::timeout(Duration::from_secs(30), reader)
-            .await
-            .unwrap_or_else(|_| panic!("{who} never saw the closing event"))
-            .unwrap();
-        let reference = reference
-            .get_or_insert_with(|| seen.created.iter().map(|(name, _)| name.clone()).collect());
-        check_complete_or_told(&seen, &created, reference)
-            .unwrap_or_else(|e| panic!("{who}: {e:#}"));
-        eprintln!(
-            "{who}: {} events, {} resync(s)",
-            seen.created.len(),
-            seen.resyncs.len()
-        );
-    }
+    assert_every_subscriber_complete_or_told(readers, &created).await;
 }

@@ -16,12 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use super::{ms, three_node_cluster, Findings};
+use super::{mixed_load_setup, ms, pets_subscribers, three_node_cluster, Findings};
 use crate::cluster::TestCluster;
-use crate::load::{
-    HttpLoad, LoadOptions, Mix, Offset, RetryPolicy, RunningLoad, Setup, SetupOptions, WsLoad,
-    WsOptions,
-};
+use crate::load::{HttpLoad, LoadOptions, Mix, Offset, RetryPolicy, RunningLoad};
 
 /// The numbers of one form of the experiment.
 struct Plan {
@@ -61,23 +58,13 @@ const SETTLE: Duration = Duration::from_secs(30);
 pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
     let plan = if short { SHORT } else { FULL };
     let mut cluster = three_node_cluster(&[]).await?;
-    let setup = Setup::prepare(
+    let setup = mixed_load_setup(
         &cluster.balancer().base_url(),
-        &SetupOptions {
-            users: plan.users,
-            admin_password: Some(cluster.admin_password().to_owned()),
-            order_pets: 10,
-        },
+        cluster.admin_password(),
+        plan.users,
     )
     .await?;
-    let setup = Arc::new(setup);
-    let ws = WsLoad::start(WsOptions {
-        base_url: setup.base_url.clone(),
-        topic: "pets".into(),
-        tokens: setup.users.iter().map(|u| u.token.clone()).collect(),
-        subscribers: plan.subscribers,
-    })
-    .await?;
+    let ws = pets_subscribers(&setup, plan.subscribers).await?;
     let retry = RetryPolicy::default();
     let timeout = Duration::from_secs(10);
     let options = LoadOptions {
@@ -117,12 +104,7 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
     findings.figure("requests", report.http.all.requests);
     findings.figure(
         "latency p50 / p99 / max (from the due time)",
-        format!(
-            "{:.1} / {:.1} / {:.1} ms",
-            report.http.all.latency_ms.p50,
-            report.http.all.latency_ms.p99,
-            report.http.all.latency_ms.max
-        ),
+        report.http.all.latency_ms.p50_p99_max(),
     );
     findings.figure(
         "order retries (same Idempotency-Key)",

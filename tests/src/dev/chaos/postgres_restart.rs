@@ -23,14 +23,12 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::{ms, Findings};
+use super::{mixed_load_setup, ms, Findings};
 use crate::balancer::{BalancerConfig, BalancerProcess};
 use crate::client::ApiClient;
 use crate::cluster::RATE_LIMITS_ENV;
 use crate::database::TestDatabase;
-use crate::load::{
-    ErrorClass, HttpLoad, LoadOptions, Mix, RetryPolicy, RunningLoad, Setup, SetupOptions,
-};
+use crate::load::{ErrorClass, HttpLoad, LoadOptions, Mix, RetryPolicy, RunningLoad};
 use crate::node::{random_token, NodeConfig, NodeProcess};
 use crate::servers::{PostgresServer, RedisServer};
 
@@ -159,17 +157,12 @@ impl Cluster {
 pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
     let plan = if short { SHORT } else { FULL };
     let mut cluster = Cluster::start().await?;
-    let setup = Arc::new(
-        Setup::prepare(
-            &cluster.balancer.base_url(),
-            &SetupOptions {
-                users: plan.users,
-                admin_password: Some(cluster.admin_password.clone()),
-                order_pets: 10,
-            },
-        )
-        .await?,
-    );
+    let setup = mixed_load_setup(
+        &cluster.balancer.base_url(),
+        &cluster.admin_password,
+        plan.users,
+    )
+    .await?;
     let retry = RetryPolicy::default();
     let options = LoadOptions {
         rate: Some(plan.rate),
@@ -303,12 +296,7 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
     );
     findings.figure(
         "latency p50 / p99 / max (from the due time)",
-        format!(
-            "{:.1} / {:.1} / {:.1} ms",
-            report.http.all.latency_ms.p50,
-            report.http.all.latency_ms.p99,
-            report.http.all.latency_ms.max
-        ),
+        report.http.all.latency_ms.p50_p99_max(),
     );
     findings.check(
         &format!(

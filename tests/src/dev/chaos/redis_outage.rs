@@ -24,12 +24,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::node_kill::last_offset;
-use super::{ms, three_node_cluster_from, Findings};
+use super::{mixed_load_setup, ms, pets_subscribers, three_node_cluster_from, Findings};
 use crate::client::ApiClient;
 use crate::cluster::TestCluster;
-use crate::load::{
-    HttpLoad, LoadOptions, RetryPolicy, RunningLoad, Setup, SetupOptions, WsLoad, WsOptions,
-};
+use crate::load::{HttpLoad, LoadOptions, RetryPolicy, RunningLoad};
 use crate::ws::WsClient;
 
 /// The numbers of one form of the experiment.
@@ -81,24 +79,13 @@ const MAX_FAILED_PER_10K: u64 = 100;
 pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
     let plan = if short { SHORT } else { FULL };
     let mut cluster = three_node_cluster_from(TestCluster::builder().own_redis(), &[]).await?;
-    let setup = Arc::new(
-        Setup::prepare(
-            &cluster.balancer().base_url(),
-            &SetupOptions {
-                users: plan.users,
-                admin_password: Some(cluster.admin_password().to_owned()),
-                order_pets: 10,
-            },
-        )
-        .await?,
-    );
-    let ws = WsLoad::start(WsOptions {
-        base_url: setup.base_url.clone(),
-        topic: "pets".into(),
-        tokens: setup.users.iter().map(|u| u.token.clone()).collect(),
-        subscribers: plan.subscribers,
-    })
+    let setup = mixed_load_setup(
+        &cluster.balancer().base_url(),
+        cluster.admin_password(),
+        plan.users,
+    )
     .await?;
+    let ws = pets_subscribers(&setup, plan.subscribers).await?;
     let probe = Probe::start(setup.base_url.clone(), setup.users[0].token.clone());
     let retry = RetryPolicy::default();
     let timeout = Duration::from_secs(10);
@@ -216,12 +203,7 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
     );
     findings.figure(
         "read latency p50 / p99 / max (from the due time)",
-        format!(
-            "{:.1} / {:.1} / {:.1} ms",
-            report.http.all.latency_ms.p50,
-            report.http.all.latency_ms.p99,
-            report.http.all.latency_ms.max
-        ),
+        report.http.all.latency_ms.p50_p99_max(),
     );
     findings.figure(
         "orders (requests / failed after every retry / retries)",

@@ -18,10 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::node_kill::last_offset;
-use super::{ms, three_node_cluster, Findings};
-use crate::load::{
-    HttpLoad, LoadOptions, Mix, RetryPolicy, RunningLoad, Setup, SetupOptions, WsLoad, WsOptions,
-};
+use super::{mixed_load_setup, ms, pets_subscribers, three_node_cluster, Findings};
+use crate::load::{HttpLoad, LoadOptions, Mix, RetryPolicy, RunningLoad};
 
 /// The numbers of one form of the experiment.
 struct Plan {
@@ -81,24 +79,13 @@ struct Step {
 pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
     let plan = if short { SHORT } else { FULL };
     let mut cluster = three_node_cluster(&[]).await?;
-    let setup = Arc::new(
-        Setup::prepare(
-            &cluster.balancer().base_url(),
-            &SetupOptions {
-                users: plan.users,
-                admin_password: Some(cluster.admin_password().to_owned()),
-                order_pets: 10,
-            },
-        )
-        .await?,
-    );
-    let ws = WsLoad::start(WsOptions {
-        base_url: setup.base_url.clone(),
-        topic: "pets".into(),
-        tokens: setup.users.iter().map(|u| u.token.clone()).collect(),
-        subscribers: plan.subscribers,
-    })
+    let setup = mixed_load_setup(
+        &cluster.balancer().base_url(),
+        cluster.admin_password(),
+        plan.users,
+    )
     .await?;
+    let ws = pets_subscribers(&setup, plan.subscribers).await?;
     let retry = RetryPolicy::default();
     let timeout = Duration::from_secs(10);
     let options = LoadOptions {
@@ -170,12 +157,7 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
     findings.figure("requests", report.http.all.requests);
     findings.figure(
         "latency p50 / p99 / max (from the due time)",
-        format!(
-            "{:.1} / {:.1} / {:.1} ms",
-            report.http.all.latency_ms.p50,
-            report.http.all.latency_ms.p99,
-            report.http.all.latency_ms.max
-        ),
+        report.http.all.latency_ms.p50_p99_max(),
     );
     findings.figure(
         "order retries (same Idempotency-Key)",
