@@ -10,7 +10,8 @@
 //!    feeds the node's breaker; a pooled connection the node had closed while idle is replaced
 //!    without counting against it.
 //! 6. A connect failure, or a 502/503 before anything went back to the client, is retried on
-//!    the next candidate when the request is idempotent (GET, HEAD, OPTIONS or
+//!    the next candidate (not a 503 naming a shared dependency as down: every node would
+//!    answer the same) when the request is idempotent (GET, HEAD, OPTIONS or
 //!    `Idempotency-Key`), its body can be sent again (none, or never sent), attempts remain
 //!    and the retry budget allows.
 //! 7. The response streams back with `X-Petmesh-Node`; its connection returns to the pool when
@@ -31,6 +32,7 @@ use ::http::{
 };
 use http_body::Body as _;
 use hyper::body::Incoming;
+use petmesh_shared::error_body::DEPENDENCY_DOWN_HEADER;
 use tokio::{net::TcpStream, time::Instant};
 
 pub use self::http::{Client, RequestBody, ResponseBody};
@@ -194,7 +196,8 @@ async fn forward(
                 Ok(response) => {
                     let status = response.status();
                     let retry_status = status == StatusCode::BAD_GATEWAY
-                        || status == StatusCode::SERVICE_UNAVAILABLE;
+                        || (status == StatusCode::SERVICE_UNAVAILABLE
+                            && !dependency_down(response.headers()));
                     if retry_status && idempotent && body.is_empty() {
                         tracing::debug!(node = %node.id(), %status, "node refused, trying another");
                         last = Some(Ok(response));
@@ -223,6 +226,12 @@ async fn forward(
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     Ok(response)
+}
+
+/// Whether a node's 503 says a dependency every node shares (PostgreSQL, Redis) is down, so
+/// another node would answer the same: such a 503 is passed on at once, not retried.
+fn dependency_down(headers: &HeaderMap) -> bool {
+    headers.contains_key(DEPENDENCY_DOWN_HEADER)
 }
 
 /// What every attempt of a request sends.
@@ -305,7 +314,10 @@ async fn attempt_once(
         status,
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
     );
-    node.breaker.record(!failed);
+    // A node answering that a shared dependency is down is working: opening its breaker
+    // (and soon every node's) would refuse the requests it can still serve from caches.
+    node.breaker
+        .record(!failed || dependency_down(&response.headers));
     if failed {
         node.stats.errors.inc();
     }

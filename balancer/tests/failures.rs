@@ -156,6 +156,42 @@ async fn a_failing_node_is_retried_elsewhere_and_its_breaker_opens() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_naming_a_shared_dependency_is_passed_on_without_retry_or_breaker() {
+    let a = MockBackend::start("a").await;
+    let b = MockBackend::start("b").await;
+    let mut settings = settings(&[&a, &b]);
+    settings.breaker.consecutive_failures = 3;
+    settings.breaker.backoff_initial_ms = 60_000;
+    settings.breaker.backoff_max_ms = 60_000;
+    let balancer = TestBalancer::start(settings).await;
+    a.set_mode(Mode::DependencyDown);
+
+    let client = client();
+    let mut from_a = 0;
+    for _ in 0..20 {
+        let response = client.get(balancer.url("/pets")).send().await.unwrap();
+        if response.headers()["x-petmesh-node"] == "a" {
+            assert_eq!(response.status(), 503);
+            assert_eq!(response.headers()["x-petmesh-dependency-down"], "database");
+            from_a += 1;
+        } else {
+            assert_eq!(response.status(), 200);
+        }
+    }
+
+    assert!(
+        from_a > 3,
+        "a was picked more often than the breaker's threshold: {from_a}"
+    );
+    assert_eq!(
+        a.requests(),
+        from_a,
+        "every request a got came back from a: none was retried"
+    );
+    assert_eq!(node_row(&balancer, "a").await["breaker"], "closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_is_not_retried_after_the_node_answered() {
     let a = MockBackend::start("a").await;
     let balancer = TestBalancer::start(settings(&[&a])).await;

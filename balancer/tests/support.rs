@@ -82,6 +82,9 @@ pub enum Mode {
     Ok,
     /// This status with the echo.
     Fail(u16),
+    /// 503 naming a shared dependency as down (`x-petmesh-dependency-down: database`), as a
+    /// node answers while PostgreSQL is unreachable.
+    DependencyDown,
     /// Waits this long, then answers 200.
     Slow(Duration),
     /// Closes the connection without answering.
@@ -241,6 +244,14 @@ async fn answer(
     let status = match mode {
         Mode::Ok => 200,
         Mode::Fail(status) => status,
+        Mode::DependencyDown => {
+            let mut response = reply(&control, 503, Bytes::from_static(b"{}"));
+            response.headers_mut().insert(
+                "x-petmesh-dependency-down",
+                header::HeaderValue::from_static("database"),
+            );
+            return response;
+        }
         Mode::Slow(delay) => {
             tokio::time::sleep(delay).await;
             200

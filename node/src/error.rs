@@ -65,7 +65,30 @@ pub enum ApiError {
         /// Seconds to wait before retrying, when the node can tell.
         #[oai(header = "Retry-After")]
         Option<u64>,
+        /// `database` or `redis` when that shared dependency is the cause: every node would
+        /// answer the same, so load balancers should not retry elsewhere.
+        #[oai(header = "X-Petmesh-Dependency-Down")]
+        Option<String>,
     ),
+}
+
+/// A dependency every node shares; when it is down, every node fails the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dependency {
+    /// PostgreSQL.
+    Database,
+    /// Redis.
+    Redis,
+}
+
+impl Dependency {
+    /// The name used in messages and in [`petmesh_shared::error_body::DEPENDENCY_DOWN_HEADER`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Database => "database",
+            Self::Redis => "redis",
+        }
+    }
 }
 
 /// Shorthand for handler results.
@@ -109,7 +132,14 @@ impl ApiError {
 
     /// 503 with `message`.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::Unavailable(body(503, message), None)
+        Self::Unavailable(body(503, message), None, None)
+    }
+
+    /// 503 because `dependency`, which every node shares, is unavailable (see
+    /// [`petmesh_shared::error_body::DEPENDENCY_DOWN_HEADER`]).
+    pub fn dependency_down(dependency: Dependency) -> Self {
+        let message = format!("{} unavailable, retry later", dependency.name());
+        Self::Unavailable(body(503, message), None, Some(dependency.name().to_owned()))
     }
 
     /// 429 with `message` and `Retry-After: retry_after_secs`.
@@ -119,7 +149,7 @@ impl ApiError {
 
     /// 503 with `message` and `Retry-After: retry_after_secs`.
     pub fn overloaded(message: impl Into<String>, retry_after_secs: u64) -> Self {
-        Self::Unavailable(body(503, message), Some(retry_after_secs))
+        Self::Unavailable(body(503, message), Some(retry_after_secs), None)
     }
 
     /// The body every variant carries (what the WebSocket protocol reports as its error).
@@ -136,7 +166,7 @@ impl ApiError {
             | Self::UnsupportedMediaType(body)
             | Self::TooManyRequests(body, _)
             | Self::Internal(body)
-            | Self::Unavailable(body, _) => &body.0,
+            | Self::Unavailable(body, _, _) => &body.0,
         }
     }
 
@@ -176,16 +206,29 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("22")) => {
                 Self::bad_request(format!("invalid value: {}", db.message()))
             }
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|code| means_database_down(&code)) =>
+            {
+                tracing::warn!(error = %error_chain(&err), "database unavailable");
+                Self::dependency_down(Dependency::Database)
+            }
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_) => {
                 tracing::warn!(error = %error_chain(&err), "database unavailable");
-                Self::unavailable("database unavailable, retry later")
+                Self::dependency_down(Dependency::Database)
             }
             _ => Self::internal(&err),
         }
     }
+}
+
+/// Whether a SQLSTATE says PostgreSQL itself cannot serve, rather than that the query was
+/// wrong: class 08 (connection exception), 57P01–57P03 (shutting down, crashed, starting up:
+/// what a restart looks like to the connections it ends) and 53300 (too many connections).
+fn means_database_down(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
 }
 
 impl From<redis::RedisError> for ApiError {
@@ -196,7 +239,7 @@ impl From<redis::RedisError> for ApiError {
             || err.is_connection_refusal()
         {
             tracing::warn!(error = %error_chain(&err), "redis unavailable");
-            Self::unavailable("redis unavailable, retry later")
+            Self::dependency_down(Dependency::Redis)
         } else {
             Self::internal(&err)
         }
@@ -315,6 +358,37 @@ fn describe(err: &poem::Error, status: StatusCode, method: &Method, path: &str) 
             petmesh_shared::error_body::reason_phrase(status.as_u16()).to_owned()
         } else {
             text
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use petmesh_shared::error_body::DEPENDENCY_DOWN_HEADER;
+    use poem::IntoResponse;
+
+    use super::*;
+
+    #[test]
+    fn a_shared_dependency_503_names_it_in_the_header_the_balancer_reads() {
+        let response = ApiError::dependency_down(Dependency::Database).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(DEPENDENCY_DOWN_HEADER).unwrap(),
+            "database"
+        );
+        let other = ApiError::unavailable("node is shutting down").into_response();
+        assert!(other.headers().get(DEPENDENCY_DOWN_HEADER).is_none());
+    }
+
+    #[test]
+    fn a_restarting_or_unreachable_postgresql_is_told_apart_from_a_bad_query() {
+        for down in ["08006", "08001", "57P01", "57P02", "57P03", "53300"] {
+            assert!(means_database_down(down), "{down}");
+        }
+        // A syntax error, a unique violation, a statement timeout: the query, not the server.
+        for query in ["42601", "23505", "57014"] {
+            assert!(!means_database_down(query), "{query}");
         }
     }
 }

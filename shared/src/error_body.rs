@@ -5,6 +5,11 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Header a node sets on a 503 caused by a dependency every node shares (`database` or
+/// `redis`): another node would answer the same, so the balancer neither retries the request
+/// elsewhere nor counts the answer against the node's circuit breaker.
+pub const DEPENDENCY_DOWN_HEADER: &str = "x-petmesh-dependency-down";
+
 /// The JSON body of every error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]

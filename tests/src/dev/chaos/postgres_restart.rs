@@ -306,6 +306,12 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
         load_hung + probe_hung,
         0,
     );
+    // A restart must read as the database being unavailable (503), never as a bug (500).
+    findings.check(
+        "answers 500 (internal error) to the load",
+        report.http.statuses.get("500").copied().unwrap_or(0),
+        0,
+    );
     findings.check_at_most(
         "ms until every node is ready and the probe answered 200 after the restart",
         back.map_or(u64::MAX, |d| d.as_millis() as u64),
