@@ -315,7 +315,11 @@ pub async fn cancel(state: &AppState, claims: &Claims, id: i64) -> Result<Order,
         }
     };
     jobs::cancel_payment(&mut tx, id).await?;
-    outbox::record(&mut tx, cancel_events(state, &order, pet.as_ref())).await?;
+    // `order:deleted` is the name existing pet-store clients listen for when an order is
+    // cancelled on request; a declined payment's cancellation sends only `order:updated`.
+    let mut events = cancel_events(state, &order, pet.as_ref());
+    events.push(order_event(state, "order:deleted", &order));
+    outbox::record(&mut tx, events).await?;
     tx.commit().await?;
     after_cancel(state, pet.as_ref()).await;
     Ok(order)

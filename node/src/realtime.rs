@@ -161,6 +161,7 @@ mod tests {
             "pet:deleted",
             "order:created",
             "order:updated",
+            "order:deleted",
             "room:joined",
             "room:left",
             "room:message",

@@ -12,12 +12,13 @@ const ORDER_STATUSES: [&str; 4] = ["placed", "approved", "delivered", "cancelled
 const JOB_KINDS: [&str; 1] = ["payment"];
 
 /// The domain events the store publishes (room and custom events are counted as they come).
-const DOMAIN_EVENTS: [&str; 5] = [
+const DOMAIN_EVENTS: [&str; 6] = [
     "pet:created",
     "pet:updated",
     "pet:deleted",
     "order:created",
     "order:updated",
+    "order:deleted",
 ];
 
 /// Store collectors, registered in the node's registry.

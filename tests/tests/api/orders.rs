@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use petmesh_tests::{assert_error, eventually, ApiClient, TestCluster};
+use petmesh_tests::{assert_error, eventually, ApiClient, TestCluster, WsClient};
 use serde_json::{json, Value};
 
 use crate::helpers::{admin, create_pet, signed_up};
@@ -175,6 +175,12 @@ async fn cancel_restores_stock_exactly_once_even_when_sent_twice() {
         "stock 0 → sold"
     );
 
+    // The owner watches its orders on the other node.
+    let mut watcher = WsClient::login(&cluster.node(1).base_url(), &buyer.tokens.access_token)
+        .await
+        .unwrap();
+    watcher.subscribe(&["orders"]).await.unwrap();
+
     let (buyer_a, buyer_b) = (as_buyer(0), as_buyer(1));
     let (first, second) = tokio::join!(buyer_a.delete(&path), buyer_b.delete(&path));
     let mut statuses = [first.unwrap(), second.unwrap()];
@@ -182,6 +188,21 @@ async fn cancel_restores_stock_exactly_once_even_when_sent_twice() {
     statuses[0].assert_status(200);
     assert_eq!(statuses[0].body["status"], "cancelled");
     assert_error(&statuses[1], 409);
+
+    // `order:updated` (cancelled), then `order:deleted` with the cancelled order.
+    let updated = watcher
+        .event_where(|e| e["event"] == "order:updated" || e["event"] == "order:deleted")
+        .await
+        .unwrap();
+    assert_eq!(updated["event"], "order:updated", "{updated}");
+    assert_eq!(updated["payload"]["status"], "cancelled");
+    let deleted = watcher
+        .event_where(|e| e["event"] == "order:deleted")
+        .await
+        .unwrap();
+    assert_eq!(deleted["topic"], "orders");
+    assert_eq!(deleted["payload"]["id"], order.body["id"]);
+    assert_eq!(deleted["payload"]["status"], "cancelled");
 
     let after = pet(&as_buyer(1), pet_id).await;
     assert_eq!(
