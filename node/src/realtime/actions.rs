@@ -20,6 +20,7 @@ use crate::{events::log::Offset, subscribers};
 pub const ACTIONS: &[&str] = &[
     "ping",
     "auth:login",
+    "auth:refresh",
     "auth:logout",
     "subscribe",
     "unsubscribe",
@@ -75,6 +76,7 @@ impl Conn {
                 "nodeId": &*self.state.node_id,
             })),
             Action::Login { token } => self.login(&token).await,
+            Action::Refresh { token } => self.refresh(&token).await,
             Action::Logout => self.logout().await,
             Action::Subscribe { topics, since } => self.subscribe(topics, since).await,
             Action::Unsubscribe { topics } => self.unsubscribe(topics),
@@ -109,6 +111,27 @@ impl Conn {
                 ));
             }
         }
+        Ok(self.adopt(claims))
+    }
+
+    /// Replaces the session's token with a newer one of the same user, so that the socket
+    /// outlives the first token's expiry. Unlike `auth:login` it needs a session: a client
+    /// that means to extend one must not silently start one instead.
+    async fn refresh(&mut self, token: &str) -> Result<Value, WsError> {
+        let current = self.session()?.claims.sub;
+        let claims = crate::auth::authenticate(&self.state, token).await?;
+        if claims.sub != current {
+            return Err(WsError::new(
+                ErrorCode::Forbidden,
+                "the token belongs to another user; this connection keeps its token",
+            ));
+        }
+        Ok(self.adopt(claims))
+    }
+
+    /// Makes `claims` the connection's session (here and in the hub, whose sweep closes the
+    /// connection at their expiry) and answers what the client needs to know.
+    fn adopt(&mut self, claims: crate::auth::Claims) -> Value {
         let session = Session { claims };
         let reply = json!({
             "userId": session.claims.sub,
@@ -118,7 +141,7 @@ impl Conn {
         });
         self.state.hub.authenticate(self.id, session.clone());
         self.session = Some(session);
-        Ok(reply)
+        reply
     }
 
     /// Ends the session everywhere (REST logout); every node then closes its sockets, this one

@@ -66,6 +66,11 @@ pub enum Action {
         /// The access token, not yet checked.
         token: String,
     },
+    /// `auth:refresh` with a newer access token of the same user.
+    Refresh {
+        /// The new access token.
+        token: String,
+    },
     /// `auth:logout`.
     Logout,
     /// `subscribe`: topics in the order given, each with the offset to resume after, if any.
@@ -117,6 +122,9 @@ pub fn decode(request: &ClientRequest) -> Result<Action, WsError> {
     Ok(match request.action.as_str() {
         "ping" => Action::Ping,
         "auth:login" => Action::Login {
+            token: string_field(payload, "token")?.to_owned(),
+        },
+        "auth:refresh" => Action::Refresh {
             token: string_field(payload, "token")?.to_owned(),
         },
         "auth:logout" => Action::Logout,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use petmesh_tests::{ws::RawWs, TestCluster, WsClient};
 use serde_json::{json, Value};
 
-use crate::helpers::{admin, create_pet, place_order, signed_up, TestUser};
+use crate::helpers::{admin, create_pet, place_order, refresh, signed_up, TestUser};
 
 /// Signs up one user per name, the i-th through node i, each connected over WebSocket to the
 /// node it signed up on.
@@ -895,6 +895,78 @@ async fn after_redis_loses_its_data_events_flow_again_in_a_new_epoch() {
         epoch(&after),
         "the lost history starts a new epoch"
     );
+}
+
+#[tokio::test]
+async fn auth_refresh_keeps_a_socket_open_past_its_first_tokens_expiry() {
+    let cluster = TestCluster::builder()
+        .nodes(2)
+        .env("PETMESH_NODE__AUTH__ACCESS_TOKEN_TTL_SECS", "3")
+        .start()
+        .await;
+    let user = signed_up(&cluster.client(0), "longlived").await;
+    let other = signed_up(&cluster.client(0), "stranger").await;
+
+    let mut anonymous = WsClient::connect(&cluster.node(1).base_url(), None)
+        .await
+        .unwrap();
+    let refused = anonymous
+        .request("auth:refresh", json!({"token": user.tokens.access_token}))
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.error_code(),
+        "UNAUTHORIZED",
+        "a refresh needs a session"
+    );
+
+    let mut ws = WsClient::connect(&cluster.node(1).base_url(), None)
+        .await
+        .unwrap();
+    let login = ws
+        .request("auth:login", json!({"token": user.tokens.access_token}))
+        .await
+        .unwrap();
+    let first_expiry = login.ok()["expiresAt"].as_i64().unwrap();
+    // Tokens carry whole seconds: the new one must be issued in a later second to expire later.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let pair = refresh(&cluster.client(0), &user.tokens.refresh_token).await;
+    pair.assert_status(200);
+    let newer = pair.body["accessToken"].as_str().unwrap();
+
+    let foreign = ws
+        .request("auth:refresh", json!({"token": other.tokens.access_token}))
+        .await
+        .unwrap();
+    assert_eq!(foreign.error_code(), "FORBIDDEN");
+    let forged = ws
+        .request("auth:refresh", json!({"token": "not.a.token"}))
+        .await
+        .unwrap();
+    assert_eq!(forged.error_code(), "UNAUTHORIZED");
+    let refreshed = ws
+        .request("auth:refresh", json!({"token": newer}))
+        .await
+        .unwrap();
+    assert_eq!(refreshed.ok()["userId"], json!(user.id));
+    let second_expiry = refreshed.ok()["expiresAt"].as_i64().unwrap();
+    assert!(
+        second_expiry > first_expiry,
+        "{first_expiry} → {second_expiry}"
+    );
+
+    // The socket is told only when the newer token expires, not at the first one's expiry.
+    let expired = ws
+        .event_where(|e| e["event"] == "auth:expired")
+        .await
+        .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    assert!(
+        now >= second_expiry,
+        "auth:expired at {now}, the refreshed token expires at {second_expiry}: {expired}"
+    );
+    let (code, _) = ws.closed().await.unwrap();
+    assert_eq!(code, 4401);
 }
 
 #[tokio::test]
