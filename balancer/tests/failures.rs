@@ -131,8 +131,9 @@ async fn a_killed_node_is_out_at_the_first_refused_connect_and_back_once_probes_
     assert!(a.requests() >= 5);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_node_is_retried_elsewhere_and_its_breaker_opens() {
+/// Nodes `a` and `b` behind a balancer whose breakers open after 3 failures in a row and then
+/// stay open for the rest of the test.
+async fn two_nodes_with_a_quick_breaker() -> (MockBackend, MockBackend, TestBalancer) {
     let a = MockBackend::start("a").await;
     let b = MockBackend::start("b").await;
     let mut settings = settings(&[&a, &b]);
@@ -140,6 +141,12 @@ async fn a_failing_node_is_retried_elsewhere_and_its_breaker_opens() {
     settings.breaker.backoff_initial_ms = 60_000;
     settings.breaker.backoff_max_ms = 60_000;
     let balancer = TestBalancer::start(settings).await;
+    (a, b, balancer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_node_is_retried_elsewhere_and_its_breaker_opens() {
+    let (a, _b, balancer) = two_nodes_with_a_quick_breaker().await;
     a.set_mode(Mode::Fail(503));
 
     let counts = spread(&client(), &balancer.url("/pets"), 20).await;
@@ -157,13 +164,7 @@ async fn a_failing_node_is_retried_elsewhere_and_its_breaker_opens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_503_naming_a_shared_dependency_is_passed_on_without_retry_or_breaker() {
-    let a = MockBackend::start("a").await;
-    let b = MockBackend::start("b").await;
-    let mut settings = settings(&[&a, &b]);
-    settings.breaker.consecutive_failures = 3;
-    settings.breaker.backoff_initial_ms = 60_000;
-    settings.breaker.backoff_max_ms = 60_000;
-    let balancer = TestBalancer::start(settings).await;
+    let (a, _b, balancer) = two_nodes_with_a_quick_breaker().await;
     a.set_mode(Mode::DependencyDown);
 
     let client = client();
