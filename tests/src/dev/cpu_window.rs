@@ -7,9 +7,11 @@
 //! 3. Sample again. The command's CPU time is the growth of this process's reaped-children
 //!    ticks: it is our only child, so that is exactly what it and whatever it reaped used.
 //! 4. Print one `result key=value ...` line on stdout after the command's own output:
-//!    `window_s`, `<group>_cpu_s` per group, `command_cpu_s`, `machine_cpu_s`, and
+//!    `window_s`, `<group>_cpu_s` per group, `command_cpu_s`, `machine_cpu_s`,
 //!    `other_cpu_s` (the machine's busy time that neither a group nor the command accounts
-//!    for: other processes on a shared machine, interrupts, this process's sampling).
+//!    for: other processes on a shared machine, interrupts, this process's sampling), and
+//!    `interrupts_cpu_s`, the part of that spent in interrupts and softirqs (see
+//!    [`CpuSeconds::interrupts`](super::fanout::procfs::CpuSeconds)).
 //!
 //! The window is the command's whole run, so a load generator should measure a fixed
 //! duration itself and start its warm-up separately.
@@ -68,9 +70,10 @@ pub async fn run(args: CpuWindowArgs) -> anyhow::Result<i32> {
     let other = (seconds.machine - seconds.groups_total() - command_cpu).max(0.0);
     println!(
         "result window_s={window:.3}{} command_cpu_s={command_cpu:.3} \
-         machine_cpu_s={:.3} other_cpu_s={other:.3} exit={}",
+         machine_cpu_s={:.3} other_cpu_s={other:.3} interrupts_cpu_s={:.3} exit={}",
         seconds.group_fields(),
         seconds.machine,
+        seconds.interrupts,
         status.code().unwrap_or(-1),
     );
     Ok(status.code().unwrap_or(1))

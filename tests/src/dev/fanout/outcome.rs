@@ -145,7 +145,7 @@ impl Outcome {
              expected={} received={} lost={} delivered_per_s={per_sec:.1} cpu_window_s={:.3} p50_ms={p50} \
              p99_ms={p99} max_ms={max} server_cpu_s={:.3} server_sys_s={:.3} \
              redis_cpu_s={redis} redis_replica_cpu_s={replicas}{group_fields} client_cpu_s={client_cpu:.3} \
-             other_cpu_s={other:.3} disconnects={} errors={}",
+             other_cpu_s={other:.3} interrupts_cpu_s={:.3} disconnects={} errors={}",
             self.contender,
             self.subscribers,
             self.rooms,
@@ -159,6 +159,7 @@ impl Outcome {
             sampled.as_secs_f64(),
             cpu.servers,
             cpu.servers_system,
+            cpu.interrupts,
             self.ended.values().sum::<usize>(),
             self.errors,
         );
