@@ -1,6 +1,10 @@
 # shellcheck shell=bash
-# Helpers shared by the wrk benchmarks (scripts/bench-balancer, scripts/bench-node): a free
-# port, a process's CPU time, and wrk's latency figures in milliseconds.
+# Helpers the benchmark scripts share: a free port, a process's CPU time, waiting for a log
+# line, finding a node's process under `petmesh-dev cluster`, and wrk's latencies in
+# milliseconds.
+#
+# Sourced by scripts/bench-balancer, scripts/bench-node, scripts/bench-realtime,
+# scripts/bench-redis and scripts/bench-scale.
 
 # Prints a TCP port on 127.0.0.1 that is free right now.
 free_port() {
@@ -21,8 +25,35 @@ cpu_ticks() {
   echo "$total"
 }
 
+# file pattern seconds pid → waits until a line of file matches pattern, while pid lives;
+# exits the script with the file's last lines otherwise.
+wait_for_line() {
+  local deadline=$((SECONDS + $3))
+  until grep -qE "$2" "$1" 2>/dev/null; do
+    if ! kill -0 "$4" 2>/dev/null || ((SECONDS > deadline)); then
+      echo "no '$2' in $1 within $3 s:" >&2
+      tail -n 20 "$1" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+}
+
+# cluster-pid node-id → pid of that petmesh-node process (a child of `petmesh-dev cluster`).
+node_pid() {
+  local pid
+  for pid in $(pgrep -P "$1" -x petmesh-node); do
+    if tr '\0' '\n' <"/proc/$pid/environ" | grep -qx "PETMESH_NODE__NODE_ID=$2"; then
+      echo "$pid"
+      return 0
+    fi
+  done
+  echo "no process for $2" >&2
+  return 1
+}
+
 # A wrk latency like "812.00us", "1.23ms" or "1.05s" → milliseconds.
-to_ms() {
+wrk_ms() {
   awk -v v="$1" 'BEGIN {
     if (v ~ /us$/) { sub(/us$/, "", v); print v / 1000 }
     else if (v ~ /ms$/) { sub(/ms$/, "", v); print v }

@@ -2,7 +2,8 @@
 //! "run a local cluster" that `scripts/test` and `scripts/cluster` build on, and the
 //! real-time load generator of `scripts/bench-realtime` (`fanout`, `idle-memory`), what
 //! `scripts/bench-redis` adds to it (`redis`: a Redis of a chosen shape; `redis-pool-bench`:
-//! a connection pool against one multiplexed connection), and the chaos experiments of
+//! a connection pool against one multiplexed connection), the CPU accounting around a load
+//! generator of `scripts/bench-scale` (`cpu-window`), and the chaos experiments of
 //! `scripts/chaos` (`chaos`).
 //!
 //! They live in the library rather than in `main.rs` so that they reuse the harness types
@@ -10,6 +11,7 @@
 
 pub mod chaos;
 pub mod cluster;
+pub mod cpu_window;
 pub mod fanout;
 pub mod redis;
 pub mod redis_pool;
@@ -17,6 +19,7 @@ pub mod with_servers;
 
 pub use chaos::ChaosArgs;
 pub use cluster::ClusterArgs;
+pub use cpu_window::CpuWindowArgs;
 pub use fanout::{FanoutArgs, IdleArgs};
 pub use redis::RedisArgs;
 pub use redis_pool::PoolBenchArgs;

@@ -2,8 +2,9 @@
 //!
 //! `scripts/test` runs the test suite under `petmesh-dev with-servers`, `scripts/cluster`
 //! execs `petmesh-dev cluster`, `scripts/bench-realtime` drives `petmesh-dev fanout` and
-//! `petmesh-dev idle-memory`, and `scripts/bench-redis` adds `petmesh-dev redis` and
-//! `petmesh-dev redis-pool-bench`. The work is done in `petmesh_tests::dev`; this file only
+//! `petmesh-dev idle-memory`, `scripts/bench-redis` adds `petmesh-dev redis` and
+//! `petmesh-dev redis-pool-bench`, and `scripts/bench-scale` measures around `wrk` with
+//! `petmesh-dev cpu-window`. The work is done in `petmesh_tests::dev`; this file only
 //! parses arguments and turns results into exit codes.
 
 use std::ffi::OsString;
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use petmesh_tests::dev::{
-    self, ChaosArgs, ClusterArgs, FanoutArgs, IdleArgs, PoolBenchArgs, RedisArgs,
+    self, ChaosArgs, ClusterArgs, CpuWindowArgs, FanoutArgs, IdleArgs, PoolBenchArgs, RedisArgs,
 };
 
 /// Development helpers for petmesh.
@@ -51,6 +52,10 @@ enum Cmd {
     /// multiplexed connection and through deadpool-redis pools, against a private Redis;
     /// prints one `result` line per variant and round.
     RedisPoolBench(PoolBenchArgs),
+    /// Run COMMAND (a load generator) and print the CPU time that groups of processes
+    /// (`--group name=pid,...`, each with its descendants), the command itself and the rest
+    /// of the machine used meanwhile, as one `result` line after the command's output.
+    CpuWindow(CpuWindowArgs),
     /// Run a chaos experiment (node-kill, order-burst, rolling-restart, redis-outage,
     /// postgres-restart) on a private 3-node cluster under load
     /// and print its figures and a final PASS or FAIL line (exit 0 or 1).
@@ -69,7 +74,7 @@ impl Cmd {
             Self::Fanout(_) | Self::IdleMemory(_) | Self::RedisPoolBench(_) | Self::Chaos(_) => {
                 tokio::runtime::Builder::new_multi_thread()
             }
-            Self::WithServers { .. } | Self::Cluster(_) | Self::Redis(_) => {
+            Self::WithServers { .. } | Self::Cluster(_) | Self::Redis(_) | Self::CpuWindow(_) => {
                 tokio::runtime::Builder::new_current_thread()
             }
         }
@@ -94,6 +99,7 @@ fn main() -> ExitCode {
                     Cmd::Redis(args) => dev::redis::run(args).await,
                     Cmd::RedisPoolBench(args) => dev::redis_pool::run(args).await,
                     Cmd::Chaos(args) => dev::chaos::run(args).await,
+                    Cmd::CpuWindow(args) => dev::cpu_window::run(args).await,
                 }
             })
         });

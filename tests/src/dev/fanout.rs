@@ -29,6 +29,7 @@ mod socketio;
 pub(crate) mod stats;
 
 pub use idle::{run as run_idle, IdleArgs};
+pub use procfs::ProcessGroup;
 pub use round::{run, FanoutArgs};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

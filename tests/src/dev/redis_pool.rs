@@ -198,7 +198,7 @@ async fn measure(
         tally.last_error = done.last_error.or(tally.last_error);
     }
     let window = args.duration_secs;
-    let seconds = cpu.seconds_between(before, after);
+    let seconds = cpu.seconds_between(&before, &after);
     let redis_cpu = seconds.redis.unwrap_or(0.0);
     let client_cpu =
         cpu.ticks_to_seconds(client_after.total().saturating_sub(client_before.total()));

@@ -93,8 +93,10 @@ impl Outcome {
     }
 
     /// Prints the summary to stderr and the `result` line to stdout; `client_cpu` is the
-    /// load generator's own CPU time over the window, to show whether it kept up.
-    pub(super) fn print(&self, cpu: CpuSeconds, client_cpu: f64) {
+    /// load generator's own CPU time over the window, to show whether it kept up, and
+    /// `sampled` the wall time between the two CPU samples (the window and the drain: what
+    /// CPU seconds are to be divided by to get cores).
+    pub(super) fn print(&self, cpu: &CpuSeconds, client_cpu: f64, sampled: Duration) {
         let per_sec = self.received as f64 / self.window_secs;
         let ms = |v: Option<f64>| v.map_or("nan".into(), |v| format!("{v:.3}"));
         let (p50, p99, max) = (
@@ -106,20 +108,27 @@ impl Outcome {
         let replicas = cpu
             .redis_replicas
             .map_or("nan".into(), |r| format!("{r:.3}"));
-        // What the machine was busy with beyond the servers, Redis and us: interrupts, other
-        // processes. Large values mean the figures are disturbed. Every reading is rounded
-        // to a clock tick per process, so on a quiet machine the difference can come out a
-        // little below zero; that is shown as zero.
+        // What the machine was busy with beyond the servers, Redis, the groups and us:
+        // interrupts, other processes. Large values mean the figures are disturbed. Every
+        // reading is rounded to a clock tick per process, so on a quiet machine the
+        // difference can come out a little below zero; that is shown as zero.
         let other = (cpu.machine
             - cpu.servers
             - cpu.redis.unwrap_or(0.0)
             - cpu.redis_replicas.unwrap_or(0.0)
+            - cpu.groups_total()
             - client_cpu)
             .max(0.0);
+        let group_fields = cpu.group_fields();
+        let group_text: String = cpu
+            .groups
+            .iter()
+            .map(|(name, secs)| format!(", {name} {secs:.2}"))
+            .collect();
         eprintln!(
             "fanout: {}: {per_sec:.0}/s delivered (target {:.0}/s), {} of {} received, \
              p50 {p50} ms, p99 {p99} ms, max {max} ms, drained in {:.0?}; CPU s: servers {:.2} \
-             ({:.2} in the kernel), Redis {redis} (replicas {replicas}), load generator {client_cpu:.2}, \
+             ({:.2} in the kernel), Redis {redis} (replicas {replicas}){}, load generator {client_cpu:.2}, \
              anything else {other:.2}{}",
             self.contender,
             self.target_per_sec,
@@ -128,14 +137,15 @@ impl Outcome {
             self.drained,
             cpu.servers,
             cpu.servers_system,
+            group_text,
             self.problems(),
         );
         println!(
             "result contender={} subscribers={} rooms={} publishers={} target_per_s={:.0} window_s={:.3} sent={} \
-             expected={} received={} lost={} delivered_per_s={per_sec:.1} p50_ms={p50} \
+             expected={} received={} lost={} delivered_per_s={per_sec:.1} cpu_window_s={:.3} p50_ms={p50} \
              p99_ms={p99} max_ms={max} server_cpu_s={:.3} server_sys_s={:.3} \
-             redis_cpu_s={redis} redis_replica_cpu_s={replicas} client_cpu_s={client_cpu:.3} other_cpu_s={other:.3} \
-             disconnects={} errors={}",
+             redis_cpu_s={redis} redis_replica_cpu_s={replicas}{group_fields} client_cpu_s={client_cpu:.3} \
+             other_cpu_s={other:.3} interrupts_cpu_s={:.3} disconnects={} errors={}",
             self.contender,
             self.subscribers,
             self.rooms,
@@ -146,8 +156,10 @@ impl Outcome {
             self.expected,
             self.received,
             self.lost(),
+            sampled.as_secs_f64(),
             cpu.servers,
             cpu.servers_system,
+            cpu.interrupts,
             self.ended.values().sum::<usize>(),
             self.errors,
         );

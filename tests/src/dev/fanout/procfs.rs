@@ -1,8 +1,13 @@
-//! What the benchmark reads from `/proc`: the CPU time (user + system, all threads) of the
-//! server processes from `/proc/<pid>/stat`, the whole machine's busy time from `/proc/stat`
-//! (to show what else was running), resident memory from `/proc/<pid>/status`; and
-//! [`CpuProbe::settle`], which waits for the servers to go quiet.
+//! What the benchmarks read from `/proc`: the CPU time (user + system, all threads) of the
+//! server processes from `/proc/<pid>/stat`, of named [`ProcessGroup`]s with their
+//! descendants (PostgreSQL's backends are children of its postmaster), the whole machine's
+//! busy time from `/proc/stat` (to show what else was running), resident memory from
+//! `/proc/<pid>/status`; and [`CpuProbe::settle`], which waits for the servers to go quiet.
+//! This is the one CPU-time reader of `petmesh-dev`: `fanout`, `idle-memory`,
+//! `redis-pool-bench` and `cpu-window` all sample through [`CpuProbe`].
 
+use std::collections::HashMap;
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -27,12 +32,25 @@ pub(crate) struct CpuProbe {
     redis: Vec<u32>,
     /// A Redis Cluster's replicas, summed and reported on their own; often empty.
     replicas: Vec<u32>,
+    /// Further named groups, each reported on its own with its descendants; often empty.
+    groups: Vec<ProcessGroup>,
     /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
     ticks_per_sec: f64,
 }
 
+/// Processes whose CPU time is reported under one name, each together with its descendants,
+/// alive or already reaped (so a PostgreSQL postmaster counts its backends, even those that
+/// exit during the window). Written `name=pid[,pid...]` on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessGroup {
+    /// The name in result lines (`<name>_cpu_s`): letters, digits and `_`.
+    pub name: String,
+    /// The roots of the group.
+    pub pids: Vec<u32>,
+}
+
 /// One reading of [`CpuProbe`], in clock ticks.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct CpuSample {
     /// The servers' CPU time, summed.
     servers: Ticks,
@@ -40,8 +58,12 @@ pub(crate) struct CpuSample {
     redis: Ticks,
     /// The replicas' CPU time (0 when not measured).
     replicas: Ticks,
+    /// Each group's CPU time with its descendants' (user + system), in [`CpuProbe`]'s order.
+    groups: Vec<u64>,
     /// Busy time of all CPUs together, whoever used it.
     machine: u64,
+    /// The part of `machine` the kernel spent in interrupts and softirqs (`irq` + `softirq`).
+    interrupts: u64,
 }
 
 /// CPU time of a process (or a sum of processes) in clock ticks.
@@ -55,7 +77,7 @@ pub(crate) struct Ticks {
 }
 
 /// CPU seconds spent between two samples.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct CpuSeconds {
     /// The servers' user + system time.
     pub(crate) servers: f64,
@@ -66,9 +88,16 @@ pub(crate) struct CpuSeconds {
     pub(crate) redis: Option<f64>,
     /// The replicas' user + system time; `None` when there are none.
     pub(crate) redis_replicas: Option<f64>,
+    /// Each group's name and user + system time, its descendants' included.
+    pub(crate) groups: Vec<(String, f64)>,
     /// Busy time of all CPUs together: the servers, Redis, the load generator, interrupt
     /// handling and whatever else runs on the machine.
     pub(crate) machine: f64,
+    /// The part of `machine` spent in interrupts and softirqs. Without
+    /// `CONFIG_IRQ_TIME_ACCOUNTING` a clock tick that lands in a softirq is counted here and
+    /// not to the process it interrupted, so some of the measured processes' network work
+    /// (on loopback: the receiving side's TCP processing) shows here instead of in theirs.
+    pub(crate) interrupts: f64,
 }
 
 // === impl CpuProbe ===
@@ -88,17 +117,40 @@ impl CpuProbe {
             servers: servers.to_vec(),
             redis: redis.to_vec(),
             replicas: replicas.to_vec(),
+            groups: Vec::new(),
             ticks_per_sec: ticks as f64,
         })
     }
 
+    /// The same probe, also measuring `groups`; fails if a group's root cannot be read.
+    pub(crate) fn with_groups(mut self, groups: &[ProcessGroup]) -> anyhow::Result<Self> {
+        for &pid in groups.iter().flat_map(|g| &g.pids) {
+            process_ticks(pid)?;
+        }
+        self.groups = groups.to_vec();
+        Ok(self)
+    }
+
     /// The processes' and the machine's CPU ticks so far.
     pub(crate) fn sample(&self) -> anyhow::Result<CpuSample> {
+        let (machine, interrupts) = machine_busy_ticks()?;
+        let groups = if self.groups.is_empty() {
+            Vec::new()
+        } else {
+            let table = process_table()?;
+            let mut ticks = Vec::with_capacity(self.groups.len());
+            for group in &self.groups {
+                ticks.push(group.ticks(&table)?);
+            }
+            ticks
+        };
         Ok(CpuSample {
             servers: sum_ticks(&self.servers)?,
             redis: sum_ticks(&self.redis)?,
             replicas: sum_ticks(&self.replicas)?,
-            machine: machine_busy_ticks()?,
+            groups,
+            machine,
+            interrupts,
         })
     }
 
@@ -108,7 +160,7 @@ impl CpuProbe {
     }
 
     /// The CPU seconds spent between two samples.
-    pub(crate) fn seconds_between(&self, from: CpuSample, to: CpuSample) -> CpuSeconds {
+    pub(crate) fn seconds_between(&self, from: &CpuSample, to: &CpuSample) -> CpuSeconds {
         let secs = |a: u64, b: u64| self.ticks_to_seconds(b.saturating_sub(a));
         let system = secs(from.servers.system, to.servers.system);
         CpuSeconds {
@@ -117,7 +169,11 @@ impl CpuProbe {
             redis: (!self.redis.is_empty()).then(|| secs(from.redis.total(), to.redis.total())),
             redis_replicas: (!self.replicas.is_empty())
                 .then(|| secs(from.replicas.total(), to.replicas.total())),
+            groups: (self.groups.iter().zip(from.groups.iter().zip(&to.groups)))
+                .map(|(group, (&a, &b))| (group.name.clone(), secs(a, b)))
+                .collect(),
             machine: secs(from.machine, to.machine),
+            interrupts: secs(from.interrupts, to.interrupts),
         }
     }
 
@@ -150,6 +206,77 @@ impl CpuProbe {
     }
 }
 
+// === impl CpuSeconds ===
+
+impl CpuSeconds {
+    /// The groups' CPU seconds together.
+    pub(crate) fn groups_total(&self) -> f64 {
+        self.groups.iter().map(|(_, secs)| secs).sum()
+    }
+
+    /// ` <name>_cpu_s=<seconds>` for every group, for a `result` line.
+    pub(crate) fn group_fields(&self) -> String {
+        self.groups
+            .iter()
+            .map(|(name, secs)| format!(" {name}_cpu_s={secs:.3}"))
+            .collect()
+    }
+}
+
+// === impl ProcessGroup ===
+
+impl ProcessGroup {
+    /// User + system ticks of the group's roots and their descendants, alive (from `table`)
+    /// or reaped by one of them (their parents' `cutime` + `cstime`). A process that exits
+    /// between two samples moves from its own ticks into its parent's reaped ones, so the
+    /// difference of two readings is what the group used in between.
+    fn ticks(&self, table: &HashMap<u32, ProcessStat>) -> anyhow::Result<u64> {
+        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (&pid, stat) in table {
+            children.entry(stat.ppid).or_default().push(pid);
+        }
+        let mut total = 0;
+        let mut pending = self.pids.clone();
+        for &root in &self.pids {
+            if !table.contains_key(&root) {
+                bail!("process {root} of group {} is gone", self.name);
+            }
+        }
+        while let Some(pid) = pending.pop() {
+            if let Some(stat) = table.get(&pid) {
+                total += stat.own.total() + stat.reaped;
+            }
+            pending.extend(children.get(&pid).into_iter().flatten());
+        }
+        Ok(total)
+    }
+}
+
+impl FromStr for ProcessGroup {
+    type Err = String;
+
+    /// `name=pid[,pid...]`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (name, pids) = text
+            .split_once('=')
+            .ok_or_else(|| format!("expected name=pid[,pid...], got {text:?}"))?;
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "a group name is letters, digits and _, got {name:?}"
+            ));
+        }
+        let pids = pids
+            .split(',')
+            .map(|pid| pid.trim().parse::<u32>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("bad pid in {text:?}: {e}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            pids,
+        })
+    }
+}
+
 // === impl Ticks ===
 
 impl Ticks {
@@ -170,15 +297,58 @@ fn sum_ticks(pids: &[u32]) -> anyhow::Result<Ticks> {
     Ok(sum)
 }
 
-/// utime and stime of process `pid` (all its threads).
-pub(crate) fn process_ticks(pid: u32) -> anyhow::Result<Ticks> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    parse_stat_ticks(&stat).with_context(|| format!("unexpected format of {path}: {stat}"))
+/// What one `/proc/<pid>/stat` says about CPU time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ProcessStat {
+    /// The parent's pid.
+    ppid: u32,
+    /// The process's own utime and stime (all its threads).
+    own: Ticks,
+    /// `cutime` + `cstime`: what its children that it has waited for used, theirs included.
+    reaped: u64,
 }
 
-/// Busy clock ticks of all CPUs together since boot, from the first line of `/proc/stat`.
-fn machine_busy_ticks() -> anyhow::Result<u64> {
+/// utime and stime of process `pid` (all its threads).
+pub(crate) fn process_ticks(pid: u32) -> anyhow::Result<Ticks> {
+    Ok(process_stat(pid)?.own)
+}
+
+/// CPU ticks of the children that process `pid` has waited for (`cutime` + `cstime`): for
+/// this process, what the commands it ran and reaped used.
+pub(crate) fn reaped_children_ticks(pid: u32) -> anyhow::Result<u64> {
+    Ok(process_stat(pid)?.reaped)
+}
+
+fn process_stat(pid: u32) -> anyhow::Result<ProcessStat> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_stat(&stat).with_context(|| format!("unexpected format of {path}: {stat}"))
+}
+
+/// Every process on the machine that could be read, by pid. Processes that exit while the
+/// directory is scanned are left out.
+fn process_table() -> anyhow::Result<HashMap<u32, ProcessStat>> {
+    let mut table = HashMap::new();
+    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+        let Some(pid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            if let Some(stat) = parse_stat(&stat) {
+                table.insert(pid, stat);
+            }
+        }
+    }
+    Ok(table)
+}
+
+/// Busy clock ticks of all CPUs together since boot, and the part of them in interrupts and
+/// softirqs, from the first line of `/proc/stat`.
+fn machine_busy_ticks() -> anyhow::Result<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     parse_machine_busy(&stat).context("unexpected format of /proc/stat")
 }
@@ -190,21 +360,27 @@ pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     parse_vm_rss(&status).with_context(|| format!("no VmRSS line in {path}"))
 }
 
-/// Fields 14 and 15 (utime, stime) of a `stat` line. The command name (field 2) is in
-/// parentheses and may contain spaces, so counting starts after its closing parenthesis.
-fn parse_stat_ticks(stat: &str) -> Option<Ticks> {
+/// Fields 4 (ppid) and 14 to 17 (utime, stime, cutime, cstime) of a `stat` line. The
+/// command name (field 2) is in parentheses and may contain spaces, so counting starts after
+/// its closing parenthesis.
+fn parse_stat(stat: &str) -> Option<ProcessStat> {
     let (_, rest) = stat.rsplit_once(") ")?;
-    // `rest` starts at field 3 (state): utime is field 14, i.e. index 11 here.
-    let mut fields = rest.split_whitespace().skip(11);
-    Some(Ticks {
-        user: fields.next()?.parse().ok()?,
-        system: fields.next()?.parse().ok()?,
+    // `rest` starts at field 3 (state): ppid is index 1, utime (field 14) index 11.
+    let fields: Vec<&str> = rest.split_whitespace().take(15).collect();
+    let number = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some(ProcessStat {
+        ppid: u32::try_from(number(1)?).ok()?,
+        own: Ticks {
+            user: number(11)?,
+            system: number(12)?,
+        },
+        reaped: number(13)? + number(14)?,
     })
 }
 
 /// user + nice + system + irq + softirq + steal of the `cpu` line: everything but idle and
-/// iowait (guest time is already part of user).
-fn parse_machine_busy(stat: &str) -> Option<u64> {
+/// iowait (guest time is already part of user); and irq + softirq.
+fn parse_machine_busy(stat: &str) -> Option<(u64, u64)> {
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
     let ticks: Vec<u64> = line
         .split_whitespace()
@@ -213,7 +389,7 @@ fn parse_machine_busy(stat: &str) -> Option<u64> {
     let [user, nice, system, _idle, _iowait, irq, softirq, steal, ..] = ticks[..] else {
         return None;
     };
-    Some(user + nice + system + irq + softirq + steal)
+    Some((user + nice + system + irq + softirq + steal, irq + softirq))
 }
 
 /// The `VmRSS:  1234 kB` line of a `status` file, in KiB.
@@ -227,18 +403,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parse_stat_ticks_adds_utime_and_stime_despite_spaces_in_the_name() {
-        let stat = "4242 (tokio (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 37 0 0 20 0 9 0 \
+    fn parse_stat_reads_ppid_and_ticks_despite_spaces_in_the_name() {
+        let stat = "4242 (tokio (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 37 8 4 20 0 9 0 \
                     12345 1000000 500 18446744073709551615";
-        let ticks = parse_stat_ticks(stat).unwrap();
+        let stat = parse_stat(stat).unwrap();
+        let ticks = stat.own;
         assert_eq!((ticks.user, ticks.system, ticks.total()), (250, 37, 287));
-        assert_eq!(parse_stat_ticks("garbage"), None);
+        assert_eq!((stat.ppid, stat.reaped), (1, 12));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn a_group_counts_its_descendants_alive_and_reaped() {
+        let stat = |ppid, user, reaped| ProcessStat {
+            ppid,
+            own: Ticks { user, system: 1 },
+            reaped,
+        };
+        // 10 is the root; 11 its child, 12 a grandchild; 20 is someone else's.
+        let table = HashMap::from([
+            (10, stat(1, 5, 100)),
+            (11, stat(10, 7, 0)),
+            (12, stat(11, 2, 3)),
+            (20, stat(1, 1000, 1000)),
+        ]);
+        let group: ProcessGroup = "postgres=10".parse().unwrap();
+        assert_eq!(
+            group.ticks(&table).unwrap(),
+            (5 + 1 + 100) + (7 + 1) + (2 + 1 + 3)
+        );
+        let gone: ProcessGroup = "x=99".parse().unwrap();
+        assert!(gone.ticks(&table).is_err());
+    }
+
+    #[test]
+    fn a_group_is_written_name_equals_pids() {
+        let group: ProcessGroup = "nodes=1,2, 3".parse().unwrap();
+        assert_eq!((group.name.as_str(), group.pids), ("nodes", vec![1, 2, 3]));
+        assert!("nodes".parse::<ProcessGroup>().is_err());
+        assert!("no des=1".parse::<ProcessGroup>().is_err());
+        assert!("nodes=1,x".parse::<ProcessGroup>().is_err());
     }
 
     #[test]
     fn parse_machine_busy_leaves_out_idle_and_iowait() {
         let stat = "cpu  100 5 50 9000 40 3 7 2 0 0\ncpu0 50 2 25 4500 20 1 3 1 0 0\n";
-        assert_eq!(parse_machine_busy(stat), Some(167));
+        assert_eq!(parse_machine_busy(stat), Some((167, 10)));
         assert_eq!(parse_machine_busy("cpu0 1 2 3\n"), None);
     }
 
@@ -253,10 +463,19 @@ mod tests {
     fn this_process_can_be_read() {
         let pid = std::process::id();
         assert!(rss_kib(pid).unwrap() > 0);
-        let probe = CpuProbe::new(&[pid], &[], &[]).unwrap();
+        let group = ProcessGroup {
+            name: "me".into(),
+            pids: vec![pid],
+        };
+        let probe = CpuProbe::new(&[pid], &[], &[])
+            .unwrap()
+            .with_groups(&[group])
+            .unwrap();
         let (a, b) = (probe.sample().unwrap(), probe.sample().unwrap());
-        let seconds = probe.seconds_between(a, b);
+        let seconds = probe.seconds_between(&a, &b);
         assert!(seconds.servers >= seconds.servers_system);
         assert_eq!((seconds.redis, seconds.redis_replicas), (None, None));
+        assert_eq!(seconds.groups.len(), 1);
+        assert!(seconds.groups[0].1 >= 0.0);
     }
 }

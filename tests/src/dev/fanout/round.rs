@@ -28,7 +28,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::outcome::Outcome;
-use super::procfs::{process_ticks, CpuProbe};
+use super::procfs::{process_ticks, CpuProbe, ProcessGroup};
 use super::{now_us, Inbound, Socket, System, Target};
 
 // === impl FanoutArgs ===
@@ -101,6 +101,11 @@ pub struct FanoutArgs {
     /// A Redis Cluster's replicas (repeat or comma-separate), reported on their own.
     #[arg(long = "redis-replica-pid", value_delimiter = ',')]
     pub redis_replica_pids: Vec<u32>,
+    /// Further processes whose CPU time is reported on its own, `name=pid[,pid...]`, each
+    /// with its descendants (repeat for several groups): e.g. `balancer=<pid>` or
+    /// `postgres=<postmaster pid>`. Reported as `<name>_cpu_s` and left out of "anything else".
+    #[arg(long = "group")]
+    pub groups: Vec<ProcessGroup>,
 }
 
 /// The measured window, shared by the publisher and every subscriber.
@@ -156,7 +161,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<i32> {
         &args.server_pids,
         &args.redis_pids,
         &args.redis_replica_pids,
-    )?;
+    )?
+    .with_groups(&args.groups)?;
     let window = Arc::new(Window::new());
     let (stop, stopped) = watch::channel(false);
 
@@ -201,6 +207,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<i32> {
             .map_err(|_| anyhow!("a publisher ended before the window opened"))?;
     }
     let (before, client_before) = (cpu.sample()?, process_ticks(std::process::id())?);
+    let sampled_from = Instant::now();
     let mut spans = Vec::with_capacity(publishers.len());
     for publisher in publishers {
         spans.push(publisher.await.context("publisher task")??);
@@ -212,7 +219,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<i32> {
     let expected = report.in_window * args.members_per_room() as u64;
     let drained = drain(&window, expected).await;
     let (after, client_after) = (cpu.sample()?, process_ticks(std::process::id())?);
-    let seconds = cpu.seconds_between(before, after);
+    let sampled = sampled_from.elapsed();
+    let seconds = cpu.seconds_between(&before, &after);
     let client_cpu =
         cpu.ticks_to_seconds(client_after.total().saturating_sub(client_before.total()));
 
@@ -222,7 +230,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<i32> {
         reports.push(subscriber.await.context("subscriber task")?);
     }
     let outcome = Outcome::new(&args, window.first(), &report, reports, drained);
-    outcome.print(seconds, client_cpu);
+    outcome.print(&seconds, client_cpu, sampled);
     cpu.settle(SETTLE_TIMEOUT).await?;
     Ok(if outcome.healthy() { 0 } else { 1 })
 }
