@@ -51,9 +51,10 @@ enum Cmd {
     /// multiplexed connection and through deadpool-redis pools, against a private Redis;
     /// prints one `result` line per variant and round.
     RedisPoolBench(PoolBenchArgs),
-    /// Run a chaos experiment (node-kill, order-burst, rolling-restart, redis-outage,
-    /// postgres-restart) on a private 3-node cluster under load
-    /// and print its figures and a final PASS or FAIL line (exit 0 or 1).
+    /// Run chaos experiments (node-kill, order-burst, rolling-restart, redis-outage,
+    /// postgres-restart, slow-consumers, or all), each on a private 3-node cluster under
+    /// load, printing its figures and a PASS or FAIL line, then with several a summary table
+    /// (exit 0 only if every one passed).
     Chaos(ChaosArgs),
 }
 

@@ -177,6 +177,16 @@ pub(crate) fn process_ticks(pid: u32) -> anyhow::Result<Ticks> {
     parse_stat_ticks(&stat).with_context(|| format!("unexpected format of {path}: {stat}"))
 }
 
+/// CPU ticks (user + system) of each group of processes, and busy ticks of the whole
+/// machine, so far: for callers that compare windows of their own (`chaos slow-consumers`).
+pub(crate) fn group_ticks(groups: &[&[u32]]) -> anyhow::Result<(Vec<u64>, u64)> {
+    let groups = groups
+        .iter()
+        .map(|pids| sum_ticks(pids).map(Ticks::total))
+        .collect::<anyhow::Result<_>>()?;
+    Ok((groups, machine_busy_ticks()?))
+}
+
 /// Busy clock ticks of all CPUs together since boot, from the first line of `/proc/stat`.
 fn machine_busy_ticks() -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
