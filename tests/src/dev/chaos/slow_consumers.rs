@@ -20,18 +20,19 @@
 //! closed (the documented policy: a client that lets its queue, `realtime.send_queue`, fill
 //! is closed with 1013).
 
+mod busy_topic;
+mod cpu;
 mod disturbance;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
+use self::busy_topic::Publisher;
+use self::cpu::Cpu;
 use super::node_kill::last_offset;
 use super::{mixed_load_setup, ms, pets_subscribers, three_node_cluster, Findings};
-use crate::client::ApiClient;
-use crate::dev::fanout::procfs::{group_ticks, CpuProbe};
 use crate::load::stats::LatencyReport;
 use crate::load::{HttpLoad, LoadOptions, Mix, Report, RetryPolicy, RunningLoad, Setup};
 use crate::load::{SetupOptions, WsLoad};
@@ -77,11 +78,6 @@ const SHORT: Plan = Plan {
 
 /// Users the storm clients connect as (they never order: their `orders` topic stays quiet).
 const STORM_USERS: usize = 10;
-
-/// Large pets created per second on `pets`, and their `photoUrls` (each 2 000 bytes; a pet
-/// has at most 10).
-const PUBLISH_RATE: f64 = 10.0;
-const PHOTO_URLS: usize = 10;
 
 /// Disturbed p99 may be at most this many tenths of the quiet p99 (+20 %).
 const P99_BOUND_TENTHS: u64 = 12;
@@ -366,123 +362,5 @@ async fn window(setup: &Arc<Setup>, plan: &Plan, ws: &WsLoad, cpu: &Cpu) -> anyh
         load: report,
         delivery,
         cpu,
-    })
-}
-
-/// Where the CPU time of a window went: the nodes, the balancer, this process (the load,
-/// the subscribers, the storm and the slow readers), and everything else on the machine
-/// (PostgreSQL, Redis, and whatever else shares the cores).
-struct Cpu {
-    /// Converts clock ticks; watches no process itself.
-    clock: CpuProbe,
-    nodes: Vec<u32>,
-    balancer: u32,
-}
-
-/// Clock ticks of the nodes, the balancer, this process, and the machine.
-type CpuSample = (Vec<u64>, u64);
-
-impl Cpu {
-    fn new(cluster: &crate::cluster::TestCluster) -> anyhow::Result<Self> {
-        Ok(Self {
-            clock: CpuProbe::new(&[], &[], &[])?,
-            nodes: cluster.nodes().iter().map(|n| n.pid()).collect(),
-            balancer: cluster.balancer().pid(),
-        })
-    }
-
-    fn sample(&self) -> anyhow::Result<CpuSample> {
-        group_ticks(&[&self.nodes, &[self.balancer], &[std::process::id()]])
-    }
-
-    /// `nodes 1.0 s, balancer …, load generator …, everything else …` between two samples.
-    fn between(&self, from: &CpuSample, to: &CpuSample) -> String {
-        let secs = |a: u64, b: u64| self.clock.ticks_to_seconds(b.saturating_sub(a));
-        let groups: Vec<f64> = from
-            .0
-            .iter()
-            .zip(&to.0)
-            .map(|(a, b)| secs(*a, *b))
-            .collect();
-        let machine = secs(from.1, to.1);
-        format!(
-            "nodes {:.1} s, balancer {:.1} s, load generator {:.1} s, everything else {:.1} s",
-            groups[0],
-            groups[1],
-            groups[2],
-            (machine - groups.iter().sum::<f64>()).max(0.0)
-        )
-    }
-}
-
-/// Creates large pets on `pets` at [`PUBLISH_RATE`] (open loop) until stopped.
-struct Publisher {
-    task: tokio::task::JoinHandle<()>,
-    /// Pets created, and creations that failed.
-    created: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-}
-
-impl Publisher {
-    fn start(setup: &Setup) -> anyhow::Result<Self> {
-        let token = setup
-            .admin_token
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("the publisher needs the admin's token"))?;
-        let admin = ApiClient::new(setup.base_url.as_str()).token(token);
-        let run_id = setup.run_id.clone();
-        let (created, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (created_in, failed_in) = (Arc::clone(&created), Arc::clone(&failed));
-        let task = tokio::spawn(async move {
-            let started = Instant::now();
-            let interval = Duration::from_secs_f64(1.0 / PUBLISH_RATE);
-            for n in 0u32.. {
-                tokio::time::sleep_until((started + interval * n).into()).await;
-                let (admin, created, failed) = (
-                    admin.clone(),
-                    Arc::clone(&created_in),
-                    Arc::clone(&failed_in),
-                );
-                let body = large_pet(&run_id, n);
-                tokio::spawn(async move {
-                    match admin.post("/api/v1/pets", &body).await {
-                        Ok(resp) if resp.status == 201 => created.fetch_add(1, Ordering::Relaxed),
-                        _ => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                });
-            }
-        });
-        Ok(Self {
-            task,
-            created,
-            failed,
-        })
-    }
-
-    /// Stops creating; returns the pets created and the failures.
-    fn stop(self) -> (u64, u64) {
-        self.task.abort();
-        (
-            self.created.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
-}
-
-/// A pet whose event is ≈ 20 KB: [`PHOTO_URLS`] URLs of 2 000 bytes.
-fn large_pet(run_id: &str, n: u32) -> serde_json::Value {
-    let urls: Vec<String> = (0..PHOTO_URLS)
-        .map(|i| {
-            let prefix = format!("https://img.example.com/{run_id}/{n}/{i}/");
-            format!("{prefix}{}", "x".repeat(2000 - prefix.len()))
-        })
-        .collect();
-    json!({
-        "name": format!("large {run_id} {n}"),
-        "category": "load",
-        "price": "9.99",
-        "stock": 1,
-        "status": "available",
-        "photoUrls": urls,
     })
 }

@@ -179,12 +179,55 @@ pub(crate) fn process_ticks(pid: u32) -> anyhow::Result<Ticks> {
 
 /// CPU ticks (user + system) of each group of processes, and busy ticks of the whole
 /// machine, so far: for callers that compare windows of their own (`chaos slow-consumers`).
+/// A process that has ended meanwhile counts 0.
 pub(crate) fn group_ticks(groups: &[&[u32]]) -> anyhow::Result<(Vec<u64>, u64)> {
     let groups = groups
         .iter()
-        .map(|pids| sum_ticks(pids).map(Ticks::total))
-        .collect::<anyhow::Result<_>>()?;
+        .map(|pids| {
+            pids.iter()
+                .map(|pid| process_ticks(*pid).map_or(0, Ticks::total))
+                .sum()
+        })
+        .collect();
     Ok((groups, machine_busy_ticks()?))
+}
+
+/// The processes descending from `ancestor` (children, their children, …), not itself: a
+/// run's servers, PostgreSQL's backends included. Processes that end while `/proc` is read
+/// are skipped.
+pub(crate) fn descendants(ancestor: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Field 4 (ppid) is the second after the command name's closing parenthesis.
+            let ppid = stat
+                .rsplit_once(") ")?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = vec![ancestor];
+    let mut next = 0;
+    while next < found.len() {
+        let parent = found[next];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(pid, _)| *pid),
+        );
+        next += 1;
+    }
+    found.remove(0);
+    found
 }
 
 /// Busy clock ticks of all CPUs together since boot, from the first line of `/proc/stat`.

@@ -10,8 +10,11 @@
 //!    access token on the handshake), subscribes to `orders` (its user's own order events:
 //!    storm users never order, so the topic is quiet) and waits for the answer, retrying
 //!    after any failure until the round's deadline. The slow readers connect at the same time
-//!    (raw sockets with a 4 KiB receive buffer) and subscribe to `pets` without reading the
-//!    answer: half never read again, half read 4 KiB every 100 ms.
+//!    (raw sockets with a 4 KiB receive buffer), straight to the nodes in turn, and subscribe
+//!    to `pets` without reading the answer: half never read again, half read 4 KiB every
+//!    100 ms. Not through the balancer: its two sockets of the tunnel would buffer several
+//!    more MB on loopback, and the node's idle timeout (60 s, close 1001) would end such a
+//!    reader before its queue filled, so the experiment would not see the queue policy.
 //! 2. At half the window every storm connection is cut (the TCP connection dropped, no close
 //!    handshake) and every client connects and subscribes again at once.
 //! 3. At the window's end the storm connections are dropped and the slow readers stop
@@ -38,8 +41,10 @@ use tokio_tungstenite::WebSocketStream;
 use crate::client::ApiClient;
 use crate::ws::RawWs;
 
-/// How long the nodes get, after the window, to close every slow reader.
-pub(super) const DETECTION: Duration = Duration::from_secs(30);
+/// How long the nodes get, after the window, to close every slow reader: a stopped reader
+/// holds its node's socket send buffer (up to 4 MiB on loopback) and a queue of 256 frames
+/// (5 MB of ≈ 20 KB events) before it counts as slow, ≈ 45 s of the busy topic.
+pub(super) const DETECTION: Duration = Duration::from_secs(45);
 
 /// Bound on a slow reader reading what is left, up to the end of its connection.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -58,7 +63,7 @@ pub(super) const SLOW_CONSUMER_METRIC: &str = "petmesh_node_ws_slow_consumer_dis
 pub(super) struct Plan {
     /// `http://host:port` of the balancer.
     pub base_url: String,
-    /// The nodes' URLs, for their slow-consumer count.
+    /// The nodes' URLs: the slow readers connect to them, and their slow-consumer count is read.
     pub node_urls: Vec<String>,
     /// Storm clients.
     pub storm_clients: usize,
@@ -145,7 +150,7 @@ async fn run(plan: Plan) -> anyhow::Result<Outcome> {
     for n in 0..plan.stopped_readers + plan.slow_readers {
         let stopped = n < plan.stopped_readers;
         let (base_url, token) = (
-            plan.base_url.clone(),
+            plan.node_urls[n % plan.node_urls.len()].clone(),
             plan.reader_tokens[n % plan.reader_tokens.len()].clone(),
         );
         let mut stop = reader_stopped.clone();
