@@ -177,21 +177,6 @@ pub(crate) fn process_ticks(pid: u32) -> anyhow::Result<Ticks> {
     parse_stat_ticks(&stat).with_context(|| format!("unexpected format of {path}: {stat}"))
 }
 
-/// CPU ticks (user + system) of each group of processes, and busy ticks of the whole
-/// machine, so far: for callers that compare windows of their own (`chaos slow-consumers`).
-/// A process that has ended meanwhile counts 0.
-pub(crate) fn group_ticks(groups: &[&[u32]]) -> anyhow::Result<(Vec<u64>, u64)> {
-    let groups = groups
-        .iter()
-        .map(|pids| {
-            pids.iter()
-                .map(|pid| process_ticks(*pid).map_or(0, Ticks::total))
-                .sum()
-        })
-        .collect();
-    Ok((groups, machine_busy_ticks()?))
-}
-
 /// The processes descending from `ancestor` (children, their children, …), not itself: a
 /// run's servers, PostgreSQL's backends included. Processes that end while `/proc` is read
 /// are skipped.
@@ -231,7 +216,7 @@ pub(crate) fn descendants(ancestor: u32) -> Vec<u32> {
 }
 
 /// Busy clock ticks of all CPUs together since boot, from the first line of `/proc/stat`.
-fn machine_busy_ticks() -> anyhow::Result<u64> {
+pub(crate) fn machine_busy_ticks() -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     parse_machine_busy(&stat).context("unexpected format of /proc/stat")
 }

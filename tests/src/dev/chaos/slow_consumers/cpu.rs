@@ -1,8 +1,10 @@
 //! Where the CPU time of a window of `slow-consumers` went, read from `/proc`: on two shared
 //! cores, what the nodes spend on the storm is taken from everyone else.
 
+use std::collections::HashMap;
+
 use crate::cluster::TestCluster;
-use crate::dev::fanout::procfs::{descendants, group_ticks, CpuProbe};
+use crate::dev::fanout::procfs::{descendants, machine_busy_ticks, process_ticks, CpuProbe};
 
 /// Where the CPU time of a window went: the nodes, the balancer, this run's PostgreSQL and
 /// Redis (every other process descending from this one), this process (the load, the
@@ -15,8 +17,11 @@ pub(super) struct Cpu {
     balancer: u32,
 }
 
-/// Clock ticks of the nodes, the balancer, the other servers, this process, and the machine.
-pub(super) type CpuSample = (Vec<u64>, u64);
+/// CPU ticks of every process of the run by pid, and the machine's busy ticks.
+pub(super) struct CpuSample {
+    processes: HashMap<u32, u64>,
+    machine: u64,
+}
 
 impl Cpu {
     pub(super) fn new(cluster: &TestCluster) -> anyhow::Result<Self> {
@@ -28,37 +33,47 @@ impl Cpu {
     }
 
     pub(super) fn sample(&self) -> anyhow::Result<CpuSample> {
-        let servers: Vec<u32> = descendants(std::process::id())
+        let this = std::process::id();
+        let processes = descendants(this)
             .into_iter()
-            .filter(|pid| *pid != self.balancer && !self.nodes.contains(pid))
+            .chain([this])
+            .filter_map(|pid| Some((pid, process_ticks(pid).ok()?.total())))
             .collect();
-        group_ticks(&[
-            &self.nodes,
-            &[self.balancer],
-            &servers,
-            &[std::process::id()],
-        ])
+        Ok(CpuSample {
+            processes,
+            machine: machine_busy_ticks()?,
+        })
     }
 
     /// `nodes 1.0 s, balancer …, PostgreSQL and Redis …, load generator …, everything
-    /// else …` between two samples. (PostgreSQL backends that ended in between are not
-    /// counted.)
+    /// else …` between two samples. Per process, so that PostgreSQL backends coming and
+    /// going do not skew the sums (one that ended in between is not counted).
     pub(super) fn between(&self, from: &CpuSample, to: &CpuSample) -> String {
-        let secs = |a: u64, b: u64| self.clock.ticks_to_seconds(b.saturating_sub(a));
-        let groups: Vec<f64> = from
-            .0
-            .iter()
-            .zip(&to.0)
-            .map(|(a, b)| secs(*a, *b))
-            .collect();
-        let machine = secs(from.1, to.1);
+        let this = std::process::id();
+        // nodes, balancer, PostgreSQL and Redis, this process
+        let mut groups = [0u64; 4];
+        for (pid, ticks) in &to.processes {
+            let spent = ticks.saturating_sub(from.processes.get(pid).copied().unwrap_or(0));
+            let group = if self.nodes.contains(pid) {
+                0
+            } else if *pid == self.balancer {
+                1
+            } else if *pid == this {
+                3
+            } else {
+                2
+            };
+            groups[group] += spent;
+        }
+        let secs = |ticks: u64| self.clock.ticks_to_seconds(ticks);
+        let ours: u64 = groups.iter().sum();
         format!(
             "nodes {:.1} s, balancer {:.1} s, PostgreSQL and Redis {:.1} s, load generator {:.1} s, everything else {:.1} s",
-            groups[0],
-            groups[1],
-            groups[2],
-            groups[3],
-            (machine - groups.iter().sum::<f64>()).max(0.0)
+            secs(groups[0]),
+            secs(groups[1]),
+            secs(groups[2]),
+            secs(groups[3]),
+            secs(to.machine.saturating_sub(from.machine).saturating_sub(ours))
         )
     }
 }
