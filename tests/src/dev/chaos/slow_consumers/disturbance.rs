@@ -9,7 +9,7 @@
 //! 1. At the window's start, every storm client connects through the balancer at once (an
 //!    access token on the handshake), subscribes to `orders` (its user's own order events:
 //!    storm users never order, so the topic is quiet) and waits for the answer, retrying
-//!    after any failure until the round's deadline. The slow readers connect at the same time
+//!    after any failure (backing off, with jitter) until the round's deadline. The slow readers connect at the same time
 //!    (raw sockets with a 4 KiB receive buffer), straight to the nodes in turn, and subscribe
 //!    to `pets` without reading the answer: half never read again, half read 4 KiB every
 //!    100 ms. Not through the balancer: its two sockets of the tunnel would buffer several
@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures_util::{SinkExt as _, StreamExt as _};
+use rand::Rng as _;
 use serde_json::{json, Value};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
@@ -53,8 +54,12 @@ const DRAIN: Duration = Duration::from_secs(30);
 const SLOW_READ_BYTES: usize = 4096;
 const SLOW_READ_EVERY: Duration = Duration::from_millis(100);
 
-/// Pause before a storm client tries again after a failure.
+/// Pause before a storm client tries again after its first failure; it doubles with every
+/// failure up to [`RETRY_PAUSE_MAX`], and each pause is drawn between half of it and all of
+/// it. Clients that retried at a fixed pace would turn a storm into a retry storm: real
+/// client libraries back off with jitter, and so do these.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 /// The node metric counting connections closed as slow consumers (1013).
 pub(super) const SLOW_CONSUMER_METRIC: &str = "petmesh_node_ws_slow_consumer_disconnects_total";
@@ -297,10 +302,14 @@ impl Storm {
                             return (None, failures);
                         }
                     }
-                    if Instant::now() + RETRY_PAUSE >= deadline {
+                    let doubled = RETRY_PAUSE * 2u32.saturating_pow(failures.len() as u32 - 1);
+                    let pause = doubled
+                        .min(RETRY_PAUSE_MAX)
+                        .mul_f64(rand::thread_rng().gen_range(0.5..=1.0));
+                    if Instant::now() + pause >= deadline {
                         return (None, failures);
                     }
-                    tokio::time::sleep(RETRY_PAUSE).await;
+                    tokio::time::sleep(pause).await;
                 }
             });
         }
