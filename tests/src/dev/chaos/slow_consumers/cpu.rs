@@ -46,9 +46,15 @@ impl Cpu {
     }
 
     /// `nodes 1.0 s, balancer …, PostgreSQL and Redis …, load generator …, everything
-    /// else …` between two samples. Per process, so that PostgreSQL backends coming and
+    /// else …` between two samples, and the share of the machine's capacity (`cores` ×
+    /// `elapsed`) that everything else took, in per cent. Per process, so that PostgreSQL backends coming and
     /// going do not skew the sums (one that ended in between is not counted).
-    pub(super) fn between(&self, from: &CpuSample, to: &CpuSample) -> String {
+    pub(super) fn between(
+        &self,
+        from: &CpuSample,
+        to: &CpuSample,
+        elapsed: std::time::Duration,
+    ) -> (String, u64) {
         let this = std::process::id();
         // nodes, balancer, PostgreSQL and Redis, this process
         let mut groups = [0u64; 4];
@@ -67,13 +73,17 @@ impl Cpu {
         }
         let secs = |ticks: u64| self.clock.ticks_to_seconds(ticks);
         let ours: u64 = groups.iter().sum();
-        format!(
+        let others = secs(to.machine.saturating_sub(from.machine).saturating_sub(ours));
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let share = 100.0 * others / (cores as f64 * elapsed.as_secs_f64()).max(0.001);
+        let text = format!(
             "nodes {:.1} s, balancer {:.1} s, PostgreSQL and Redis {:.1} s, load generator {:.1} s, everything else {:.1} s",
             secs(groups[0]),
             secs(groups[1]),
             secs(groups[2]),
             secs(groups[3]),
-            secs(to.machine.saturating_sub(from.machine).saturating_sub(ours))
-        )
+            others
+        );
+        (text, share.round() as u64)
     }
 }
