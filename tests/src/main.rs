@@ -56,9 +56,10 @@ enum Cmd {
     /// (`--group name=pid,...`, each with its descendants), the command itself and the rest
     /// of the machine used meanwhile, as one `result` line after the command's output.
     CpuWindow(CpuWindowArgs),
-    /// Run a chaos experiment (node-kill, order-burst, rolling-restart, redis-outage,
-    /// postgres-restart) on a private 3-node cluster under load
-    /// and print its figures and a final PASS or FAIL line (exit 0 or 1).
+    /// Run chaos experiments (node-kill, order-burst, rolling-restart, redis-outage,
+    /// postgres-restart, slow-consumers, or all), each on a private 3-node cluster under
+    /// load, printing its figures and a PASS or FAIL line, then with several a summary table
+    /// (exit 0 only if every one passed).
     Chaos(ChaosArgs),
 }
 

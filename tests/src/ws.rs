@@ -260,6 +260,8 @@ impl WsClient {
 pub struct RawWs {
     stream: TcpStream,
     buffer: Vec<u8>,
+    /// The code of the server's close frame, once [`RawWs::read_some`] has seen it.
+    close_code: Option<u16>,
 }
 
 impl RawWs {
@@ -293,7 +295,11 @@ impl RawWs {
             bail!("handshake refused: {head}");
         }
         buffer.drain(..head_end);
-        Ok(Self { stream, buffer })
+        Ok(Self {
+            stream,
+            buffer,
+            close_code: None,
+        })
     }
 
     /// Sends a text frame (masked, as clients must).
@@ -345,6 +351,44 @@ impl RawWs {
                     .map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
                 let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default());
                 return Ok((code, reason.to_string()));
+            }
+        }
+    }
+
+    /// Reads once, at most `max` bytes, keeping track of frames (whole ones are consumed, a
+    /// close frame's code is kept for [`RawWs::read_to_end`]). Returns the bytes read: 0 once
+    /// the connection has ended.
+    pub async fn read_some(&mut self, max: usize) -> std::io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = vec![0u8; max];
+        let n = self.stream.read(&mut chunk).await?;
+        self.buffer.extend_from_slice(&chunk[..n]);
+        let mut used = 0;
+        while let Some((opcode, payload, len)) = parse_server_frame(&self.buffer[used..]) {
+            if opcode == 0x8 {
+                self.close_code = Some(
+                    payload
+                        .get(..2)
+                        .map_or(1005, |c| u16::from_be_bytes([c[0], c[1]])),
+                );
+            }
+            used += len;
+        }
+        self.buffer.drain(..used);
+        Ok(n)
+    }
+
+    /// Reads everything until the server ends the connection (end of stream or reset), for
+    /// at most `within`; returns the code of its close frame if one came (a server closing a
+    /// connection that does not drain may never get its close frame out). An error if the
+    /// connection is still open after `within`.
+    pub async fn read_to_end(&mut self, within: Duration) -> anyhow::Result<Option<u16>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.read_some(64 * 1024)).await {
+                Err(_) => bail!("still open after {within:?}"),
+                Ok(Ok(0) | Err(_)) => return Ok(self.close_code),
+                Ok(Ok(_)) => {}
             }
         }
     }

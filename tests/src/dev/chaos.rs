@@ -12,19 +12,25 @@
 //!   orders and subscribers.
 //! - [`rolling_restart`]: every node drained (SIGTERM) and replaced in turn under mixed HTTP
 //!   and WebSocket load.
+//! - [`slow_consumers`]: a storm of WebSocket clients connecting at once and readers that stop
+//!   reading, against the latency of the other clients.
 //!
 //! Each has a short form (`--short`, or `CHAOS_SHORT=1`) for CI, bounded to about a minute.
+//! Several experiments (or `all`) run one after the other in one process and end with a
+//! summary table: one row per experiment with its verdict, duration and key figures.
 
 mod node_kill;
 mod order_burst;
 mod postgres_restart;
 mod redis_outage;
 mod rolling_restart;
+mod slow_consumers;
+mod summary;
 
 use std::fmt::Display;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -35,13 +41,14 @@ use crate::load::{Setup, SetupOptions, WsLoad, WsOptions};
 /// Options of `petmesh-dev chaos`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ChaosArgs {
-    /// The experiment to run.
-    #[arg(value_enum)]
-    pub experiment: Experiment,
+    /// The experiments to run, in order (`all`: every one).
+    #[arg(value_enum, required = true)]
+    pub experiments: Vec<Experiment>,
     /// The short form: smaller numbers, about a minute (for CI).
     #[arg(long, env = "CHAOS_SHORT", value_parser = clap::builder::FalseyValueParser::new())]
     pub short: bool,
-    /// Also write the figures and the verdict as JSON to this file.
+    /// Also write the figures and the verdict as JSON to this file (with several experiments,
+    /// one document holding each experiment's and the summary).
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
@@ -59,6 +66,36 @@ pub enum Experiment {
     RedisOutage,
     /// PostgreSQL stopped for 10 s, then started again, under load.
     PostgresRestart,
+    /// A storm of WebSocket clients and readers that stop reading, under steady load: the
+    /// other clients' p99 must stay within 20 % of a quiet window's.
+    SlowConsumers,
+    /// Every experiment above, in this order.
+    All,
+}
+
+impl Experiment {
+    /// Every experiment, in the order `all` runs them.
+    const EVERY: [Experiment; 6] = [
+        Experiment::NodeKill,
+        Experiment::OrderBurst,
+        Experiment::RollingRestart,
+        Experiment::RedisOutage,
+        Experiment::PostgresRestart,
+        Experiment::SlowConsumers,
+    ];
+
+    /// The name on the command line.
+    fn name(self) -> &'static str {
+        match self {
+            Experiment::NodeKill => "node-kill",
+            Experiment::OrderBurst => "order-burst",
+            Experiment::RollingRestart => "rolling-restart",
+            Experiment::RedisOutage => "redis-outage",
+            Experiment::PostgresRestart => "postgres-restart",
+            Experiment::SlowConsumers => "slow-consumers",
+            Experiment::All => "all",
+        }
+    }
 }
 
 /// One correctness property and whether it held.
@@ -93,12 +130,21 @@ pub struct Findings {
     pub checks: Vec<Check>,
     /// Extra detail for the JSON file (the load report).
     pub detail: serde_json::Value,
+    /// The few figures that sum the run up in the summary table (also in `figures`).
+    pub key: Vec<(String, String)>,
 }
 
 impl Findings {
     /// Adds a figure.
     fn figure(&mut self, name: &str, value: impl Display) {
         self.figures.push((name.to_owned(), value.to_string()));
+    }
+
+    /// Adds a figure that also goes into the summary table of several experiments.
+    fn key(&mut self, name: &str, value: impl Display) {
+        self.figure(name, value);
+        self.key
+            .push(self.figures.last().cloned().expect("just pushed"));
     }
 
     /// Adds a property that must be `expected`.
@@ -126,24 +172,59 @@ impl Findings {
     }
 }
 
-/// Runs the experiment, prints its figures and verdict, and returns the exit code: 0 for
-/// PASS, 1 for FAIL.
+/// Runs the experiments in order, prints each one's figures and verdict (and with several, a
+/// summary table), and returns the exit code: 0 when every one passed, 1 otherwise.
 pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
-    let form = if args.short { "short" } else { "full" };
-    let name = match args.experiment {
-        Experiment::NodeKill => "node-kill",
-        Experiment::OrderBurst => "order-burst",
-        Experiment::RollingRestart => "rolling-restart",
-        Experiment::RedisOutage => "redis-outage",
-        Experiment::PostgresRestart => "postgres-restart",
-    };
+    let experiments: Vec<Experiment> = args
+        .experiments
+        .iter()
+        .flat_map(|e| match e {
+            Experiment::All => Experiment::EVERY.to_vec(),
+            e => vec![*e],
+        })
+        .collect();
+    let mut rows = Vec::with_capacity(experiments.len());
+    for experiment in experiments {
+        rows.push(run_one(experiment, args.short).await);
+    }
+    let passed = rows.iter().all(|row| row.passed);
+    if rows.len() > 1 {
+        print!("{}", summary::table(&rows));
+    }
+    if let Some(path) = &args.json {
+        let json = match rows.as_slice() {
+            [row] => row.json.clone(),
+            rows => summary::json(rows),
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if passed { 0 } else { 1 })
+}
+
+/// Runs one experiment and prints its figures, checks and verdict. An experiment that could
+/// not run to its end (an error) is a FAIL, and the next one still runs.
+async fn run_one(experiment: Experiment, short: bool) -> summary::Row {
+    let form = if short { "short" } else { "full" };
+    let name = experiment.name();
     println!("chaos: {name} ({form} form)");
-    let findings = match args.experiment {
-        Experiment::NodeKill => node_kill::run(args.short).await?,
-        Experiment::OrderBurst => order_burst::run(args.short).await?,
-        Experiment::RollingRestart => rolling_restart::run(args.short).await?,
-        Experiment::RedisOutage => redis_outage::run(args.short).await?,
-        Experiment::PostgresRestart => postgres_restart::run(args.short).await?,
+    let started = Instant::now();
+    let findings = match experiment {
+        Experiment::NodeKill => node_kill::run(short).await,
+        Experiment::OrderBurst => order_burst::run(short).await,
+        Experiment::RollingRestart => rolling_restart::run(short).await,
+        Experiment::RedisOutage => redis_outage::run(short).await,
+        Experiment::PostgresRestart => postgres_restart::run(short).await,
+        Experiment::SlowConsumers => slow_consumers::run(short).await,
+        Experiment::All => unreachable!("expanded by run"),
+    };
+    let duration = started.elapsed();
+    let (findings, error) = match findings {
+        Ok(findings) => (findings, None),
+        Err(e) => {
+            eprintln!("petmesh-dev: chaos {name}: error: {e:#}");
+            (Findings::default(), Some(format!("{e:#}")))
+        }
     };
     println!("chaos: {name}: figures");
     for (figure, value) in &findings.figures {
@@ -160,21 +241,29 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
             check.expected
         );
     }
-    let passed = findings.passed();
-    if let Some(path) = &args.json {
-        let json = serde_json::json!({
-            "experiment": name,
-            "form": form,
-            "verdict": if passed { "PASS" } else { "FAIL" },
-            "figures": findings.figures.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-            "checks": findings.checks,
-            "detail": findings.detail,
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&json)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
+    let passed = error.is_none() && findings.passed();
     println!("{}", if passed { "PASS" } else { "FAIL" });
-    Ok(if passed { 0 } else { 1 })
+    let json = serde_json::json!({
+        "experiment": name,
+        "form": form,
+        "verdict": if passed { "PASS" } else { "FAIL" },
+        "durationSecs": duration.as_secs_f64(),
+        "error": error,
+        "figures": findings.figures.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+        "checks": findings.checks,
+        "detail": findings.detail,
+    });
+    summary::Row {
+        name,
+        passed,
+        duration,
+        key: if let Some(error) = error {
+            vec![("error".into(), error)]
+        } else {
+            findings.key
+        },
+        json,
+    }
 }
 
 /// Three nodes and a balancer that admits every subscriber, with `env` for the nodes, and

@@ -98,7 +98,6 @@ impl Tally {
     }
 
     fn summary(&self) -> TallyReport {
-        let ms = |q: f64| self.latency.value_at_quantile(q) as f64 / 1000.0;
         TallyReport {
             requests: self.latency.len(),
             ok: self.ok,
@@ -110,19 +109,13 @@ impl Tally {
                 .iter()
                 .map(|(class, n)| (class.name().to_owned(), *n))
                 .collect(),
-            latency_ms: LatencyReport {
-                mean: self.latency.mean() / 1000.0,
-                p50: ms(0.5),
-                p90: ms(0.9),
-                p99: ms(0.99),
-                p999: ms(0.999),
-                max: self.latency.max() as f64 / 1000.0,
-            },
+            latency_ms: LatencyReport::of(&self.latency),
         }
     }
 }
 
-fn histogram() -> Histogram<u64> {
+/// An empty latency histogram (µs), as every figure of a run uses.
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
 }
 
@@ -293,6 +286,19 @@ pub struct LatencyReport {
 }
 
 impl LatencyReport {
+    /// The percentiles of `latency` (recorded in µs).
+    pub fn of(latency: &Histogram<u64>) -> Self {
+        let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+        Self {
+            mean: latency.mean() / 1000.0,
+            p50: ms(0.5),
+            p90: ms(0.9),
+            p99: ms(0.99),
+            p999: ms(0.999),
+            max: latency.max() as f64 / 1000.0,
+        }
+    }
+
     /// `p50 / p99 / max ms`, one decimal each: how the chaos experiments print latency.
     pub fn p50_p99_max(&self) -> String {
         format!("{:.1} / {:.1} / {:.1} ms", self.p50, self.p99, self.max)

@@ -7,6 +7,11 @@
 //! the topic's last offset. Events a resumed subscription replays before its response count
 //! like live ones: a reconnect that loses nothing shows no gap.
 //!
+//! Each event's delivery latency is measured too: from its `timestamp` (when the node wrote
+//! the change, ms since the epoch, in the same transaction as the change) to when the
+//! subscriber parsed it, on the same machine's clock; [`WsLoad::take_delivery`] hands out the
+//! percentiles of a window of the run.
+//!
 //! The balancer limits WebSockets per client address, so on a loopback target each group of
 //! [`PER_SOURCE`] subscribers connects from its own address in 127.0.100.0/24.
 
@@ -16,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures_util::{SinkExt as _, StreamExt as _};
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::net::TcpSocket;
@@ -25,6 +31,12 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::stats::{histogram, LatencyReport};
+
+pub use offset::Offset;
+
+mod offset;
+
 /// Subscribers per source address on a loopback target (the balancer's default limit is 10).
 const PER_SOURCE: usize = 8;
 
@@ -33,32 +45,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pause before connecting again after a failure.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
-
-/// A topic offset: the epoch and the sequence number within it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Offset {
-    /// Random id of the topic's current history.
-    pub epoch: String,
-    /// Consecutive from 1 within the epoch.
-    pub seq: u64,
-}
-
-impl Offset {
-    /// Parses `<epoch>:<seq>`.
-    pub fn parse(text: &str) -> Option<Self> {
-        let (epoch, seq) = text.rsplit_once(':')?;
-        Some(Self {
-            epoch: epoch.to_owned(),
-            seq: seq.parse().ok()?,
-        })
-    }
-}
-
-impl std::fmt::Display for Offset {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.epoch, self.seq)
-    }
-}
 
 /// The WebSocket figures of a run.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -99,10 +85,13 @@ struct SubState {
     connected: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     subs: Vec<SubState>,
     totals: WsReport,
+    /// Delivery latency (µs) of the events received since the last
+    /// [`WsLoad::take_delivery`].
+    delivery: Histogram<u64>,
 }
 
 /// Running subscribers.
@@ -148,6 +137,7 @@ impl WsLoad {
                 subscribers: options.subscribers,
                 ..WsReport::default()
             },
+            delivery: histogram(),
         }));
         let (progress_tx, progress) = watch::channel(0u64);
         let progress_tx = Arc::new(progress_tx);
@@ -198,6 +188,13 @@ impl WsLoad {
         let connected = shared.subs.iter().filter(|s| s.connected).count();
         let t = &shared.totals;
         (t.events, t.lost, t.reconnects, connected)
+    }
+
+    /// The delivery latency of the events received since the last call (or the start), and
+    /// a fresh window from now on.
+    pub fn take_delivery(&self) -> LatencyReport {
+        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        LatencyReport::of(&std::mem::replace(&mut shared.delivery, histogram()))
     }
 
     /// Waits up to `settle` for every subscriber to reach `last` (the topic's last offset;
@@ -389,7 +386,11 @@ impl Subscriber {
     /// subscription's answer gives the starting offset of a first subscription.
     fn on_frame(&self, frame: &Value) {
         let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        let Shared { subs, totals } = &mut *shared;
+        let Shared {
+            subs,
+            totals,
+            delivery,
+        } = &mut *shared;
         let sub = &mut subs[self.index];
         if frame["type"] == "response" && frame["id"] == "sub" {
             let topic = &frame["payload"]["topics"][&self.topic];
@@ -417,6 +418,13 @@ impl Subscriber {
             return;
         };
         totals.events += 1;
+        if let Some(written_ms) = frame["timestamp"].as_i64() {
+            let now_us = chrono::Utc::now().timestamp_micros();
+            let us = now_us
+                .saturating_sub(written_ms.saturating_mul(1000))
+                .max(1);
+            delivery.saturating_record(u64::try_from(us).unwrap_or(1));
+        }
         match &sub.last {
             Some(last) if last.epoch == offset.epoch => {
                 if offset.seq <= last.seq {
@@ -467,15 +475,6 @@ fn report_connection_problem(index: usize, error: &anyhow::Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn offsets_parse_epoch_and_sequence() {
-        let offset = Offset::parse("k3j2:17").unwrap();
-        assert_eq!(offset.epoch, "k3j2");
-        assert_eq!(offset.seq, 17);
-        assert_eq!(offset.to_string(), "k3j2:17");
-        assert!(Offset::parse("17").is_none());
-    }
 
     #[test]
     fn a_subscriber_is_behind_by_the_events_it_has_not_seen() {

@@ -102,7 +102,7 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
     let ws = report.websocket.clone().unwrap_or_default();
     let mut findings = Findings::default();
     findings.figure("requests", report.http.all.requests);
-    findings.figure(
+    findings.key(
         "latency p50 / p99 / max (from the due time)",
         report.http.all.latency_ms.p50_p99_max(),
     );
@@ -118,7 +118,7 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
         "balancer attempts sent to the dead node after the kill",
         watch.attempts_after_kill,
     );
-    findings.figure(
+    findings.key(
         "time until no request goes to the killed node",
         match watch.last_attempt {
             Some(at) => format!("{} (last attempt seen by then)", ms(at)),
@@ -130,7 +130,7 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
         watch.unhealthy.map_or("not within 5 s".into(), ms),
     );
     findings.figure("websocket subscribers", ws.subscribers);
-    findings.figure("websocket reconnects", ws.reconnects);
+    findings.key("websocket reconnects", ws.reconnects);
     findings.figure("websocket events received", ws.events);
     findings.figure("websocket resyncs", ws.resyncs);
     findings.figure(

@@ -200,7 +200,7 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
 
     findings.figure("order attempts (keys)", records.len());
     findings.figure("burst duration", ms(burst));
-    findings.figure("acknowledged (201)", acknowledged);
+    findings.key("acknowledged (201)", acknowledged);
     findings.figure("refused (409 sold out)", refused);
     findings.figure(
         "failed after every retry",
@@ -229,7 +229,7 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
         "orders approved / cancelled",
         format!("{} / {}", db.approved, db.cancelled),
     );
-    findings.figure(
+    findings.key(
         "units sold of stock",
         format!("{} of {}", db.sold, plan.stock * plan.pets as i64),
     );
@@ -238,7 +238,7 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
         unknown_but_placed,
     );
     findings.figure("dead payment jobs", db.dead_jobs);
-    findings.figure(
+    findings.key(
         "every order paid or cancelled after the kill",
         settled_after.map_or("not by the deadline".into(), ms),
     );

@@ -265,7 +265,7 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
         "longest wait for an answer during the outage (probe)",
         ms(longest_wait),
     );
-    findings.figure(
+    findings.key(
         "every node ready again after the restart",
         ready_back.map_or_else(never, ms),
     );
@@ -273,7 +273,7 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
         "probe answered 200 again after the restart",
         probe_back.map_or_else(never, ms),
     );
-    findings.figure(
+    findings.key(
         "load requests (ok / refused / failed)",
         format!(
             "{} ({} / {} / {})",

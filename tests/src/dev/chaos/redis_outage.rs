@@ -190,7 +190,7 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
     let mut findings = Findings::default();
     let never = || format!("not within {} s", RECOVERY.as_secs());
     findings.figure("outage", format!("{} s", OUTAGE.as_secs()));
-    findings.figure(
+    findings.key(
         "reads answered in the outage's seconds (ok / failed)",
         format!(
             "{gap_done} ({gap_ok} / {gap_failed}): {:.2} % available (seconds {first} to {last_second})",
@@ -224,7 +224,7 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
         "every node's pet cache hit again after the restart",
         caches_back.map_or_else(never, ms),
     );
-    findings.figure(
+    findings.key(
         "first broadcast received after the restart",
         broadcast_back.map_or_else(never, ms),
     );

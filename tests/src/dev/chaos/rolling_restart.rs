@@ -155,7 +155,7 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
     let ws = report.websocket.clone().unwrap_or_default();
     let mut findings = Findings::default();
     findings.figure("requests", report.http.all.requests);
-    findings.figure(
+    findings.key(
         "latency p50 / p99 / max (from the due time)",
         report.http.all.latency_ms.p50_p99_max(),
     );
@@ -174,7 +174,7 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
             ),
         );
     }
-    findings.figure(
+    findings.key(
         "rolling restart duration (first SIGTERM to last replacement routed)",
         ms(rolled),
     );

@@ -231,10 +231,7 @@ impl ProcessGroup {
     /// between two samples moves from its own ticks into its parent's reaped ones, so the
     /// difference of two readings is what the group used in between.
     fn ticks(&self, table: &HashMap<u32, ProcessStat>) -> anyhow::Result<u64> {
-        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-        for (&pid, stat) in table {
-            children.entry(stat.ppid).or_default().push(pid);
-        }
+        let children = children_by_parent(table);
         let mut total = 0;
         let mut pending = self.pids.clone();
         for &root in &self.pids {
@@ -250,6 +247,30 @@ impl ProcessGroup {
         }
         Ok(total)
     }
+}
+
+/// The pids of `table` by their parent's pid.
+fn children_by_parent(table: &HashMap<u32, ProcessStat>) -> HashMap<u32, Vec<u32>> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (&pid, stat) in table {
+        children.entry(stat.ppid).or_default().push(pid);
+    }
+    children
+}
+
+/// The processes descending from `ancestor` (children, their children, …), not itself: a
+/// run's servers, PostgreSQL's backends included.
+pub(crate) fn descendants(ancestor: u32) -> anyhow::Result<Vec<u32>> {
+    let children = children_by_parent(&process_table()?);
+    let mut found = Vec::new();
+    let mut pending = vec![ancestor];
+    while let Some(pid) = pending.pop() {
+        for &child in children.get(&pid).into_iter().flatten() {
+            found.push(child);
+            pending.push(child);
+        }
+    }
+    Ok(found)
 }
 
 impl FromStr for ProcessGroup {
@@ -348,7 +369,7 @@ fn process_table() -> anyhow::Result<HashMap<u32, ProcessStat>> {
 
 /// Busy clock ticks of all CPUs together since boot, and the part of them in interrupts and
 /// softirqs, from the first line of `/proc/stat`.
-fn machine_busy_ticks() -> anyhow::Result<(u64, u64)> {
+pub(crate) fn machine_busy_ticks() -> anyhow::Result<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     parse_machine_busy(&stat).context("unexpected format of /proc/stat")
 }
