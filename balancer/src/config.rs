@@ -206,6 +206,11 @@ pub struct LimitSettings {
     pub connect_timeout_ms: u64,
     /// Bound on a node's response headers after the request was sent; 504 beyond.
     pub response_timeout_ms: u64,
+    /// Bound on passing one chunk (up to 16 KiB) through a WebSocket tunnel to either side: a
+    /// client (or node) that stops reading for this long ends the tunnel, which otherwise
+    /// would stay open with its slots held even after the other side closed (nginx's
+    /// `proxy_send_timeout`, HAProxy's `timeout tunnel` for a stalled peer).
+    pub ws_send_timeout_ms: u64,
     /// Client connections open at once (all workers); further ones are closed at accept.
     pub max_connections: usize,
 }
@@ -302,6 +307,7 @@ impl Settings {
                 "limits.response_timeout_ms",
                 self.limits.response_timeout_ms,
             ),
+            ("limits.ws_send_timeout_ms", self.limits.ws_send_timeout_ms),
             ("limits.max_connections", self.limits.max_connections as u64),
             ("strategy.virtual_nodes", self.strategy.virtual_nodes as u64),
             ("redis.timeout_ms", self.redis.timeout_ms),

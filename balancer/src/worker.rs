@@ -330,7 +330,8 @@ pub fn run(
         let limits = &state.settings.limits;
         let shortest = limits
             .header_read_timeout_ms
-            .min(limits.response_timeout_ms);
+            .min(limits.response_timeout_ms)
+            .min(limits.ws_send_timeout_ms);
         let tick = deadline::tick_for(Duration::from_millis(shortest));
         tokio::task::spawn_local(deadline::run_ticker(tick));
         let listener = TcpListener::from_std(listener)?;

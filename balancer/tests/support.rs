@@ -323,7 +323,8 @@ fn reply(control: &Control, status: u16, body: Bytes) -> Response<Full<Bytes>> {
 }
 
 /// The server side of a WebSocket handshake; the socket greets with `hello from <id>` and
-/// echoes every text message as `<id>: <message>`.
+/// echoes every text message as `<id>: <message>`, except `flood <n>`, which it answers with
+/// `n` binary messages of 64 KiB (for a client that does not read them).
 fn websocket(
     control: Arc<Control>,
     mut killed: watch::Receiver<bool>,
@@ -345,6 +346,14 @@ fn websocket(
             loop {
                 tokio::select! {
                     message = socket.next() => match message {
+                        Some(Ok(Message::Text(text))) if text.as_str().starts_with("flood ") => {
+                            let count: usize = text.as_str()[6..].parse().unwrap_or(0);
+                            for _ in 0..count {
+                                if socket.send(Message::binary(vec![0u8; 64 * 1024])).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
                         Some(Ok(Message::Text(text))) => {
                             let echo = format!("{}: {}", control.id, text.as_str());
                             if socket.send(Message::text(echo)).await.is_err() {

@@ -1,4 +1,5 @@
-//! WebSocket tunnels: messages both ways, least-connections placement, the per-IP limit.
+//! WebSocket tunnels: messages both ways, least-connections placement, the per-IP limit, a
+//! client that stops reading.
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::net::TcpStream;
@@ -119,4 +120,21 @@ async fn eleventh_websocket_from_one_ip_gets_429() {
     socket.close(None).await.unwrap();
     wait_for_counts(&balancer, &[("a", 9)]).await;
     open(&balancer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_loses_its_tunnel_after_the_send_timeout() {
+    let a = MockBackend::start("a").await;
+    let mut settings = settings(&[&a]);
+    settings.limits.ws_send_timeout_ms = 300;
+    let balancer = TestBalancer::start(settings).await;
+    let (mut socket, node) = open(&balancer).await;
+    wait_for_counts(&balancer, &[(&node, 1)]).await;
+
+    // 64 MiB asked for and never read: more than every socket buffer on the way can hold, so
+    // the balancer's copy to this client blocks until the send timeout ends the tunnel.
+    socket.send(Message::text("flood 1024")).await.unwrap();
+
+    wait_for_counts(&balancer, &[(&node, 0)]).await;
+    drop(socket);
 }

@@ -134,6 +134,7 @@ impl Default for LimitSettings {
             max_header_bytes: 64 * 1024,
             connect_timeout_ms: 1000,
             response_timeout_ms: 30_000,
+            ws_send_timeout_ms: 60_000,
             max_connections: 10_000,
         }
     }

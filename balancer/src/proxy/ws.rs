@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use super::{http::NODE_HEADER, prepare_head, Client, ResponseBody};
 use crate::{
     backend::{NodeState, Traffic},
+    deadline::Deadline,
     error::{ErrorKind, ProxyError},
     worker::{OpenGuard, Worker},
     ws_limit::WsSlot,
@@ -103,6 +104,7 @@ pub async fn forward(
             let node_upgrade = hyper::upgrade::on(&mut response);
             let tunnel = Tunnel {
                 node,
+                send_timeout: Duration::from_millis(limits.ws_send_timeout_ms),
                 _slot: slot,
                 _open: worker.track(),
             };
@@ -147,6 +149,8 @@ async fn handshake(
 struct Tunnel {
     /// The node, kept alive (and counted) even if it leaves the set.
     node: Arc<NodeState>,
+    /// `limits.ws_send_timeout_ms`: how long one chunk may wait for its reader.
+    send_timeout: Duration,
     /// The client IP's WebSocket slot, released when the tunnel ends.
     _slot: WsSlot,
     /// Keeps the worker's shutdown waiting for this tunnel (up to the grace period).
@@ -162,7 +166,8 @@ impl Tunnel {
     ) {
         match tokio::try_join!(client, node) {
             Ok((client, node)) => {
-                let (up, down) = splice(TokioIo::new(client), TokioIo::new(node)).await;
+                let (up, down) =
+                    splice(TokioIo::new(client), TokioIo::new(node), self.send_timeout).await;
                 tracing::debug!(node = %self.node.id(), client = %peer, up, down, "websocket closed");
             }
             Err(err) => {
@@ -178,14 +183,15 @@ impl Drop for Tunnel {
     }
 }
 
-/// Copies bytes both ways until either side closes, then closes the other side too, and
-/// returns the bytes copied (client → node, node → client).
+/// Copies bytes both ways until either side closes or stops reading for `send_timeout`, then
+/// closes the other side too, and returns the bytes copied (client → node, node → client).
 ///
 /// Not `copy_bidirectional`: that keeps a half-closed connection open until the other side
 /// closes as well, but a WebSocket has no use for half-close. After the close handshake the
 /// server closes TCP, and a client that never closes its end would pin the tunnel (and its
-/// counts) forever.
-async fn splice<C, N>(client: C, node: N) -> (u64, u64)
+/// counts) forever. The send timeout covers a reader that stops: a copy blocked writing to it
+/// would never see the other side close.
+async fn splice<C, N>(client: C, node: N, send_timeout: Duration) -> (u64, u64)
 where
     C: AsyncRead + AsyncWrite,
     N: AsyncRead + AsyncWrite,
@@ -195,8 +201,8 @@ where
     let mut up = 0;
     let mut down = 0;
     {
-        let upstream = copy_counting(&mut client_read, &mut node_write, &mut up);
-        let downstream = copy_counting(&mut node_read, &mut client_write, &mut down);
+        let upstream = copy_counting(&mut client_read, &mut node_write, &mut up, send_timeout);
+        let downstream = copy_counting(&mut node_read, &mut client_write, &mut down, send_timeout);
         tokio::pin!(upstream, downstream);
         tokio::select! {
             _ = &mut upstream => {}
@@ -207,9 +213,15 @@ where
     (up, down)
 }
 
-/// `tokio::io::copy` that reports progress in `count` even when cancelled.
-async fn copy_counting<R, W>(reader: &mut R, writer: &mut W, count: &mut u64)
-where
+/// `tokio::io::copy` that reports progress in `count` even when cancelled, and gives up when
+/// the writer takes more than `send_timeout` to accept one chunk (a coarse deadline of the
+/// worker, not a tokio timer per chunk).
+async fn copy_counting<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    count: &mut u64,
+    send_timeout: Duration,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -219,7 +231,13 @@ where
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if writer.write_all(&buf[..n]).await.is_err() || writer.flush().await.is_err() {
+        let sent = Deadline::after(send_timeout)
+            .bound(async {
+                writer.write_all(&buf[..n]).await?;
+                writer.flush().await
+            })
+            .await;
+        if !matches!(sent, Ok(Ok(()))) {
             return;
         }
         *count += n as u64;
