@@ -206,21 +206,25 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("22")) => {
                 Self::bad_request(format!("invalid value: {}", db.message()))
             }
-            sqlx::Error::Database(db)
-                if db.code().is_some_and(|code| means_database_down(&code)) =>
-            {
-                tracing::warn!(error = %error_chain(&err), "database unavailable");
-                Self::dependency_down(Dependency::Database)
-            }
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => {
+            _ if database_down(&err) => {
                 tracing::warn!(error = %error_chain(&err), "database unavailable");
                 Self::dependency_down(Dependency::Database)
             }
             _ => Self::internal(&err),
         }
+    }
+}
+
+/// Whether `err` says PostgreSQL cannot serve at all (no connection, or a server that is going
+/// away or starting), rather than that this query was wrong.
+fn database_down(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| means_database_down(&code)),
+        _ => false,
     }
 }
 
