@@ -1,5 +1,9 @@
 //! The admin API, on its own port so it can be firewalled apart from client traffic:
 //!
+//! - `GET /`: the cluster console, one self-contained HTML page (no external requests) showing
+//!   every node live, the membership events and the strategies ([`crate::console`]);
+//! - `GET /admin/stream`: the console's server-sent events: a snapshot of every node once a
+//!   second, membership and health events as they happen (sampled only while someone reads);
 //! - `GET /health`: 200 while the balancer runs (with node counts);
 //! - `GET /metrics`: Prometheus text;
 //! - `GET /admin/nodes`: every node with its state, breaker, counts and latency;
@@ -12,14 +16,17 @@ use std::{convert::Infallible, sync::Arc};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde_json::json;
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::{error::error_response, state::BalancerState};
+use crate::{backend::NodeState, console, error::error_response, state::BalancerState};
+
+/// Every admin answer's body: whole, or the console's endless event stream.
+type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
 
 /// One row of `/admin/nodes`.
 #[derive(Debug, Serialize)]
@@ -28,6 +35,8 @@ pub struct NodeView {
     pub id: String,
     /// `host:port`.
     pub addr: String,
+    /// Failure domain from the node's registry entry; empty when unknown (static upstreams).
+    pub zone: String,
     /// Relative weight.
     pub weight: u32,
     /// `ready` or `draining` (what the node announced).
@@ -63,35 +72,39 @@ pub fn nodes(state: &BalancerState) -> Vec<NodeView> {
         .membership
         .current()
         .iter()
-        .map(|node| {
-            let count = node.stats.latency.get_sample_count();
-            let sum = node.stats.latency.get_sample_sum();
-            NodeView {
-                id: node.id().to_owned(),
-                addr: node.backend.addr.clone(),
-                weight: node.backend.weight,
-                status: if node.is_draining() {
-                    "draining"
-                } else {
-                    "ready"
-                },
-                healthy: node.health.is_healthy(),
-                breaker: node.breaker.state().as_str(),
-                in_flight: node.stats.in_flight.get(),
-                ws_connections: node.stats.ws_connections.get(),
-                requests: node.stats.requests.get(),
-                errors: node.stats.errors.get(),
-                latency: LatencyView {
-                    count,
-                    mean_ms: if count == 0 {
-                        0.0
-                    } else {
-                        sum * 1000.0 / count as f64
-                    },
-                },
-            }
-        })
+        .map(|node| node_view(node))
         .collect()
+}
+
+/// One node's `/admin/nodes` row.
+pub fn node_view(node: &NodeState) -> NodeView {
+    let count = node.stats.latency.get_sample_count();
+    let sum = node.stats.latency.get_sample_sum();
+    NodeView {
+        id: node.id().to_owned(),
+        addr: node.backend.addr.clone(),
+        zone: node.zone.clone(),
+        weight: node.backend.weight,
+        status: if node.is_draining() {
+            "draining"
+        } else {
+            "ready"
+        },
+        healthy: node.health.is_healthy(),
+        breaker: node.breaker.state().as_str(),
+        in_flight: node.stats.in_flight.get(),
+        ws_connections: node.stats.ws_connections.get(),
+        requests: node.stats.requests.get(),
+        errors: node.stats.errors.get(),
+        latency: LatencyView {
+            count,
+            mean_ms: if count == 0 {
+                0.0
+            } else {
+                sum * 1000.0 / count as f64
+            },
+        },
+    }
 }
 
 /// Serves the admin API on `listener` until `shutdown` turns true.
@@ -112,10 +125,12 @@ pub async fn run(
             _ = crate::state::stopped(&mut shutdown) => return,
         };
         let state = state.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, &request)) }
+                let shutdown = shutdown.clone();
+                async move { Ok::<_, Infallible>(route(&state, &request, shutdown)) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -124,15 +139,24 @@ pub async fn run(
     }
 }
 
-fn route(state: &BalancerState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(
+    state: &Arc<BalancerState>,
+    request: &Request<Incoming>,
+    shutdown: watch::Receiver<bool>,
+) -> Response<AdminBody> {
     if request.method() != Method::GET {
-        return error_response(
+        return error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "the admin API only answers GET",
         );
     }
     match request.uri().path() {
+        "/" => console::uncached(
+            Full::new(Bytes::from_static(console::PAGE.as_bytes())).boxed_unsync(),
+            "text/html; charset=utf-8",
+        ),
+        "/admin/stream" => console::stream::open(state, shutdown),
         "/health" => {
             let nodes = state.membership.current();
             let eligible = nodes.iter().filter(|n| n.is_eligible()).count();
@@ -143,7 +167,7 @@ fn route(state: &BalancerState, request: &Request<Incoming>) -> Response<Full<By
             }))
         }
         "/metrics" => {
-            let mut response = Response::new(Full::new(Bytes::from(state.metrics.encode())));
+            let mut response = whole(Bytes::from(state.metrics.encode()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -166,13 +190,23 @@ fn route(state: &BalancerState, request: &Request<Incoming>) -> Response<Full<By
                 .collect();
             json_response(&groups)
         }
-        _ => error_response(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     }
 }
 
-fn json_response(value: &impl Serialize) -> Response<Full<Bytes>> {
+/// A response with all of `body`.
+fn whole(body: Bytes) -> Response<AdminBody> {
+    Response::new(Full::new(body).boxed_unsync())
+}
+
+/// [`error_response`] with an admin body.
+fn error(status: StatusCode, kind: &str, message: &str) -> Response<AdminBody> {
+    error_response::<Full<Bytes>>(status, kind, message).map(BodyExt::boxed_unsync)
+}
+
+fn json_response(value: &impl Serialize) -> Response<AdminBody> {
     let body = serde_json::to_vec(value).expect("admin views serialise");
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = whole(Bytes::from(body));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -44,6 +44,8 @@ pub struct Discovered {
     pub backend: Backend,
     /// The node announced it is shutting down: no new work.
     pub draining: bool,
+    /// Failure domain from the registry entry (rack, zone); empty when unknown or static.
+    pub zone: String,
 }
 
 /// Which kind of load a strategy balances.
@@ -79,6 +81,9 @@ pub struct NodeStats {
 pub struct NodeState {
     /// Identity.
     pub backend: Backend,
+    /// Failure domain as the node registered it (empty when unknown); shown by the console.
+    /// Taken when the state is created: a node does not move between zones while it runs.
+    pub zone: String,
     /// The resolved address connections go to.
     pub sock_addr: SocketAddr,
     /// Unique per state (never reused), keys the per-worker connection pools so a node that
@@ -141,14 +146,18 @@ impl Backend {
 // === impl NodeState ===
 
 impl NodeState {
-    /// A fresh state for `backend` at `sock_addr`, with its metric series.
+    /// A fresh state for the `found` node at `sock_addr`, with its metric series.
     pub fn new(
-        backend: Backend,
+        found: Discovered,
         sock_addr: SocketAddr,
-        draining: bool,
         settings: &Settings,
         metrics: &Metrics,
     ) -> Self {
+        let Discovered {
+            backend,
+            draining,
+            zone,
+        } = found;
         let id = backend.id.as_str();
         let strategies = [
             strategy_label(settings, Traffic::Http),
@@ -182,6 +191,7 @@ impl NodeState {
         Self {
             id_header,
             backend,
+            zone,
             sock_addr,
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
             draining: AtomicBool::new(draining),
@@ -322,13 +332,7 @@ impl Membership {
                 }
                 None => {
                     change.joined.push(found.backend.id.clone());
-                    let state = Arc::new(NodeState::new(
-                        found.backend,
-                        sock_addr,
-                        found.draining,
-                        settings,
-                        metrics,
-                    ));
+                    let state = Arc::new(NodeState::new(found, sock_addr, settings, metrics));
                     self.all
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -399,6 +403,7 @@ mod tests {
                     weight: 1,
                 },
                 draining: false,
+                zone: String::new(),
             },
             addr,
         )

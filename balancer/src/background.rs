@@ -8,6 +8,9 @@
 //! - Health: probes every node every `health.interval_ms` (concurrently), flips verdicts after
 //!   the thresholds, watches the panic threshold, and forgets departed nodes once idle.
 //!
+//! Both report what changed (joined, draining, left, healthy, unhealthy) to the cluster
+//! console's event list ([`crate::console::Console::record`]).
+//!
 //! Two loops rather than one so that a slow probe round can never delay a membership event.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -18,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::{
     backend::{strategy_label, Discovered, Traffic},
+    console::EventKind,
     discovery::{self, ServiceDiscovery},
     health::HttpHealthCheck,
     state::BalancerState,
@@ -107,9 +111,19 @@ async fn next_event(
 async fn apply_event(state: &BalancerState, event: MembershipEvent) {
     let id = event.node.id.clone();
     tracing::debug!(node = %id, kind = ?event.kind, "membership event");
-    if event.kind == MembershipKind::Draining && state.membership.set_draining(&id) {
-        tracing::info!(node = %id, "node draining: no new work");
-        return;
+    if event.kind == MembershipKind::Draining {
+        let was_draining = state
+            .membership
+            .current()
+            .iter()
+            .any(|n| n.id() == id && n.is_draining());
+        if state.membership.set_draining(&id) {
+            if !was_draining {
+                state.console.record(&id, EventKind::Draining, None);
+            }
+            tracing::info!(node = %id, "node draining: no new work");
+            return;
+        }
     }
     if event.kind == MembershipKind::Left {
         // Announced: a graceful departure, even if its `draining` announcement was missed.
@@ -123,6 +137,7 @@ async fn apply_event(state: &BalancerState, event: MembershipEvent) {
         .map(|n| Discovered {
             backend: n.backend.clone(),
             draining: n.is_draining(),
+            zone: n.zone.clone(),
         })
         .collect();
     if event.kind != MembershipKind::Left {
@@ -156,19 +171,24 @@ async fn apply(state: &BalancerState, found: Vec<Discovered>) {
     let change = state
         .membership
         .update(resolved, &state.settings, &state.metrics);
+    let console = &state.console;
     for id in &change.joined {
+        console.record(id, EventKind::Joined, None);
         tracing::info!(node = %id, "node joined");
     }
     for id in &change.left {
         let drained = current.iter().any(|n| n.id() == id && n.is_draining());
         if drained {
+            console.record(id, EventKind::Left, None);
             tracing::info!(node = %id, "node left");
         } else {
+            console.record(id, EventKind::Left, Some("lost: gone without draining"));
             state.metrics.nodes_lost.inc();
             tracing::warn!(node = %id, "node lost: it left the registry without draining (crashed, killed or cut off)");
         }
     }
     for id in &change.draining {
+        console.record(id, EventKind::Draining, None);
         tracing::info!(node = %id, "node draining: no new work");
     }
 }
@@ -217,6 +237,17 @@ pub async fn run_health(state: Arc<BalancerState>, mut shutdown: watch::Receiver
                     .health_transitions
                     .with_label_values(&[node.id(), if healthy { "true" } else { "false" }])
                     .inc();
+            }
+        }
+        // Every verdict change since the last round, the workers' passive mark-downs included.
+        for node in nodes.iter() {
+            if let Some(healthy) = node.health.take_change() {
+                let kind = if healthy {
+                    EventKind::Healthy
+                } else {
+                    EventKind::Unhealthy
+                };
+                state.console.record(node.id(), kind, None);
             }
         }
         panicking = update_gauges(&state, panicking);

@@ -27,7 +27,8 @@ pub const ENV_PREFIX: &str = "PETMESH_BALANCER";
 pub struct Settings {
     /// The proxy listener (clients connect here).
     pub listen: ListenSettings,
-    /// The admin listener (`/admin/nodes`, `/metrics`, `/health`, `/admin/sd`).
+    /// The admin listener (the console at `/`, `/admin/stream`, `/admin/nodes`, `/metrics`,
+    /// `/health`, `/admin/sd`).
     pub admin: ListenSettings,
     /// Which cluster's registry to read.
     pub cluster: ClusterSettings,

@@ -54,6 +54,7 @@ impl ServiceDiscovery for StaticDiscovery {
             .map(|backend| Discovered {
                 backend: backend.clone(),
                 draining: false,
+                zone: String::new(),
             })
             .collect())
     }
@@ -168,5 +169,6 @@ pub fn discovered(info: &NodeInfo) -> Discovered {
             weight: info.weight.max(1),
         },
         draining: info.status == NodeStatus::Draining,
+        zone: info.zone.clone(),
     }
 }

@@ -38,6 +38,10 @@ pub struct Health {
     streak: Mutex<u32>,
     /// Passive mark-downs so far; a good probe started before the latest one is ignored.
     downs: AtomicU64,
+    /// The verdict last handed to [`Health::take_change`] (by the health loop, for the
+    /// console's event list), so that passive mark-downs on the workers are reported too
+    /// without the data path touching anything but this node's atomics.
+    reported: AtomicBool,
 }
 
 impl Health {
@@ -47,6 +51,7 @@ impl Health {
             healthy: AtomicBool::new(true),
             streak: Mutex::new(0),
             downs: AtomicU64::new(0),
+            reported: AtomicBool::new(true),
         }
     }
 
@@ -62,6 +67,14 @@ impl Health {
         *streak = 0;
         self.downs.fetch_add(1, Ordering::Relaxed);
         self.healthy.swap(false, Ordering::Relaxed)
+    }
+
+    /// The verdict, if it changed since the last call (a probe flip or a passive mark-down);
+    /// `None` otherwise. One reader only: the health loop. A down-and-up between two calls is
+    /// not seen, which only costs the console two events.
+    pub fn take_change(&self) -> Option<bool> {
+        let healthy = self.is_healthy();
+        (self.reported.swap(healthy, Ordering::Relaxed) != healthy).then_some(healthy)
     }
 
     /// To be called before a probe starts; its result is then given to [`Health::observe`].
@@ -163,5 +176,21 @@ mod tests {
         assert_eq!(health.observe(since, true, 2, 2), None);
         assert_eq!(health.observe(since, true, 2, 2), Some(true));
         assert!(health.is_healthy());
+    }
+
+    #[test]
+    fn each_change_of_verdict_is_taken_once() {
+        let health = Health::new();
+        assert_eq!(
+            health.take_change(),
+            None,
+            "starts healthy, nothing to report"
+        );
+        health.mark_down();
+        assert_eq!(health.take_change(), Some(false));
+        assert_eq!(health.take_change(), None);
+        let since = health.probe_started();
+        health.observe(since, true, 1, 1);
+        assert_eq!(health.take_change(), Some(true));
     }
 }

@@ -13,7 +13,8 @@
 //! - [`selection`]: the strategies, one per file.
 //! - [`health`], [`breaker`], [`retry`]: when a node is skipped and when a request is retried.
 //! - [`discovery`] and [`background`]: where nodes come from and the loops that apply it.
-//! - [`admin`] and [`metrics`]: what operators see.
+//! - [`admin`] and [`metrics`]: what operators see; [`console`] is the live page on the admin
+//!   port and its event stream.
 //! - [`ws_limit`]: the WebSocket limit per client IP, held across every balancer in Redis.
 //! - [`state`]: what all threads share.
 
@@ -22,6 +23,7 @@ pub mod backend;
 pub mod background;
 pub mod breaker;
 pub mod config;
+pub mod console;
 pub mod deadline;
 pub mod discovery;
 pub mod error;

@@ -79,6 +79,10 @@ pub struct Metrics {
     pub node_draining: IntGaugeVec,
     /// 1 for each node's current breaker state (`closed`, `open`, `half_open`), 0 for the others.
     pub node_breaker_state: IntGaugeVec,
+    /// Cluster consoles connected to `/admin/stream` (see [`crate::console`]).
+    pub console_clients: IntGauge,
+    /// Console snapshots computed; stays put while no console is connected.
+    pub console_snapshots: IntCounter,
 }
 
 impl Metrics {
@@ -233,6 +237,16 @@ impl Metrics {
                 &["node", "state"],
             )
             .unwrap(),
+            console_clients: IntGauge::with_opts(opts(
+                "console_clients",
+                "Cluster consoles connected to /admin/stream.",
+            ))
+            .unwrap(),
+            console_snapshots: IntCounter::with_opts(opts(
+                "console_snapshots_total",
+                "Cluster console snapshots computed (only while a console is connected).",
+            ))
+            .unwrap(),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -261,6 +275,8 @@ impl Metrics {
             Box::new(m.node_healthy.clone()),
             Box::new(m.node_draining.clone()),
             Box::new(m.node_breaker_state.clone()),
+            Box::new(m.console_clients.clone()),
+            Box::new(m.console_snapshots.clone()),
         ];
         for collector in collectors {
             m.registry

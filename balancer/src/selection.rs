@@ -218,6 +218,7 @@ pub(crate) mod tests {
                             weight: *w,
                         },
                         draining: false,
+                        zone: String::new(),
                     },
                     addr,
                 )

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use crate::{
     backend::Membership,
     config::Settings,
+    console::Console,
     metrics::Metrics,
     ws_limit::{ClusterSlots, WsLimiter},
 };
@@ -28,6 +29,9 @@ pub struct BalancerState {
     pub membership: Membership,
     /// Every metric.
     pub metrics: Metrics,
+    /// The cluster console's recent events and, while a console is connected, its sampler;
+    /// touched by the control plane only.
+    pub console: Console,
     /// Open WebSockets per client IP (cluster-wide with Redis); touched only on WebSocket open
     /// and close.
     pub ws_limit: Arc<WsLimiter>,
@@ -52,6 +56,7 @@ impl BalancerState {
             settings,
             membership: Membership::default(),
             metrics,
+            console: Console::new(),
             ws_limit,
             connections: AtomicUsize::new(0),
         }

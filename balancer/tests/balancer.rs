@@ -4,6 +4,7 @@
 
 mod balancing;
 mod bodies;
+mod console;
 mod discovery;
 mod failures;
 mod forwarding;

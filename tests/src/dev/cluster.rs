@@ -321,7 +321,7 @@ fn print_banner(balancers: &[BalancerProcess], nodes: &[NodeProcess]) -> std::io
             writeln!(out, "petmesh is up: {}", balancer.base_url())?;
             writeln!(
                 out,
-                "  admin   {}  (/admin/nodes, /metrics)",
+                "  admin   {}  (console at /, /admin/nodes, /metrics)",
                 balancer.admin_url()
             )?;
             for (index, balancer) in balancers.iter().enumerate().skip(1) {
