@@ -1,7 +1,8 @@
 //! The HTTP surface: the OpenAPI service (one `#[OpenApi]` struct per resource), the spec at
 //! `/openapi.json` (generated, then completed by [`document`]), Swagger UI at `/documentation`,
-//! `/metrics`, and the middleware stack that every request passes through. Request bodies are
-//! read by [`json_body::JsonBody`], as strictly as the document describes them.
+//! `/metrics`, the demo client at `/` ([`crate::demo`], outside the document), and the
+//! middleware stack that every request passes through. Request bodies are read by
+//! [`json_body::JsonBody`], as strictly as the document describes them.
 
 pub mod auth;
 pub mod document;
@@ -137,6 +138,8 @@ pub fn app(state: AppState, limits: Limits, hardening: Hardening) -> impl Endpoi
         .at("/ws", crate::realtime::websocket)
         .at("/asyncapi.json", get(crate::realtime::asyncapi))
         .nest("/", api);
+    // Exactly `/`: every other path still goes to the API (and its 404).
+    let routes = crate::demo::in_front_of(routes);
     let metrics = Arc::clone(&state.metrics);
     let trusted = state.trusted_proxies.clone();
     let (limiter, tokens) = (state.rate_limiter.clone(), state.tokens.clone());

@@ -16,7 +16,7 @@
 //!   WebSocket layer uses to recognise them.
 //! - [`events`]: event envelopes and the per-topic Redis logs; [`outbox`] writes domain events
 //!   in their change's transaction and relays them to Redis (one node per topic, leased).
-//! - [`seed`]: the demo catalogue.
+//! - [`seed`]: the demo catalogue; [`demo`] is the browser client served at `/`.
 //! - [`membership`]: this node's entry in the Redis registry, from start to drain.
 //! - [`request_id`], [`metrics`], [`limits`]: cross-cutting middleware; [`routes`] is what
 //!   they know of the documented routes; [`text_param`] checks documented patterns without
@@ -28,6 +28,7 @@ pub mod auth;
 pub mod cache;
 pub mod client_ip;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod events;
 pub mod hardening;

@@ -4,6 +4,7 @@
 mod auth;
 mod bodies;
 mod contract;
+mod demo;
 mod errors;
 mod events;
 mod hardening;
