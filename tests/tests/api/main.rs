@@ -8,6 +8,7 @@ mod errors;
 mod events;
 mod hardening;
 mod helpers;
+mod images;
 mod nodes;
 mod orders;
 mod pets;
