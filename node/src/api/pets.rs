@@ -344,7 +344,7 @@ impl PetsApi {
     /// One image of a pet, by the URL in its `photoUrls`; anyone may read it (an `<img>` sends
     /// no token). Immutable: strong `ETag`, cacheable for a year, `If-None-Match` → 304.
     #[oai(
-        path = "/:id/images/:image_id",
+        path = "/:id/images/:imageId",
         method = "get",
         operation_id = "getPetImage"
     )]
@@ -353,6 +353,7 @@ impl PetsApi {
         state: Data<&AppState>,
         id: Path<i64>,
         /// The image's id, from its URL.
+        #[oai(name = "imageId")]
         image_id: Path<i64>,
         /// ETags of copies the client has.
         #[oai(name = "If-None-Match")]
