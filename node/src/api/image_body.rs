@@ -84,7 +84,7 @@ impl ParsePayload for ImageUpload {
 
 impl_apirequest_for_payload!(ImageUpload);
 
-/// Reads the parts of the form; unknown parts are skipped.
+/// Reads the parts of the form; any other part is refused, as the document says.
 async fn read_form(multipart: &mut Multipart, max_bytes: usize) -> Result<ImageUpload, ApiError> {
     let malformed = |err: poem::error::ParseMultipartError| {
         ApiError::bad_request(format!("malformed multipart body: {err}"))
@@ -108,7 +108,11 @@ async fn read_form(multipart: &mut Multipart, max_bytes: usize) -> Result<ImageU
             Some(name @ ("file" | "additionalMetadata")) => {
                 return Err(ApiError::bad_request(format!("`{name}` is sent twice")));
             }
-            _ => discard(field.into_async_read()).await,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "the form takes only `file` and `additionalMetadata`",
+                ))
+            }
         }
     }
     let (data, kind) = file.ok_or_else(|| ApiError::bad_request("the `file` part is missing"))?;

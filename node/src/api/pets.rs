@@ -71,6 +71,9 @@ pub struct UploadAnswer {
     pub message: String,
     /// Where the image is served (also appended to the pet's `photoUrls`).
     pub url: String,
+    /// The image's id (the last segment of `url`).
+    #[oai(rename = "imageId")]
+    pub image_id: i64,
 }
 
 /// An image, or that the client's copy is current.
@@ -338,6 +341,7 @@ impl PetsApi {
             kind: "image".into(),
             message,
             url: stored.url,
+            image_id: stored.image_id,
         }))
     }
 

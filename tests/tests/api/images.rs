@@ -391,6 +391,7 @@ async fn the_upload_is_documented_as_a_multipart_form_with_its_refusals() {
         "{form}"
     );
     assert_eq!(form["required"], serde_json::json!(["file"]), "{form}");
+    assert_eq!(form["additionalProperties"], false, "{form}");
     for status in ["200", "401", "403", "404", "413", "415"] {
         assert!(
             upload["responses"][status].is_object(),
