@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod document;
 pub mod health;
+pub mod image_body;
 pub mod json_body;
 pub mod pets;
 pub mod store;

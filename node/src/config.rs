@@ -65,6 +65,8 @@ pub struct Settings {
     pub payments: PaymentSettings,
     /// The Redis read cache.
     pub cache: CacheSettings,
+    /// The pet catalogue (images).
+    pub pets: PetSettings,
     /// The WebSocket endpoint and cluster broadcasts.
     pub realtime: RealtimeSettings,
     /// Request rate limits and client addresses behind proxies.
@@ -87,6 +89,7 @@ impl Default for Settings {
             outbox: OutboxSettings::default(),
             payments: PaymentSettings::default(),
             cache: CacheSettings::default(),
+            pets: PetSettings::default(),
             realtime: RealtimeSettings::default(),
             rate_limit: RateLimitSettings::default(),
         }
@@ -254,6 +257,9 @@ impl Settings {
         }
         if !(0.0..=1.0).contains(&self.payments.success_rate) {
             problem("payments.success_rate", "must be between 0 and 1");
+        }
+        if self.pets.max_image_bytes == 0 || self.pets.max_image_bytes > i32::MAX as usize {
+            problem("pets.max_image_bytes", "must be between 1 and 2147483647");
         }
         if self.cache.pet_ttl_secs == 0 {
             problem("cache.pet_ttl_secs", "must be at least 1");

@@ -44,7 +44,8 @@ pub enum ApiError {
     /// The request body is larger than the configured limit.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
-    /// The request body's content type is not `application/json`.
+    /// The request body's content type is not `application/json` (or, for an upload, the
+    /// file is not an image of an accepted type).
     #[oai(status = 415)]
     UnsupportedMediaType(Json<ErrorBody>),
     /// Too many attempts (failed logins); retry after the given time.
@@ -128,6 +129,16 @@ impl ApiError {
     /// 422 with `message`.
     pub fn unprocessable(message: impl Into<String>) -> Self {
         Self::UnprocessableEntity(body(422, message))
+    }
+
+    /// 413 with `message`.
+    pub fn payload_too_large(message: impl Into<String>) -> Self {
+        Self::PayloadTooLarge(body(413, message))
+    }
+
+    /// 415 with `message`.
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::UnsupportedMediaType(body(415, message))
     }
 
     /// 503 with `message`.

@@ -29,9 +29,17 @@ use tokio::time::Instant;
 pub struct Limits {
     /// Largest accepted body.
     pub body_limit_bytes: usize,
+    /// Largest accepted body of an image upload (`POST /api/v1/pets/{id}/uploadImage`):
+    /// `pets.max_image_bytes` and [`UPLOAD_FRAMING_BYTES`], so that an over-large image is
+    /// refused here, before anything reads it, with the same lingering close.
+    pub upload_limit_bytes: usize,
     /// Longest a request may take before it is answered with 503.
     pub request_timeout: Duration,
 }
+
+/// What an upload's body may hold beyond its image: multipart boundaries, part headers and the
+/// `additionalMetadata` text.
+pub const UPLOAD_FRAMING_BYTES: usize = 64 * 1024;
 
 /// How long and how much of a refused body is read and thrown away (a lingering close).
 #[derive(Debug, Clone, Copy)]
@@ -88,12 +96,17 @@ impl Limits {
         mut req: Request,
         linger: Linger,
     ) -> poem::Result<Response> {
+        let upload = req.method() == poem::http::Method::POST
+            && req.uri().path().starts_with("/api/v1/pets/")
+            && req.uri().path().ends_with("/uploadImage");
+        let limit = if upload {
+            self.upload_limit_bytes
+        } else {
+            self.body_limit_bytes
+        };
         let too_large = || {
             poem::Error::from_string(
-                format!(
-                    "request body exceeds the limit of {} bytes",
-                    self.body_limit_bytes
-                ),
+                format!("request body exceeds the limit of {limit} bytes"),
                 StatusCode::PAYLOAD_TOO_LARGE,
             )
         };
@@ -103,7 +116,7 @@ impl Limits {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         match declared {
-            Some(len) if len > self.body_limit_bytes as u64 => {
+            Some(len) if len > limit as u64 => {
                 linger.spawn(req.take_body().into_bytes_stream());
                 return Err(too_large());
             }
@@ -118,7 +131,7 @@ impl Limits {
                             StatusCode::BAD_REQUEST,
                         )
                     })?;
-                    if collected.len() + chunk.len() > self.body_limit_bytes {
+                    if collected.len() + chunk.len() > limit {
                         linger.spawn(stream);
                         return Err(too_large());
                     }
@@ -211,6 +224,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let limits = Limits {
             body_limit_bytes: LIMIT,
+            upload_limit_bytes: LIMIT,
             request_timeout: Duration::from_secs(10),
         };
         let app = make_sync(|_| "ok")

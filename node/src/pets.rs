@@ -4,6 +4,7 @@
 //! transaction ([`crate::outbox`]) and refreshes the cache after commit; `If-Match` makes updates conditional so two admins never silently
 //! overwrite each other.
 
+pub mod images;
 pub mod listing;
 pub mod price;
 

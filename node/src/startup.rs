@@ -116,6 +116,8 @@ impl Application {
             state,
             limits: Limits {
                 body_limit_bytes: settings.server.body_limit_bytes,
+                upload_limit_bytes: settings.pets.max_image_bytes
+                    + crate::limits::UPLOAD_FRAMING_BYTES,
                 request_timeout: Duration::from_secs(settings.server.request_timeout_secs),
             },
             hardening: Hardening::new(&settings.server),

@@ -56,6 +56,8 @@ pub struct AppState {
     pub jobs: JobSettings,
     /// The simulated payment gateway's settings.
     pub payments: PaymentSettings,
+    /// Largest pet image accepted (`pets.max_image_bytes`).
+    pub max_image_bytes: usize,
     /// This node's WebSocket connections and the cluster event feed.
     pub hub: Hub,
     /// Wakes this node's idle job workers when it enqueues a job.
@@ -136,6 +138,7 @@ impl AppState {
             events,
             jobs: settings.jobs.clone(),
             payments: settings.payments.clone(),
+            max_image_bytes: settings.pets.max_image_bytes,
             hub,
             job_wakeup: Arc::new(Notify::new()),
             draining: Arc::new(AtomicBool::new(false)),

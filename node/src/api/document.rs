@@ -5,7 +5,8 @@
 //! - response `links`: the create → read → change → delete flows of pets, orders, subscribers
 //!   and accounts, with the `ETag` a change needs in `If-Match` (clients and fuzzers follow them);
 //! - `LoginRequest` takes exactly one of `username` and `email` (a `oneOf`);
-//! - a subscriber's `eventListener` is never a name the WebSocket protocol uses (a `not`).
+//! - a subscriber's `eventListener` is never a name the WebSocket protocol uses (a `not`);
+//! - the image upload form has no parts besides `file` and `additionalMetadata`.
 //!
 //! The server enforces each of these rules itself (the login handler, the subscriber
 //! validation); this module only says so in the document.
@@ -89,6 +90,17 @@ const LINKS: &[Link] = &[
         &[PET_ID, PET_ETAG],
     ),
     link("getPet", "200", "PatchPet", "patchPet", &[PET_ID, PET_ETAG]),
+    link("createPet", "201", "UploadImage", "uploadFile", &[PET_ID]),
+    link(
+        "uploadFile",
+        "200",
+        "GetPetImage",
+        "getPetImage",
+        &[
+            ("id", "$request.path.id"),
+            ("imageId", "$response.body#/imageId"),
+        ],
+    ),
     link(
         "getPet",
         "200",
@@ -251,6 +263,13 @@ pub fn document(generated: &str) -> Value {
     );
     schemas["SubscriberInput"]["properties"]["eventListener"]["not"] =
         json!({ "pattern": reserved_event_names_pattern() });
+    // `ImageUpload` refuses other parts (their names need not even be valid header text).
+    // poem-openapi puts a multipart form's schema inline in its request body.
+    let form = &mut doc["paths"]["/api/v1/pets/{id}/uploadImage"]["post"]["requestBody"]["content"]
+        ["multipart/form-data"]["schema"];
+    if let Some(form) = form.as_object_mut() {
+        form.insert("additionalProperties".into(), json!(false));
+    }
     doc
 }
 

@@ -1,20 +1,23 @@
 //! `/api/v1/pets`: the catalogue. Everyone logged in reads; admins write, conditionally on
 //! `If-Match` so that two admins never silently overwrite each other.
 
-use poem::{http::HeaderMap, web::Data};
+use poem::{
+    http::{header, HeaderMap},
+    web::Data,
+};
 use poem_openapi::{
     param::{Header, Path, Query},
-    payload::Json,
-    ApiResponse, OpenApi,
+    payload::{Binary, Json, Response},
+    ApiResponse, Object, OpenApi,
 };
 use rust_decimal::Decimal;
 
-use super::{header_param, json_body::JsonBody, ApiTags, NoContent};
+use super::{header_param, image_body::ImageUpload, json_body::JsonBody, ApiTags, NoContent};
 use crate::{
     auth::BearerAuth,
     error::{ApiError, ApiResult},
     pets::{
-        self, expected_version,
+        self, expected_version, images,
         listing::{self, CursorText, PetFilter, PetList, PetPage, PetSort, SortOrder},
         price::{Price, PriceText},
         Pet, PetInput, PetPatch, PetStatus,
@@ -51,6 +54,57 @@ pub enum PetCreated {
         String,
     ),
 }
+
+/// What `uploadImage` answers: the pet-store `ApiResponse` (`code`, `type`, `message`, as
+/// Swagger's pet store has it, so its clients read it), plus the image's URL so that nobody
+/// has to parse it out of the message. The pet itself changed too (`photoUrls`, ETag): read
+/// it again, or take it from the `pet:updated` event.
+#[derive(Debug, Object)]
+#[oai(rename = "ApiResponse")]
+pub struct UploadAnswer {
+    /// The HTTP status, 200.
+    pub code: i32,
+    /// Always `image`.
+    #[oai(rename = "type")]
+    pub kind: String,
+    /// What was stored, and `additionalMetadata` when sent.
+    pub message: String,
+    /// Where the image is served (also appended to the pet's `photoUrls`).
+    pub url: String,
+    /// The image's id (the last segment of `url`).
+    #[oai(rename = "imageId")]
+    pub image_id: i64,
+}
+
+/// An image, or that the client's copy is current.
+#[derive(ApiResponse)]
+pub enum ImageResponse {
+    /// The image, in its own media type (`image/png`, `image/jpeg`, `image/webp`,
+    /// `image/gif`).
+    #[oai(status = 200, content_type = "image/*")]
+    Ok(
+        Binary<Vec<u8>>,
+        /// `"<sha256 of the bytes>"`, a strong validator.
+        #[oai(header = "ETag")]
+        String,
+        /// `public, max-age=31536000, immutable`: an image never changes under its URL.
+        #[oai(header = "Cache-Control")]
+        String,
+    ),
+    /// `If-None-Match` names this image: the client's copy is current.
+    #[oai(status = 304)]
+    NotModified(
+        /// As for 200.
+        #[oai(header = "ETag")]
+        String,
+        /// As for 200.
+        #[oai(header = "Cache-Control")]
+        String,
+    ),
+}
+
+/// Images are immutable under their URL, so any cache may keep them for good.
+const IMAGE_CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 
 /// A `minPrice`/`maxPrice` value, already checked against its pattern.
 fn price_filter(text: TextParam<PriceText>) -> Decimal {
@@ -251,5 +305,81 @@ impl PetsApi {
         let expected = expected_version(if_match.as_deref())?;
         pets::delete(&state, id.0, expected).await?;
         Ok(NoContent::Done)
+    }
+
+    /// Adds an image to a pet (admins): multipart `file` (PNG, JPEG, WebP or GIF, judged by
+    /// its content; at most `pets.max_image_bytes`, default 5 MiB) and optional
+    /// `additionalMetadata`. The image's URL is appended to the pet's `photoUrls` (at most 10)
+    /// and a `pet:updated` event goes out.
+    #[oai(
+        path = "/:id/uploadImage",
+        method = "post",
+        operation_id = "uploadFile"
+    )]
+    async fn upload_image(
+        &self,
+        state: Data<&AppState>,
+        auth: BearerAuth,
+        id: Path<i64>,
+        body: ImageUpload,
+    ) -> ApiResult<Json<UploadAnswer>> {
+        auth.0.require_admin()?;
+        let stored = images::store(&state, id.0, body.kind, &body.data).await?;
+        let mut message = format!(
+            "stored {} bytes of {} as image {} of pet {}",
+            body.data.len(),
+            body.kind.content_type(),
+            stored.image_id,
+            stored.pet.id
+        );
+        if let Some(metadata) = &body.additional_metadata {
+            message.push_str("; additionalMetadata: ");
+            message.push_str(metadata);
+        }
+        Ok(Json(UploadAnswer {
+            code: 200,
+            kind: "image".into(),
+            message,
+            url: stored.url,
+            image_id: stored.image_id,
+        }))
+    }
+
+    /// One image of a pet, by the URL in its `photoUrls`; anyone may read it (an `<img>` sends
+    /// no token). Immutable: strong `ETag`, cacheable for a year, `If-None-Match` → 304.
+    #[oai(
+        path = "/:id/images/:imageId",
+        method = "get",
+        operation_id = "getPetImage"
+    )]
+    async fn get_image(
+        &self,
+        state: Data<&AppState>,
+        id: Path<i64>,
+        /// The image's id, from its URL.
+        #[oai(name = "imageId")]
+        image_id: Path<i64>,
+        /// ETags of copies the client has.
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<String>>,
+    ) -> ApiResult<Response<ImageResponse>> {
+        let meta = images::meta(&state, id.0, image_id.0).await?;
+        let etag = meta.etag();
+        let cache_control = IMAGE_CACHE_CONTROL.to_owned();
+        if if_none_match
+            .0
+            .as_deref()
+            .is_some_and(|tags| images::none_match(tags, &etag))
+        {
+            return Ok(Response::new(ImageResponse::NotModified(
+                etag,
+                cache_control,
+            )));
+        }
+        let data = images::data(&state, id.0, image_id.0).await?;
+        Ok(
+            Response::new(ImageResponse::Ok(Binary(data), etag, cache_control))
+                .header(header::CONTENT_TYPE, meta.content_type),
+        )
     }
 }

@@ -213,6 +213,15 @@ pub struct CacheSettings {
     pub pet_ttl_secs: u64,
 }
 
+/// The pet catalogue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PetSettings {
+    /// Largest image `POST /api/v1/pets/{id}/uploadImage` accepts (its `file` part); bigger
+    /// ones get 413. The request body may exceed it by the multipart framing.
+    pub max_image_bytes: usize,
+}
+
 impl RealtimeSettings {
     /// Whether a WebSocket handshake from `origin` (its `Origin` header, if any) is allowed.
     pub fn allows_origin(&self, origin: Option<&str>) -> bool {
@@ -380,6 +389,14 @@ impl Default for RealtimeSettings {
             rate_burst: 20,
             request_timeout_ms: 10_000,
             allowed_origins: String::new(),
+        }
+    }
+}
+
+impl Default for PetSettings {
+    fn default() -> Self {
+        Self {
+            max_image_bytes: 5 * 1024 * 1024,
         }
     }
 }

@@ -485,8 +485,13 @@ async fn the_document_links_each_resource_from_creation_to_deletion() {
             "getPet",
             "patchPet",
             "placeOrder",
-            "replacePet"
+            "replacePet",
+            "uploadFile"
         ]
+    );
+    assert_eq!(
+        links("/api/v1/pets/{id}/uploadImage", "post", "200"),
+        ["getPetImage"]
     );
     assert_eq!(
         links("/api/v1/store/orders", "post", "201"),

@@ -9,6 +9,7 @@ mod errors;
 mod events;
 mod hardening;
 mod helpers;
+mod images;
 mod nodes;
 mod orders;
 mod pets;
