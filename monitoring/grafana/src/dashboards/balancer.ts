@@ -110,6 +110,20 @@ export function balancer(): DashboardJson {
             w: 12,
             h: 8,
           }),
+          timeseries({
+            title: 'Cluster consoles open',
+            description:
+              'Browsers showing each balancer\'s cluster console (GET / on the admin port; petmesh_balancer_console_clients), ' +
+              'and the snapshots per second taken for them (petmesh_balancer_console_snapshots_total): one a second while ' +
+              'any console is open, none otherwise.',
+            unit: 'none',
+            queries: [
+              q(`sum by (instance) (petmesh_balancer_console_clients{${B}})`, '{{instance}} consoles'),
+              q(`sum by (instance) (rate(petmesh_balancer_console_snapshots_total{${B}}[$__rate_interval]))`, '{{instance}} snapshots/s'),
+            ],
+            w: 12,
+            h: 8,
+          }),
         ],
       },
       {
