@@ -62,10 +62,14 @@ impl Answer {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Asserts a 413 with the common error body that tells the client the connection ends.
+    /// Whether the answer tells the client that the connection ends after it.
+    fn closes(&self) -> bool {
+        self.header("connection") == Some("close")
+    }
+
+    /// Asserts a 413 with the common error body.
     fn assert_413(&self) {
         assert_eq!(self.status, 413, "{self:?}");
-        assert_eq!(self.header("connection"), Some("close"), "{self:?}");
         let body: serde_json::Value = serde_json::from_slice(&self.body)
             .unwrap_or_else(|err| panic!("{err}: {:?}", String::from_utf8_lossy(&self.body)));
         assert_eq!(body["statusCode"], 413, "{body}");
@@ -84,6 +88,20 @@ impl Answer {
         assert!(message.contains(&NODE_LIMIT.to_string()), "{message}");
         assert_eq!(self.header("x-petmesh-proxy-error"), None, "{self:?}");
     }
+}
+
+/// The length of the first response in `raw` (framed by `Content-Length`), once it is all
+/// there.
+fn complete_len(raw: &[u8]) -> Option<usize> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head_text = String::from_utf8_lossy(&raw[..end]);
+    let length: usize = head_text.split("\r\n").find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())?
+    })?;
+    (raw.len() >= end + length).then_some(end + length)
 }
 
 /// Parses one complete response framed by `Content-Length` from `raw`.
@@ -135,8 +153,11 @@ fn head(len: usize, framing: Framing) -> String {
 }
 
 /// Sends a POST with `len` body bytes to `addr` the way a client that reads only after
-/// sending does: everything first (every write must succeed), then reads the answer up to
-/// the end of the connection, which must be a clean one (no reset).
+/// sending does: everything first (every write must succeed), then reads the answer. What
+/// follows the answer must be sound too: after `Connection: close`, a clean end of the
+/// connection (no reset, nothing more); otherwise the whole body was read before the answer
+/// (a node's early 413 can reach the balancer after it has passed the whole body on), and the
+/// connection carries the next request.
 async fn upload_then_read(addr: SocketAddr, len: usize, framing: Framing) -> Answer {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -169,13 +190,45 @@ async fn upload_then_read(addr: SocketAddr, len: usize, framing: Framing) -> Ans
                 .expect("the last chunk is written");
         }
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.unwrap_or_else(|err| {
-            panic!(
-                "{framing:?}: reading the answer failed ({err}) after {:?}",
+        let answer_len = loop {
+            if let Some(n) = complete_len(&raw) {
+                break n;
+            }
+            let mut buf = [0; 16 * 1024];
+            let read = stream.read(&mut buf).await.unwrap_or_else(|err| {
+                panic!(
+                    "{framing:?}: reading the answer failed ({err}) after {:?}",
+                    String::from_utf8_lossy(&raw)
+                )
+            });
+            assert!(
+                read > 0,
+                "{framing:?}: the connection ended before a complete answer: {:?}",
                 String::from_utf8_lossy(&raw)
-            )
-        });
-        parse_answer(&raw)
+            );
+            raw.extend_from_slice(&buf[..read]);
+        };
+        let answer = parse_answer(&raw[..answer_len]);
+        let mut after = raw.split_off(answer_len);
+        if answer.closes() {
+            stream.read_to_end(&mut after).await.unwrap_or_else(|err| {
+                panic!("{framing:?}: the connection did not end cleanly ({err}): {answer:?}")
+            });
+            assert!(after.is_empty(), "nothing after the answer: {after:?}");
+        } else {
+            assert!(
+                after.is_empty(),
+                "nothing before the next request: {after:?}"
+            );
+            stream
+                .write_all(b"GET /health/live HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+                .await
+                .expect("the kept connection takes the next request");
+            stream.read_to_end(&mut after).await.unwrap();
+            let next = parse_answer(&after);
+            assert_eq!(next.status, 200, "the kept connection serves: {next:?}");
+        }
+        answer
     };
     tokio::time::timeout(PATIENCE, exchange)
         .await
@@ -190,6 +243,7 @@ async fn a_too_large_body_written_whole_before_reading_gets_the_nodes_readable_4
     for framing in [Framing::Length, Framing::Chunked] {
         let answer = upload_then_read(node, HUGE, framing).await;
         answer.assert_node_413();
+        assert!(answer.closes(), "{answer:?}");
     }
     // The node is fine afterwards.
     cluster
@@ -210,7 +264,8 @@ async fn through_the_balancer_a_too_large_body_written_whole_gets_a_readable_413
         .unwrap();
     const { assert!(NODE_LIMIT < LARGE && LARGE < BALANCER_LIMIT && BALANCER_LIMIT < HUGE) };
 
-    // Between the two limits: the node refuses, the balancer passes its 413 on.
+    // Between the two limits: the node refuses, the balancer passes its 413 on (closing the
+    // connection, unless the node's answer came after the whole body had been passed on).
     for framing in [Framing::Length, Framing::Chunked] {
         let answer = upload_then_read(balancer.addr(), LARGE, framing).await;
         answer.assert_node_413();
@@ -223,6 +278,7 @@ async fn through_the_balancer_a_too_large_body_written_whole_gets_a_readable_413
     // Declared over the balancer's limit: the balancer refuses at once.
     let declared = upload_then_read(balancer.addr(), HUGE, Framing::Length).await;
     declared.assert_413();
+    assert!(declared.closes(), "{declared:?}");
     assert_eq!(
         declared.header("x-petmesh-proxy-error"),
         Some("body_too_large"),
@@ -231,6 +287,7 @@ async fn through_the_balancer_a_too_large_body_written_whole_gets_a_readable_413
     // Chunked over both: the node's limit is passed first.
     let chunked = upload_then_read(balancer.addr(), HUGE, Framing::Chunked).await;
     chunked.assert_node_413();
+    assert!(chunked.closes(), "{chunked:?}");
 }
 
 #[tokio::test]
@@ -251,7 +308,9 @@ async fn a_client_that_stalls_after_its_body_is_refused_is_cut_off_after_the_idl
         .expect("the node closes a stalled connection");
     let waited = stalled.elapsed();
     assert!(read.is_ok(), "a clean close, nothing left unread: {read:?}");
-    parse_answer(&raw).assert_node_413();
+    let answer = parse_answer(&raw);
+    answer.assert_node_413();
+    assert!(answer.closes(), "{answer:?}");
     assert!(
         waited >= LINGER_IDLE - Duration::from_millis(100),
         "the node waited for more body before closing: {waited:?}"
