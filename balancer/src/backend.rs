@@ -11,7 +11,7 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
         Arc, Mutex, RwLock,
     },
     time::Duration,
@@ -53,7 +53,7 @@ pub struct Discovered {
 pub enum Traffic {
     /// Plain HTTP requests; load = requests in flight.
     Http,
-    /// WebSocket tunnels; load = open tunnels.
+    /// WebSocket tunnels; load = open tunnels and handshakes waiting for the node's answer.
     Ws,
 }
 
@@ -65,6 +65,11 @@ pub struct NodeStats {
     pub in_flight: IntGauge,
     /// Open WebSocket tunnels.
     pub ws_connections: IntGauge,
+    /// WebSocket handshakes sent and not yet answered ([`HandshakeInFlight`]). Counted in the
+    /// load: a node paces a reconnect storm's handshakes (`realtime.handshakes_per_second`),
+    /// and if least-connections counted only open tunnels, every handshake of the storm would
+    /// go to the node that had the fewest when it began.
+    pub ws_handshakes: AtomicI64,
     /// Attempts sent to the node.
     pub requests: IntCounter,
     /// Failed attempts.
@@ -166,6 +171,7 @@ impl NodeState {
         let stats = NodeStats {
             in_flight: metrics.upstream_in_flight.with_label_values(&[id]),
             ws_connections: metrics.websocket_connections.with_label_values(&[id]),
+            ws_handshakes: AtomicI64::new(0),
             requests: metrics.upstream_requests.with_label_values(&[id]),
             errors: metrics.upstream_errors.with_label_values(&[id]),
             latency: metrics.upstream_latency.with_label_values(&[id]),
@@ -238,7 +244,9 @@ impl NodeState {
     pub fn load(&self, traffic: Traffic) -> i64 {
         match traffic {
             Traffic::Http => self.stats.in_flight.get(),
-            Traffic::Ws => self.stats.ws_connections.get(),
+            Traffic::Ws => {
+                self.stats.ws_connections.get() + self.stats.ws_handshakes.load(Ordering::Relaxed)
+            }
         }
     }
 
@@ -386,6 +394,24 @@ impl Membership {
             .filter_map(|key| all.remove(&key))
             .map(|state| state.id().to_owned())
             .collect()
+    }
+}
+
+/// A WebSocket handshake waiting for a node's answer, counted in its load while it lives.
+#[derive(Debug)]
+pub struct HandshakeInFlight<'a>(&'a NodeStats);
+
+impl<'a> HandshakeInFlight<'a> {
+    /// Counts a handshake sent to the node of `stats` until the guard is dropped.
+    pub fn start(stats: &'a NodeStats) -> Self {
+        stats.ws_handshakes.fetch_add(1, Ordering::Relaxed);
+        Self(stats)
+    }
+}
+
+impl Drop for HandshakeInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.ws_handshakes.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

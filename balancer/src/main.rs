@@ -40,8 +40,35 @@ enum Command {
     Healthcheck,
 }
 
+/// Turns transparent huge pages off for this process (Linux; elsewhere nothing to do).
+///
+/// Why: mimalloc asks for huge pages on its segments (`MADV_HUGEPAGE`, which the common THP
+/// mode `madvise` honours), then gives freed pages back while a reconnect storm allocates and
+/// frees connection state; every fault on a purged range then zeroes a whole 2 MiB page. In
+/// the `slow-consumers` chaos experiment that zeroing (`clear_page_erms` under
+/// `do_huge_pmd_anonymous_page`) was 39 % of the balancer's CPU (perf, docs/benchmarks.md).
+/// The process flag rather than mimalloc's `MIMALLOC_ALLOW_THP=0`: it needs no environment
+/// and covers every mapping, the runtime's included; 4 KiB pages cost the data path nothing
+/// measurable (its working set is small).
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
+        let done = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if done != 0 {
+            // Kernels before 3.15 lack the flag: huge pages stay, which is slower, not wrong.
+            eprintln!(
+                "petmesh-balancer: could not turn transparent huge pages off: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // First: the flag is checked at every page fault, so memory mapped before still gets it.
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref(), std::env::vars().collect()) {
         Ok(settings) => settings,

@@ -275,6 +275,7 @@ impl Settings {
             ("realtime.rate_per_minute", u64::from(rt.rate_per_minute)),
             ("realtime.rate_burst", u64::from(rt.rate_burst)),
             ("realtime.request_timeout_ms", rt.request_timeout_ms),
+            ("realtime.handshake_burst", u64::from(rt.handshake_burst)),
         ] {
             if value == 0 {
                 problem(name, "must be at least 1");

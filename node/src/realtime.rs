@@ -5,7 +5,8 @@
 //! - [`topic`]: what can be subscribed to, which log it reads, who may see what.
 //! - [`hub`]: this node's connections and subscriptions, and the Redis pub/sub feed (fan-out,
 //!   gap filling, revocations, deadlines).
-//! - [`connection`]: one connection's reader and writer.
+//! - [`connection`]: one connection's reader and writer; [`pacing`]: the rate at which
+//!   handshakes are admitted.
 //! - [`decode`]: what a request asks for, decoded without side effects (property-tested and
 //!   fuzzed).
 //! - [`actions`]: what each request does; [`resources`]: the actions mirroring REST.
@@ -18,6 +19,7 @@ pub mod actions;
 pub mod connection;
 pub mod decode;
 pub mod hub;
+pub mod pacing;
 pub mod protocol;
 pub mod resources;
 pub mod topic;
@@ -66,6 +68,8 @@ pub async fn websocket(req: &Request, Data(state): Data<&AppState>) -> poem::Res
     if state.is_draining() {
         return Err(ApiError::unavailable("node is shutting down; connect to another node").into());
     }
+    // Before the token check: that is part of what a storm of handshakes costs.
+    state.handshakes.admit().await?;
     let session = match crate::auth::presented_token(req) {
         None => None,
         Some(token) => Some(Session {

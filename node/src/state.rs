@@ -19,7 +19,7 @@ use crate::{
     events::{log::EventLog, Events},
     metrics::Metrics,
     ratelimit::RateLimiter,
-    realtime::hub::Hub,
+    realtime::{hub::Hub, pacing::HandshakePacer},
 };
 
 /// Shared by every request.
@@ -60,6 +60,8 @@ pub struct AppState {
     pub max_image_bytes: usize,
     /// This node's WebSocket connections and the cluster event feed.
     pub hub: Hub,
+    /// The rate at which WebSocket handshakes are admitted.
+    pub handshakes: Arc<HandshakePacer>,
     /// Wakes this node's idle job workers when it enqueues a job.
     pub job_wakeup: Arc<Notify>,
     /// Set when shutdown begins: `/health/ready` answers 503 so no new work arrives.
@@ -122,6 +124,10 @@ impl AppState {
             settings.node_id.clone(),
             metrics.store.events_published.clone(),
         );
+        let handshakes = Arc::new(HandshakePacer::new(
+            &settings.realtime,
+            metrics.realtime.handshakes_paced.clone(),
+        ));
         Ok(Self {
             db,
             redis,
@@ -140,6 +146,7 @@ impl AppState {
             payments: settings.payments.clone(),
             max_image_bytes: settings.pets.max_image_bytes,
             hub,
+            handshakes,
             job_wakeup: Arc::new(Notify::new()),
             draining: Arc::new(AtomicBool::new(false)),
         })

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::{http::NODE_HEADER, prepare_head, Client, ResponseBody};
 use crate::{
-    backend::{NodeState, Traffic},
+    backend::{HandshakeInFlight, NodeState, Traffic},
     deadline::Deadline,
     error::{ErrorKind, ProxyError},
     worker::{OpenGuard, Worker},
@@ -79,7 +79,11 @@ pub async fn forward(
             }
         }
         node.stats.requests.inc();
-        let mut response = match handshake(worker, &node, upstream_request, limits).await {
+        let answer = {
+            let _waiting = HandshakeInFlight::start(&node.stats);
+            handshake(worker, &node, upstream_request, limits).await
+        };
+        let mut response = match answer {
             Ok(response) => response,
             Err(err) => {
                 node.breaker.record(false);

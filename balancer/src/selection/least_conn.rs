@@ -37,7 +37,7 @@ impl BackendSelection for LeastConnections {
 mod tests {
     use super::*;
     use crate::{
-        backend::Traffic,
+        backend::{HandshakeInFlight, Traffic},
         selection::tests::{first_picks, nodes},
     };
 
@@ -57,6 +57,31 @@ mod tests {
             &mut out,
         );
         assert_eq!(out, [1, 2, 0]);
+    }
+
+    #[test]
+    fn handshakes_waiting_for_an_answer_count_as_connections() {
+        let nodes = nodes(&[1, 1]);
+        nodes[1].stats.ws_connections.add(1);
+        let waiting: Vec<_> = (0..2)
+            .map(|_| HandshakeInFlight::start(&nodes[0].stats))
+            .collect();
+        let context = PickContext {
+            nodes: &nodes,
+            traffic: Traffic::Ws,
+            key: None,
+        };
+        let mut out = Vec::new();
+        LeastConnections::new().candidates(&context, &mut out);
+        assert_eq!(
+            out,
+            [1, 0],
+            "two handshakes on 0 weigh more than one tunnel on 1"
+        );
+        drop(waiting);
+        out.clear();
+        LeastConnections::new().candidates(&context, &mut out);
+        assert_eq!(out, [0, 1], "answered, they count no more");
     }
 
     #[test]

@@ -262,6 +262,13 @@ pub struct RealtimeSettings {
     pub rate_burst: u32,
     /// Longest a request may take before it is answered with a `TIMEOUT` error.
     pub request_timeout_ms: u64,
+    /// WebSocket handshakes this node admits per second after a burst (a reconnect storm is
+    /// paced, [`crate::realtime::pacing`]); 0 admits every handshake at once.
+    pub handshakes_per_second: u32,
+    /// Handshakes admitted at once before the pacing starts.
+    pub handshake_burst: u32,
+    /// Longest a handshake waits for its turn; one that would wait longer gets 503.
+    pub handshake_max_wait_ms: u64,
     /// Comma-separated browser origins allowed to open a WebSocket (`Origin` header, e.g.
     /// `https://shop.example`); empty allows any. Requests without `Origin` (non-browser
     /// clients) are always allowed.
@@ -388,6 +395,9 @@ impl Default for RealtimeSettings {
             rate_per_minute: 100,
             rate_burst: 20,
             request_timeout_ms: 10_000,
+            handshakes_per_second: 300,
+            handshake_burst: 50,
+            handshake_max_wait_ms: 10_000,
             allowed_origins: String::new(),
         }
     }

@@ -36,6 +36,8 @@ pub struct RealtimeMetrics {
     pub gap_fills: IntCounter,
     /// `petmesh_node_ws_slow_consumer_disconnects_total`.
     pub slow_consumers: IntCounter,
+    /// `petmesh_node_ws_handshakes_paced_total{outcome}`: `waited`, `refused`.
+    pub handshakes_paced: IntCounterVec,
 }
 
 impl RealtimeMetrics {
@@ -97,7 +99,19 @@ impl RealtimeMetrics {
         registry.register(Box::new(broadcast_latency.clone()))?;
         registry.register(Box::new(recoveries.clone()))?;
         registry.register(Box::new(gap_fills.clone()))?;
+        let handshakes_paced = IntCounterVec::new(
+            Opts::new(
+                "petmesh_node_ws_handshakes_paced_total",
+                "WebSocket handshakes beyond realtime.handshakes_per_second, by outcome \
+                 (waited for their turn, refused with 503).",
+            ),
+            &["outcome"],
+        )?;
         registry.register(Box::new(slow_consumers.clone()))?;
+        registry.register(Box::new(handshakes_paced.clone()))?;
+        for outcome in ["waited", "refused"] {
+            handshakes_paced.with_label_values(&[outcome]);
+        }
         for reason in CLOSE_REASONS {
             closed.with_label_values(&[reason]);
         }
@@ -116,6 +130,7 @@ impl RealtimeMetrics {
             recoveries,
             gap_fills,
             slow_consumers,
+            handshakes_paced,
         })
     }
 }
