@@ -274,11 +274,15 @@ export function node(): DashboardJson {
         panels: [
           timeseries({
             title: 'Connections opened and closed',
-            description: 'WebSocket connections opened, and closed by reason, per second (petmesh_node_ws_connections_opened_total, petmesh_node_ws_connections_closed_total).',
+            description:
+              'WebSocket connections opened, and closed by reason, per second (petmesh_node_ws_connections_opened_total, ' +
+              'petmesh_node_ws_connections_closed_total); handshakes beyond realtime.handshakes_per_second that waited for ' +
+              'their turn or were refused with 503 (petmesh_node_ws_handshakes_paced_total): a reconnect storm being paced.',
             unit: 'cps',
             queries: [
               q(`sum(rate(petmesh_node_ws_connections_opened_total{${N}}[$__rate_interval]))`, 'opened'),
               q(`sum by (reason) (rate(petmesh_node_ws_connections_closed_total{${N}}[$__rate_interval]))`, 'closed: {{reason}}'),
+              q(`sum by (outcome) (rate(petmesh_node_ws_handshakes_paced_total{${N}}[$__rate_interval]))`, 'handshakes paced: {{outcome}}'),
             ],
             w: 12,
             h: 8,
