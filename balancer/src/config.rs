@@ -188,6 +188,15 @@ pub struct LimitSettings {
     /// Redis, see [`crate::ws_limit`]); the next one gets 429. While Redis is unreachable each
     /// balancer allows `ws_per_ip / balancers` (at least 1) on its own.
     pub ws_per_ip: u32,
+    /// WebSocket handshakes this balancer passes on per second after a burst: a reconnect
+    /// storm's connections then reach the nodes spread out instead of all at once
+    /// ([`petmesh_shared::pacing`]); 0 passes every handshake on at once.
+    pub ws_handshakes_per_second: u32,
+    /// Handshakes passed on at once before the pacing starts.
+    pub ws_handshake_burst: u32,
+    /// Longest a handshake waits for its turn; one that would wait longer gets 503
+    /// (`too_many_handshakes`).
+    pub ws_handshake_max_wait_ms: u64,
     /// How long a balancer's count of an address's WebSockets stays in Redis without being
     /// renewed: a balancer that dies stops renewing, and its counts lapse after this.
     pub ws_lease_ms: u64,
@@ -294,6 +303,10 @@ impl Settings {
             ("retry.max_attempts", self.retry.max_attempts.into()),
             ("limits.ws_per_ip", self.limits.ws_per_ip.into()),
             ("limits.ws_lease_ms", self.limits.ws_lease_ms),
+            (
+                "limits.ws_handshake_burst",
+                self.limits.ws_handshake_burst.into(),
+            ),
             (
                 "limits.ws_lease_refresh_ms",
                 self.limits.ws_lease_refresh_ms,

@@ -38,6 +38,9 @@ pub enum ErrorKind {
     BadRequest,
     /// The client already has `limits.ws_per_ip` WebSockets open.
     TooManyWebSockets,
+    /// A WebSocket handshake would have waited longer than `limits.ws_handshake_max_wait_ms`
+    /// for its turn (a reconnect storm beyond `limits.ws_handshakes_per_second`).
+    TooManyHandshakes,
     /// The balancer is shutting down and takes no new requests.
     ShuttingDown,
     /// A bug in the balancer.
@@ -73,7 +76,7 @@ pub struct ProxyError {
 
 impl ErrorKind {
     /// Every kind, so that each `proxy_errors_total` series exists (at 0) from start-up.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::NoHealthyNode,
         ErrorKind::ConnectFailed,
         ErrorKind::ConnectTimedOut,
@@ -82,6 +85,7 @@ impl ErrorKind {
         ErrorKind::BodyTooLarge,
         ErrorKind::BadRequest,
         ErrorKind::TooManyWebSockets,
+        ErrorKind::TooManyHandshakes,
         ErrorKind::ShuttingDown,
         ErrorKind::Internal,
     ];
@@ -97,6 +101,7 @@ impl ErrorKind {
             ErrorKind::BodyTooLarge => "body_too_large",
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::TooManyWebSockets => "too_many_websockets",
+            ErrorKind::TooManyHandshakes => "too_many_handshakes",
             ErrorKind::ShuttingDown => "shutting_down",
             ErrorKind::Internal => "internal",
         }
@@ -112,7 +117,9 @@ impl ErrorKind {
             ErrorKind::BodyTooLarge | ErrorKind::BadRequest | ErrorKind::TooManyWebSockets => {
                 (Side::Downstream, false)
             }
-            ErrorKind::ShuttingDown | ErrorKind::Internal => (Side::Internal, false),
+            ErrorKind::TooManyHandshakes | ErrorKind::ShuttingDown | ErrorKind::Internal => {
+                (Side::Internal, false)
+            }
         }
     }
 }
@@ -162,6 +169,7 @@ impl ProxyError {
             ErrorKind::NoHealthyNode
             | ErrorKind::ConnectFailed
             | ErrorKind::ConnectTimedOut
+            | ErrorKind::TooManyHandshakes
             | ErrorKind::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::ResponseTimedOut => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
@@ -184,6 +192,9 @@ impl ProxyError {
             ErrorKind::BodyTooLarge => "request body exceeds the size limit",
             ErrorKind::BadRequest => "the request cannot be forwarded",
             ErrorKind::TooManyWebSockets => "too many WebSocket connections from this address",
+            ErrorKind::TooManyHandshakes => {
+                "too many WebSocket handshakes at once; try again shortly"
+            }
             ErrorKind::ShuttingDown => "the balancer is shutting down",
             ErrorKind::Internal => "internal balancer error",
         }

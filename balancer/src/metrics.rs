@@ -54,6 +54,9 @@ pub struct Metrics {
     pub worker_connections: IntGaugeVec,
     /// Client connections closed at accept because `limits.max_connections` was reached.
     pub client_connections_refused: IntCounter,
+    /// WebSocket handshakes that waited for their turn (`limits.ws_handshakes_per_second`);
+    /// those refused are `proxy_errors_total{kind="too_many_handshakes"}`.
+    pub ws_handshakes_paced: IntCounter,
     /// 1 while the panic threshold is crossed (health ignored), else 0.
     pub panic_mode: IntGauge,
     /// Nodes known, by state (`ready`, `draining`, `unhealthy`).
@@ -183,6 +186,11 @@ impl Metrics {
                 "Client connections closed at accept (limits.max_connections).",
             ))
             .unwrap(),
+            ws_handshakes_paced: IntCounter::with_opts(opts(
+                "ws_handshakes_paced_total",
+                "WebSocket handshakes that waited for their turn (limits.ws_handshakes_per_second).",
+            ))
+            .unwrap(),
             panic_mode: IntGauge::with_opts(opts(
                 "panic_mode",
                 "1 while too few nodes are healthy and health is ignored.",
@@ -264,6 +272,7 @@ impl Metrics {
             Box::new(m.client_connections.clone()),
             Box::new(m.worker_connections.clone()),
             Box::new(m.client_connections_refused.clone()),
+            Box::new(m.ws_handshakes_paced.clone()),
             Box::new(m.panic_mode.clone()),
             Box::new(m.nodes.clone()),
             Box::new(m.discovery_failures.clone()),

@@ -70,7 +70,10 @@ fn error_response(worker: &Worker, err: ProxyError, client: SocketAddr) -> Respo
         .with_label_values(&[err.kind.as_str()])
         .inc();
     match err.kind {
-        ErrorKind::BodyTooLarge | ErrorKind::BadRequest | ErrorKind::TooManyWebSockets => {
+        ErrorKind::BodyTooLarge
+        | ErrorKind::BadRequest
+        | ErrorKind::TooManyWebSockets
+        | ErrorKind::TooManyHandshakes => {
             tracing::debug!(error = %err, client = %client, "request refused");
         }
         _ => tracing::warn!(error = %err, client = %client, "request failed"),

@@ -8,8 +8,10 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
+    time::Duration,
 };
 
+use petmesh_shared::pacing::Pacer;
 use tokio::sync::mpsc;
 
 use crate::{
@@ -35,6 +37,8 @@ pub struct BalancerState {
     /// Open WebSockets per client IP (cluster-wide with Redis); touched only on WebSocket open
     /// and close.
     pub ws_limit: Arc<WsLimiter>,
+    /// The rate at which WebSocket handshakes are passed on to the nodes (all workers).
+    pub handshakes: Pacer,
     /// Client connections open across all workers (for `limits.max_connections`).
     connections: AtomicUsize,
 }
@@ -52,12 +56,19 @@ impl BalancerState {
             ws_cluster,
             metrics.clone(),
         ));
+        let limits = &settings.limits;
+        let handshakes = Pacer::new(
+            limits.ws_handshakes_per_second,
+            limits.ws_handshake_burst,
+            Duration::from_millis(limits.ws_handshake_max_wait_ms),
+        );
         Self {
             settings,
             membership: Membership::default(),
             metrics,
             console: Console::new(),
             ws_limit,
+            handshakes,
             connections: AtomicUsize::new(0),
         }
     }

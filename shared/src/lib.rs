@@ -10,10 +10,12 @@
 //! - [`telemetry`]: the tracing subscriber (JSON or pretty).
 //! - [`shutdown`]: the future that resolves on SIGTERM or SIGINT.
 //! - [`probe`]: the `healthcheck` subcommand's one HTTP GET (container HEALTHCHECKs).
+//! - [`pacing`]: the schedule at which WebSocket handshakes are admitted in a reconnect storm.
 
 pub mod config;
 pub mod error_body;
 pub mod event;
+pub mod pacing;
 pub mod probe;
 pub mod redis_conn;
 pub mod registry;

@@ -127,6 +127,9 @@ impl Default for LimitSettings {
     fn default() -> Self {
         Self {
             ws_per_ip: 10,
+            ws_handshakes_per_second: 1000,
+            ws_handshake_burst: 100,
+            ws_handshake_max_wait_ms: 10_000,
             ws_lease_ms: 15_000,
             ws_lease_refresh_ms: 5_000,
             header_read_timeout_ms: 10_000,

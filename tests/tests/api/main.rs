@@ -12,6 +12,7 @@ mod helpers;
 mod images;
 mod nodes;
 mod orders;
+mod pacing;
 mod pets;
 mod realtime;
 mod subscribers;

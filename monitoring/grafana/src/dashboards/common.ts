@@ -95,7 +95,9 @@ export function proxyErrorsPanel(w: number, h: number): Placeable {
     description:
       'Responses the balancers generated instead of a node, by kind (petmesh_balancer_proxy_errors_total): ' +
       'no_healthy_node and connect_* are 503, response_timed_out 504, upstream_failed 502, body_too_large 413, ' +
-      'too_many_websockets 429; and client connections closed at accept because limits.max_connections was reached.',
+      'too_many_websockets 429, too_many_handshakes 503; client connections closed at accept because ' +
+      'limits.max_connections was reached; and WebSocket handshakes that waited for their turn ' +
+      '(petmesh_balancer_ws_handshakes_paced_total, limits.ws_handshakes_per_second): a reconnect storm being paced.',
     unit: 'reqps',
     stack: true,
     queries: [
@@ -104,6 +106,7 @@ export function proxyErrorsPanel(w: number, h: number): Placeable {
         `sum(rate(petmesh_balancer_client_connections_refused_total{${BALANCER}}[$__rate_interval]))`,
         'connection refused at accept',
       ),
+      q(`sum(rate(petmesh_balancer_ws_handshakes_paced_total{${BALANCER}}[$__rate_interval]))`, 'handshakes paced (waited)'),
     ],
     w,
     h,

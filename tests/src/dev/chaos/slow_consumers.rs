@@ -35,10 +35,11 @@ use serde_json::json;
 use self::busy_topic::Publisher;
 use self::cpu::Cpu;
 use super::node_kill::last_offset;
-use super::{mixed_load_setup, ms, pets_subscribers, three_node_cluster, Findings};
+use super::{mixed_load_setup, ms, pets_subscribers, three_node_cluster_from, Findings};
 use crate::load::stats::LatencyReport;
 use crate::load::{HttpLoad, LoadOptions, Mix, Report, RetryPolicy, RunningLoad, Setup};
 use crate::load::{SetupOptions, WsLoad};
+use crate::TestCluster;
 
 /// The numbers of one form of the experiment.
 struct Plan {
@@ -93,7 +94,7 @@ const MAX_OTHERS_SHARE: u64 = 25;
 const SETTLE: Duration = Duration::from_secs(30);
 
 /// The operator settings of the experiment's cluster, as `(setting, variable, value)`.
-const SETTINGS: [(&str, &str, &str); 3] = [
+const SETTINGS: [(&str, &str, &str); 5] = [
     (
         "node rate_limit.enabled (the harness's default)",
         "PETMESH_NODE__RATE_LIMIT__ENABLED",
@@ -109,11 +110,38 @@ const SETTINGS: [(&str, &str, &str); 3] = [
         "PETMESH_BALANCER__LIMITS__MAX_CONNECTIONS",
         "10000",
     ),
+    (
+        "balancer limits.ws_handshakes_per_second (sized for two cores, README \"Reconnect storms\")",
+        HANDSHAKE_PACING[0].0,
+        HANDSHAKE_PACING[0].1,
+    ),
+    (
+        "balancer limits.ws_handshake_max_wait_ms (room for 5 000 at that rate)",
+        HANDSHAKE_PACING[1].0,
+        HANDSHAKE_PACING[1].1,
+    ),
+];
+
+/// The balancer's handshake pacing for this machine: a handshake costs ≈ 0.5 ms of CPU across
+/// the processes it passes through, and the default (1 000 per second) would let a storm take
+/// most of both cores for seconds. The longest wait must cover the whole storm (5 000 at 400
+/// per second: 12.5 s), or the last handshakes are refused and come back as a retry storm.
+const HANDSHAKE_PACING: [(&str, &str); 2] = [
+    ("PETMESH_BALANCER__LIMITS__WS_HANDSHAKES_PER_SECOND", "400"),
+    (
+        "PETMESH_BALANCER__LIMITS__WS_HANDSHAKE_MAX_WAIT_MS",
+        "20000",
+    ),
 ];
 
 pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
     let plan = if short { SHORT } else { FULL };
-    let cluster = three_node_cluster(&[]).await?;
+    let builder = HANDSHAKE_PACING
+        .iter()
+        .fold(TestCluster::builder(), |builder, (variable, value)| {
+            builder.balancer_env(*variable, *value)
+        });
+    let cluster = three_node_cluster_from(builder, &[]).await?;
     for (setting, variable, value) in SETTINGS {
         println!("chaos: set {setting} = {value} ({variable})");
     }
