@@ -41,11 +41,11 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String
     let io = |err: std::io::Error| format!("talking to {addr}: {err}");
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(io)?;
+    // One write: `write!` straight to the socket would send the request in pieces, and a
+    // server that answers after its first read and closes would reset the rest (a flaky
+    // "broken pipe" in this module's tests).
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(io)?;
     // The status line is all we need; it fits in the first read of any sane server.
     let mut head = [0u8; 64];
     let mut len = 0;
@@ -82,8 +82,15 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
+            // The whole request head, then the answer.
+            let mut request = Vec::new();
             let mut buf = [0u8; 1024];
-            let _ = stream.read(&mut buf);
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
             let _ = stream.write_all(answer.as_bytes());
         });
         addr
