@@ -21,9 +21,10 @@ pub(super) const DEVELOPMENT_JWT_SECRET: &str =
     "petmesh-development-secret-do-not-use-in-production";
 
 /// Default of `server.drain_delay_ms`. Balancers learn of `draining` over pub/sub within
-/// milliseconds; the delay covers a request they dispatched just before, which would otherwise
-/// meet a connection the node is closing.
-const DEFAULT_DRAIN_DELAY_MS: u64 = 0;
+/// milliseconds, but a request one of them picked this node for just before is still on its way
+/// on a pooled keep-alive connection: closing idle connections at once would cut it off (a 502
+/// for a POST, which is not retried). A second covers that with margin on a loaded machine.
+const DEFAULT_DRAIN_DELAY_MS: u64 = 1000;
 
 /// HTTP listener and request limits.
 #[derive(Debug, Clone, Deserialize)]
