@@ -32,9 +32,13 @@ pub struct Pacer {
     next_free: Mutex<Instant>,
 }
 
+/// A handshake refused because its slot was this far away, beyond the longest wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused(pub Duration);
+
 /// When a handshake may go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Slot {
+enum Slot {
     /// Now.
     Now,
     /// After this wait.
@@ -56,9 +60,17 @@ impl Pacer {
         }
     }
 
-    /// Takes the next slot of the schedule, if it is within the longest wait.
-    pub fn reserve(&self) -> Slot {
-        self.reserve_at(Instant::now())
+    /// Waits for this handshake's slot: `Ok(true)` if it had to wait, `Ok(false)` if its slot
+    /// was now, or the refusal when the slot is further away than the longest wait.
+    pub async fn admit(&self) -> Result<bool, Refused> {
+        match self.reserve_at(Instant::now()) {
+            Slot::Now => Ok(false),
+            Slot::After(wait) => {
+                tokio::time::sleep(wait).await;
+                Ok(true)
+            }
+            Slot::Refused(wait) => Err(Refused(wait)),
+        }
     }
 
     fn reserve_at(&self, now: Instant) -> Slot {
@@ -80,10 +92,10 @@ impl Pacer {
     }
 }
 
-impl Slot {
-    /// Seconds for a `Retry-After` of a refusal: the wait, rounded up, at least 1.
-    pub fn retry_after_secs(wait: Duration) -> u64 {
-        wait.as_secs_f64().ceil().max(1.0) as u64
+impl Refused {
+    /// Seconds for the refusal's `Retry-After`: the wait, rounded up, at least 1.
+    pub fn retry_after_secs(self) -> u64 {
+        self.0.as_secs_f64().ceil().max(1.0) as u64
     }
 }
 
@@ -134,8 +146,8 @@ mod tests {
                 Slot::Refused(Duration::from_millis(300))
             );
         }
-        assert_eq!(Slot::retry_after_secs(Duration::from_millis(300)), 1);
-        assert_eq!(Slot::retry_after_secs(Duration::from_millis(1300)), 2);
+        assert_eq!(Refused(Duration::from_millis(300)).retry_after_secs(), 1);
+        assert_eq!(Refused(Duration::from_millis(1300)).retry_after_secs(), 2);
     }
 
     #[test]

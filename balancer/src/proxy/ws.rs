@@ -15,8 +15,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-use petmesh_shared::pacing::Slot;
-
 use super::{http::NODE_HEADER, prepare_head, Client, ResponseBody};
 use crate::{
     backend::{HandshakeInFlight, NodeState, Traffic},
@@ -51,13 +49,14 @@ pub async fn forward(
     }
     // First the handshake's turn: until then it costs a parsed request and a timer, no
     // connection to a node and no Redis round trip.
-    match worker.state.handshakes.reserve() {
-        Slot::Now => {}
-        Slot::After(wait) => {
-            worker.state.metrics.ws_handshakes_paced.inc();
-            tokio::time::sleep(wait).await;
-        }
-        Slot::Refused(_) => return Err(ProxyError::new(ErrorKind::TooManyHandshakes)),
+    let waited = worker
+        .state
+        .handshakes
+        .admit()
+        .await
+        .map_err(|_| ProxyError::new(ErrorKind::TooManyHandshakes))?;
+    if waited {
+        worker.state.metrics.ws_handshakes_paced.inc();
     }
     // One Redis round trip per handshake (never per HTTP request): the limit is cluster-wide.
     let slot = worker

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use petmesh_shared::pacing::{Pacer, Slot};
+use petmesh_shared::pacing::Pacer;
 use prometheus::IntCounterVec;
 
 use crate::{config::RealtimeSettings, error::ApiError};
@@ -36,18 +36,18 @@ impl HandshakePacer {
     /// Waits for this handshake's turn, or refuses it (503, `Retry-After`) when the wait
     /// would be longer than `realtime.handshake_max_wait_ms`.
     pub async fn admit(&self) -> Result<(), ApiError> {
-        match self.pacer.reserve() {
-            Slot::Now => Ok(()),
-            Slot::After(wait) => {
-                self.outcomes.with_label_values(&["waited"]).inc();
-                tokio::time::sleep(wait).await;
+        match self.pacer.admit().await {
+            Ok(waited) => {
+                if waited {
+                    self.outcomes.with_label_values(&["waited"]).inc();
+                }
                 Ok(())
             }
-            Slot::Refused(wait) => {
+            Err(refused) => {
                 self.outcomes.with_label_values(&["refused"]).inc();
                 Err(ApiError::overloaded(
                     "too many WebSocket handshakes at once on this node; try again shortly",
-                    Slot::retry_after_secs(wait),
+                    refused.retry_after_secs(),
                 ))
             }
         }
