@@ -8,6 +8,7 @@
 //! share the limit when Redis goes away. Times are Redis' own (`TIME`), never a balancer's.
 
 use std::{
+    collections::HashSet,
     net::IpAddr,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -110,7 +111,7 @@ fn script(body: &str) -> redis::Script {
     ))
 }
 
-/// Writes of counts in flight at once during a renewal round.
+/// Writes of counts in flight at once during a renewal round or a batch of changes.
 const CONCURRENT_WRITES: usize = 32;
 
 /// The cluster-wide WebSocket slots of one balancer process.
@@ -206,14 +207,33 @@ impl ClusterSlots {
         loop {
             tokio::select! {
                 _ = tick.tick() => self.renew(&limiter).await,
-                Some(ip) = changed.recv() => self.store(ip, limiter.held(ip)).await,
+                Some(ip) = changed.recv() => self.store_changed(ip, &mut changed, &limiter).await,
                 _ = crate::state::stopped(&mut shutdown) => break,
             }
         }
-        while let Ok(ip) = changed.try_recv() {
-            self.store(ip, limiter.held(ip)).await;
+        if let Ok(ip) = changed.try_recv() {
+            self.store_changed(ip, &mut changed, &limiter).await;
         }
         self.register(false).await;
+    }
+
+    /// Writes the count of `first` and of every other address waiting in `changed`, each
+    /// once: the count written is the one held now, so one write covers every change queued
+    /// for an address. When thousands of tunnels of a few hundred addresses close at once (a
+    /// reconnect storm) that is a few hundred writes instead of one per tunnel.
+    async fn store_changed(
+        &self,
+        first: IpAddr,
+        changed: &mut mpsc::UnboundedReceiver<IpAddr>,
+        limiter: &WsLimiter,
+    ) {
+        let mut ips = HashSet::from([first]);
+        while let Ok(ip) = changed.try_recv() {
+            ips.insert(ip);
+        }
+        futures_util::stream::iter(ips)
+            .for_each_concurrent(CONCURRENT_WRITES, |ip| self.store(ip, limiter.held(ip)))
+            .await;
     }
 
     /// Connects if needed, renews the registration and writes every count held (which also

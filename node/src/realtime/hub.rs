@@ -297,13 +297,28 @@ impl Hub {
     }
 }
 
-/// Whether an event reaches a subscription for `audience` on the connection tagged `origin`.
-fn admits(
-    audience: Audience,
-    origin: &str,
-    envelope: &petmesh_shared::event::EventEnvelope,
-) -> bool {
-    envelope.origin.as_deref() != Some(origin) && audience.admits(envelope.owner.as_deref())
+/// Who an event is for, read from its envelope once rather than once per subscription checked
+/// (the `orders` log has a subscription per connection of every user).
+struct Addressee<'a> {
+    /// The connection that caused it, which does not get it back.
+    origin: Option<&'a str>,
+    /// The user it belongs to.
+    owner: Option<uuid::Uuid>,
+}
+
+impl<'a> Addressee<'a> {
+    fn of(envelope: &'a petmesh_shared::event::EventEnvelope) -> Self {
+        Self {
+            origin: envelope.origin.as_deref(),
+            owner: super::topic::owner_of(envelope.owner.as_deref()),
+        }
+    }
+
+    /// Whether the event reaches a subscription for `audience` on the connection tagged
+    /// `origin`.
+    fn reaches(&self, audience: Audience, origin: &str) -> bool {
+        self.origin != Some(origin) && audience.admits(self.owner)
+    }
 }
 
 /// The frame of `event` as seen on `topic`.

@@ -43,13 +43,19 @@ pub enum Audience {
 }
 
 impl Audience {
-    /// Whether an event owned by `owner` reaches this audience.
-    pub fn admits(&self, owner: Option<&str>) -> bool {
+    /// Whether an event owned by `owner` reaches this audience. The caller parses the event's
+    /// `owner` once ([`owner_of`]), not once per subscription it checks.
+    pub fn admits(&self, owner: Option<Uuid>) -> bool {
         match self {
             Audience::Everyone => true,
-            Audience::Owner(user) => owner.is_some_and(|o| o.parse::<Uuid>().ok() == Some(*user)),
+            Audience::Owner(user) => owner == Some(*user),
         }
     }
+}
+
+/// The user an event's `owner` field names, if it names one.
+pub fn owner_of(owner: Option<&str>) -> Option<Uuid> {
+    owner.and_then(|o| o.parse().ok())
 }
 
 /// Whether `id` is a valid room id: 1–64 of `A-Z a-z 0-9 _ . -`.
@@ -188,8 +194,9 @@ mod tests {
         let admin = claims(Role::Admin);
         assert_eq!(Topic::Orders.audience(&admin).unwrap(), Audience::Everyone);
         let own = Topic::Orders.audience(&user).unwrap();
-        assert!(own.admits(Some(&user.sub.to_string())));
-        assert!(!own.admits(Some(&admin.sub.to_string())));
+        assert!(own.admits(owner_of(Some(&user.sub.to_string()))));
+        assert!(!own.admits(owner_of(Some(&admin.sub.to_string()))));
+        assert!(!own.admits(owner_of(Some("not-a-user-id"))));
         assert!(!own.admits(None));
         assert!(Topic::User(admin.sub).audience(&user).is_err());
         assert!(Topic::User(user.sub).audience(&admin).is_ok());

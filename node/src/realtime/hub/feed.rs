@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{admits, event_frame, Hub, Outbound, State};
+use super::{event_frame, Addressee, Hub, Outbound, State};
 use crate::{
     auth::revocation::RevocationNotice,
     events::log::{LoggedEvent, Missed, Offset},
@@ -183,6 +183,7 @@ impl Hub {
         // One frame per topic name (usually one), shared by every connection.
         let mut frames: Vec<(Arc<str>, Utf8Bytes)> = Vec::new();
         let mut sent = 0u64;
+        let addressee = Addressee::of(&event.envelope);
         for sub in &entry.subscriptions {
             if !sub.active {
                 continue;
@@ -195,7 +196,7 @@ impl Hub {
             let Some(conn) = connections.get(&sub.conn) else {
                 continue;
             };
-            if !admits(sub.audience, &conn.origin, &event.envelope) {
+            if !addressee.reaches(sub.audience, &conn.origin) {
                 continue;
             }
             let frame = match frames.iter().find(|(t, _)| *t == sub.topic) {

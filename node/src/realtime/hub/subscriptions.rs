@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use super::{
-    admits, event_frame, Audience, ConnId, ErrorCode, Hub, Joined, LoggedEvent, Missed, Offset,
+    event_frame, Addressee, Audience, ConnId, ErrorCode, Hub, Joined, LoggedEvent, Missed, Offset,
     Outbound, Outbox, Subscription, WsError,
 };
 
@@ -239,7 +239,7 @@ impl Hub {
         events: &[LoggedEvent],
     ) -> Result<(), WsError> {
         for event in events {
-            if !admits(audience, origin, &event.envelope) {
+            if !Addressee::of(&event.envelope).reaches(audience, origin) {
                 continue;
             }
             let frame = event_frame(topic, event);
