@@ -45,6 +45,9 @@ pub struct Second {
     pub ok: u64,
     /// Of those, failures.
     pub failed: u64,
+    /// The longest latency among them (from the due time), in milliseconds: where a run's
+    /// tail came from.
+    pub max_ms: f64,
     /// Answers by serving node.
     pub nodes: BTreeMap<String, u64>,
 }
@@ -181,6 +184,7 @@ impl Recorder {
         }
         let slot = &mut inner.seconds[index];
         slot.done += 1;
+        slot.max_ms = slot.max_ms.max(us as f64 / 1000.0);
         match done.outcome {
             Outcome::Ok => slot.ok += 1,
             Outcome::Refused => {}
