@@ -1,4 +1,4 @@
-//! `slow-consumers`: thousands of WebSocket clients connecting at once, and clients that stop
+//! `slow-consumers`: thousands of WebSocket clients reconnecting at once, and clients that stop
 //! reading a busy topic, must not slow the other clients down.
 //!
 //! 1. Start the cluster (3 nodes, the balancer) configured as for a load test: no rate
@@ -6,18 +6,19 @@
 //!    load's users and pets and the storm's users, connect the normal subscribers of `pets`,
 //!    and start a publisher that creates large pets (≈ 20 KB events: many `photoUrls`) at
 //!    a steady rate, so `pets` is the busy topic: its bytes are what fills a reader that
-//!    stops.
+//!    stops. Connect the storm's clients and keep them open ([`disturbance`]), so both
+//!    windows have the same connections.
 //! 2. After a warm-up, a quiet window: mixed HTTP load (open loop) through the balancer;
 //!    the HTTP latency (from the due time) and the subscribers' delivery latency (event
 //!    written → parsed by the subscriber) are recorded.
-//! 3. An equally long disturbed window with the same load, during which the storm and the
-//!    slow readers of [`disturbance`] run.
+//! 3. An equally long disturbed window with the same load, at whose start every storm
+//!    connection is cut and reconnects at once, and the slow readers of [`disturbance`] run.
 //! 4. Afterwards, the outbox is drained, the subscribers must reach the topic's last offset,
 //!    and every slow reader must find its connection ended by the node.
 //!
 //! PASS: the disturbed window's HTTP p99 and delivery p99 are at most 1.2 × the quiet
 //! window's; no normal subscriber lost, repeated or had to reconnect; no idempotent request
-//! failed; every storm client connected and subscribed in each round; every slow reader's
+//! failed; every storm client connected and subscribed again after the cut; every slow reader's
 //! connection ended, and the nodes counted a slow-consumer close for each (the documented
 //! policy: a client that lets its queue, `realtime.send_queue`, fill is closed with 1013).
 //! The CPU time of each window by component is printed too ([`cpu`]): on two shared cores
@@ -34,6 +35,7 @@ use serde_json::json;
 
 use self::busy_topic::Publisher;
 use self::cpu::Cpu;
+use self::disturbance::Disturbance;
 use super::node_kill::last_offset;
 use super::{mixed_load_setup, ms, pets_subscribers, three_node_cluster_from, Findings};
 use crate::load::stats::LatencyReport;
@@ -158,28 +160,34 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
     .await?;
     let ws = pets_subscribers(&setup, plan.subscribers).await?;
     let publisher = Publisher::start(&setup)?;
-    tokio::time::sleep(plan.warm_up).await;
-    ws.take_delivery();
-
-    let cpu = Cpu::new(&cluster)?;
-    let quiet = window(&setup, &plan, &ws, &cpu).await?;
-    println!(
-        "chaos: quiet window over; disturbance: {} storm clients at once (twice), {} readers that stop and {} that read slowly",
-        plan.storm_clients, plan.stopped_readers, plan.slow_readers
-    );
     let node_urls: Vec<String> = cluster.nodes().iter().map(|n| n.base_url()).collect();
-    let slow_consumers_before = disturbance::slow_consumer_count(&node_urls).await;
-    let outcome = disturbance::spawn(disturbance::Plan {
+    let (disturbance, connected) = Disturbance::connect(disturbance::Plan {
         base_url: base_url.clone(),
-        node_urls,
+        node_urls: node_urls.clone(),
         storm_clients: plan.storm_clients,
         storm_tokens: storm_setup.users.iter().map(|u| u.token.clone()).collect(),
         stopped_readers: plan.stopped_readers,
         slow_readers: plan.slow_readers,
         reader_tokens: setup.users.iter().map(|u| u.token.clone()).collect(),
         window: plan.window,
-        slow_consumers_before,
-    });
+    })
+    .await?;
+    println!(
+        "chaos: {} storm clients connected and subscribed (all by {}), kept open through the quiet window",
+        connected.subscribed,
+        connected.all_subscribed_after.map_or("never".into(), ms),
+    );
+    tokio::time::sleep(plan.warm_up).await;
+    ws.take_delivery();
+
+    let cpu = Cpu::new(&cluster)?;
+    let quiet = window(&setup, &plan, &ws, &cpu).await?;
+    println!(
+        "chaos: quiet window over; disturbance: {} storm clients cut and reconnecting at once, {} readers that stop and {} that read slowly",
+        plan.storm_clients, plan.stopped_readers, plan.slow_readers
+    );
+    let slow_consumers_before = disturbance::slow_consumer_count(&node_urls).await;
+    let outcome = disturbance.start(slow_consumers_before);
     let disturbed = window(&setup, &plan, &ws, &cpu).await?;
     let outcome = outcome.await??;
     let (published, publish_failures) = publisher.stop();
@@ -229,25 +237,37 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
         "large pets created (≈ 20 KB events) / failed",
         format!("{published} / {publish_failures}"),
     );
-    for (n, round) in outcome.rounds.iter().enumerate() {
+    let failures = |round: &disturbance::Round| {
         let failures = round
             .failures
             .iter()
             .map(|(what, count)| format!("{what} ×{count}"))
             .collect::<Vec<_>>()
             .join(", ");
+        if failures.is_empty() {
+            "none".into()
+        } else {
+            failures
+        }
+    };
+    for (what, round) in [
+        (
+            "storm clients' first connection (before the quiet window)",
+            &connected,
+        ),
+        (
+            "storm: cut, every client reconnecting at once",
+            &outcome.reconnect,
+        ),
+    ] {
         findings.figure(
-            &format!("storm round {} (all at once)", n + 1),
+            what,
             format!(
                 "{} of {} subscribed, all by {}; failed attempts (retried): {}",
                 round.subscribed,
                 plan.storm_clients,
                 round.all_subscribed_after.map_or("never".into(), ms),
-                if failures.is_empty() {
-                    "none".into()
-                } else {
-                    failures
-                }
+                failures(round)
             ),
         );
     }
@@ -342,12 +362,8 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
         0,
     );
     findings.check(
-        "storm clients not subscribed in a round",
-        outcome
-            .rounds
-            .iter()
-            .map(|r| (plan.storm_clients - r.subscribed) as u64)
-            .sum(),
+        "storm clients not subscribed again after the cut",
+        (plan.storm_clients - outcome.reconnect.subscribed) as u64,
         0,
     );
     let slow_total = (plan.stopped_readers + plan.slow_readers) as u64;

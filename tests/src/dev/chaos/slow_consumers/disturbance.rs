@@ -1,22 +1,24 @@
-//! The disturbance of `slow-consumers`: a storm of WebSocket clients connecting at once
-//! (twice: the second time after all of them were cut), and slow readers of the busy topic.
+//! The disturbance of `slow-consumers`: a storm of WebSocket clients all reconnecting at once,
+//! and slow readers of the busy topic.
 //!
 //! It runs on a thread and a current-thread runtime of its own. Its thousands of tasks would
 //! otherwise share the runtime of the measuring clients, whose event and HTTP latencies would
 //! then include waiting behind the storm's tasks in the load generator itself: a stand-in for
 //! clients on other machines, as far as two shared cores allow.
 //!
-//! 1. At the window's start, every storm client connects through the balancer at once (an
-//!    access token on the handshake), subscribes to `orders` (its user's own order events:
-//!    storm users never order, so the topic is quiet) and waits for the answer, retrying
-//!    after any failure (backing off, with jitter) until the round's deadline. The slow readers connect at the same time
-//!    (raw sockets with a 4 KiB receive buffer), straight to the nodes in turn, and subscribe
-//!    to `pets` without reading the answer: half never read again, half read 4 KiB every
-//!    100 ms. Not through the balancer: its two sockets of the tunnel would buffer several
-//!    more MB on loopback, and the node's idle timeout (60 s, close 1001) would end such a
-//!    reader before its queue filled, so the experiment would not see the queue policy.
-//! 2. At half the window every storm connection is cut (the TCP connection dropped, no close
-//!    handshake) and every client connects and subscribes again at once.
+//! 1. Before the quiet window ([`Disturbance::connect`]), every storm client connects through
+//!    the balancer (all at once, an access token on the handshake), subscribes to `orders`
+//!    (its user's own order events: storm users never order, so the topic is quiet) and waits
+//!    for the answer, retrying after any failure (backing off, with jitter). Then they stay
+//!    connected, answering pings, so both windows have the same connections open.
+//! 2. At the disturbed window's start ([`Disturbance::start`]) every storm connection is cut
+//!    (the TCP connection dropped, no close handshake) and every client connects and
+//!    subscribes again at once, until the window's end. The slow readers connect at the same
+//!    time (raw sockets with a 4 KiB receive buffer), straight to the nodes in turn, and
+//!    subscribe to `pets` without reading the answer: half never read again, half read 4 KiB
+//!    every 100 ms. Not through the balancer: its two sockets of the tunnel would buffer
+//!    several more MB on loopback, and the node's idle timeout (60 s, close 1001) would end
+//!    such a reader before its queue filled, so the experiment would not see the queue policy.
 //! 3. At the window's end the storm connections are dropped and the slow readers stop
 //!    reading; the nodes' slow-consumer count is watched until it has grown by the number of
 //!    slow readers (or [`DETECTION`] has passed); then every slow reader reads what is left
@@ -46,6 +48,9 @@ use crate::ws::RawWs;
 /// holds its node's socket send buffer (up to 4 MiB on loopback) and a queue of 256 frames
 /// (5 MB of ≈ 20 KB events) before it counts as slow, ≈ 45 s of the busy topic.
 pub(super) const DETECTION: Duration = Duration::from_secs(45);
+
+/// Bound on connecting every storm client before the quiet window.
+const CONNECT: Duration = Duration::from_secs(60);
 
 /// Bound on a slow reader reading what is left, up to the end of its connection.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -81,8 +86,6 @@ pub(super) struct Plan {
     pub reader_tokens: Vec<String>,
     /// How long the disturbance lasts.
     pub window: Duration,
-    /// The nodes' slow-consumer count before the window.
-    pub slow_consumers_before: u64,
 }
 
 /// One storm round.
@@ -110,8 +113,8 @@ pub(super) struct Reader {
 /// Everything the disturbance saw.
 #[derive(Debug, Default)]
 pub(super) struct Outcome {
-    /// The storm's rounds, in order.
-    pub rounds: Vec<Round>,
+    /// The reconnect storm.
+    pub reconnect: Round,
     /// The slow readers (those that connected).
     pub readers: Vec<Reader>,
     /// Slow readers that could not connect or subscribe, with why.
@@ -123,32 +126,88 @@ pub(super) struct Outcome {
     pub slow_consumer_closes: u64,
 }
 
-/// Starts the disturbance on its own thread now; the outcome arrives when it is over.
-pub(super) fn spawn(plan: Plan) -> oneshot::Receiver<anyhow::Result<Outcome>> {
-    let (tx, rx) = oneshot::channel();
-    let thread = std::thread::Builder::new()
-        .name("chaos-disturbance".into())
-        .spawn(move || {
-            let outcome = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("building the disturbance's runtime")
-                .and_then(|runtime| runtime.block_on(run(plan)));
-            let _ = tx.send(outcome);
-        });
-    if let Err(e) = thread {
-        // The receiver then reports the sender gone; say why first.
-        eprintln!("chaos: could not start the disturbance thread: {e}");
-    }
-    rx
+/// The disturbance, running on its own thread: its storm clients are connected (and kept
+/// alive: they answer pings) until [`Disturbance::start`].
+pub(super) struct Disturbance {
+    go: oneshot::Sender<u64>,
+    outcome: oneshot::Receiver<anyhow::Result<Outcome>>,
 }
 
-async fn run(plan: Plan) -> anyhow::Result<Outcome> {
-    let started = Instant::now();
-    let half = started + plan.window / 2;
-    let end = started + plan.window;
+impl Disturbance {
+    /// Starts the thread and connects every storm client (at once, as in the storm itself);
+    /// returns once all are connected and subscribed, with the figures of that round, or
+    /// with the thread's error.
+    pub(super) async fn connect(plan: Plan) -> anyhow::Result<(Self, Round)> {
+        let (connected_tx, connected) = oneshot::channel();
+        let (go, go_rx) = oneshot::channel();
+        let (tx, outcome) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("chaos-disturbance".into())
+            .spawn(move || {
+                let outcome = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("building the disturbance's runtime")
+                    .and_then(|runtime| runtime.block_on(run(plan, connected_tx, go_rx)));
+                let _ = tx.send(outcome);
+            })
+            .context("starting the disturbance thread")?;
+        let mut this = Self { go, outcome };
+        match connected.await {
+            Ok(round) => Ok((this, round)),
+            // The thread ended before connecting: its outcome says why.
+            Err(_) => Err(match (&mut this.outcome).await {
+                Ok(Err(e)) => e,
+                _ => anyhow::anyhow!("the disturbance thread ended before connecting"),
+            }),
+        }
+    }
+
+    /// Starts the disturbance now (the nodes had counted `slow_consumers_before`); its outcome
+    /// arrives when it is over.
+    pub(super) fn start(
+        self,
+        slow_consumers_before: u64,
+    ) -> oneshot::Receiver<anyhow::Result<Outcome>> {
+        let _ = self.go.send(slow_consumers_before);
+        self.outcome
+    }
+}
+
+async fn run(
+    plan: Plan,
+    connected: oneshot::Sender<Round>,
+    go: oneshot::Receiver<u64>,
+) -> anyhow::Result<Outcome> {
     let addr = socket_addr(&plan.base_url)?;
+    let storm = Storm {
+        addr,
+        url: format!("{}/ws", plan.base_url.replacen("http", "ws", 1)),
+        tokens: plan.storm_tokens.clone(),
+    };
+    let (round, sockets) = storm
+        .round(plan.storm_clients, Instant::now() + CONNECT)
+        .await;
+    if round.subscribed < plan.storm_clients {
+        anyhow::bail!(
+            "only {} of {} storm clients connected and subscribed within {} s: {:?}",
+            round.subscribed,
+            plan.storm_clients,
+            CONNECT.as_secs(),
+            round.failures
+        );
+    }
+    let (cut, cut_rx) = tokio::sync::watch::channel(false);
+    let mut held = keep_alive(sockets, cut_rx);
+    let _ = connected.send(round);
+    let slow_consumers_before = go.await.context("the experiment ended before the storm")?;
+
+    let started = Instant::now();
+    let end = started + plan.window;
     let mut outcome = Outcome::default();
+    // The cut: every connection dropped at once, without a close handshake.
+    cut.send_replace(true);
+    while held.join_next().await.is_some() {}
 
     let (reader_stop, reader_stopped) = tokio::sync::watch::channel(false);
     let mut readers = JoinSet::new();
@@ -182,18 +241,9 @@ async fn run(plan: Plan) -> anyhow::Result<Outcome> {
         });
     }
 
-    let storm = Storm {
-        addr,
-        url: format!("{}/ws", plan.base_url.replacen("http", "ws", 1)),
-        tokens: plan.storm_tokens.clone(),
-    };
-    let (round, sockets) = storm.round(plan.storm_clients, half).await;
-    outcome.rounds.push(round);
-    tokio::time::sleep_until(half.into()).await;
-    // The cut: every connection dropped at once, without a close handshake.
-    drop(sockets);
+    // ...and every client connects and subscribes again at once.
     let (round, sockets) = storm.round(plan.storm_clients, end).await;
-    outcome.rounds.push(round);
+    outcome.reconnect = round;
     tokio::time::sleep_until(end.into()).await;
     drop(sockets);
     reader_stop.send_replace(true);
@@ -211,7 +261,7 @@ async fn run(plan: Plan) -> anyhow::Result<Outcome> {
     let wanted = connected.len() as u64;
     loop {
         let now = slow_consumer_count(&plan.node_urls).await;
-        outcome.slow_consumer_closes = now.saturating_sub(plan.slow_consumers_before);
+        outcome.slow_consumer_closes = now.saturating_sub(slow_consumers_before);
         if outcome.slow_consumer_closes >= wanted {
             outcome.detected_after = Some(window_over.elapsed());
             break;
@@ -238,6 +288,32 @@ async fn run(plan: Plan) -> anyhow::Result<Outcome> {
             .push(reader.context("a slow reader panicked")?);
     }
     Ok(outcome)
+}
+
+/// Reads every storm connection (so that pings are answered and the nodes' idle timeout does
+/// not end it) until `cut` turns true, then drops it.
+fn keep_alive(sockets: Vec<Socket>, cut: tokio::sync::watch::Receiver<bool>) -> JoinSet<()> {
+    let mut held = JoinSet::new();
+    for mut socket in sockets {
+        let mut cut = cut.clone();
+        held.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = until_cut(&mut cut) => return,
+                    frame = socket.next() => if !matches!(frame, Some(Ok(_))) {
+                        // Ended early: the reconnect's figures will show it.
+                        until_cut(&mut cut).await;
+                        return;
+                    },
+                }
+            }
+        });
+    }
+    held
+}
+
+async fn until_cut(cut: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = cut.wait_for(|cut| *cut).await;
 }
 
 /// The sum of every node's slow-consumer count (a node that cannot be read counts 0).
