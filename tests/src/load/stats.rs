@@ -36,6 +36,7 @@ pub(crate) struct Tally {
 
 /// Counts of one second of the run.
 #[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Second {
     /// Seconds since the start.
     pub second: u64,
