@@ -52,8 +52,11 @@ use crate::{
 
 mod feed;
 mod queue;
+mod subscription_set;
 mod subscriptions;
 mod sweep;
+
+use subscription_set::SubscriptionSet;
 
 pub use queue::{Control, Outbound, Outbox};
 
@@ -74,11 +77,12 @@ struct Connection {
     /// `<node id>/<conn id>`: events this connection caused are not sent back to it.
     origin: Arc<str>,
     connected_at_ms: u64,
+    /// The logs it has subscriptions in (so that ending it visits only those).
+    logs: Vec<String>,
 }
 
 /// One connection's interest in one log.
 struct Subscription {
-    conn: ConnId,
     /// The topic as the client named it (events carry it).
     topic: Arc<str>,
     audience: Audience,
@@ -91,7 +95,7 @@ struct Subscription {
 /// A log some connection of this node is interested in.
 #[derive(Default)]
 struct LogState {
-    subscriptions: Vec<Subscription>,
+    subscriptions: SubscriptionSet,
     /// The last offset the hub delivered from this log.
     last: Option<Offset>,
     /// The channel is subscribed in Redis on the current pub/sub connection.
@@ -203,6 +207,7 @@ impl Hub {
                 session,
                 origin: origin.clone(),
                 connected_at_ms: now,
+                logs: Vec::new(),
             },
         );
         self.inner.metrics.ws_connections.inc();
@@ -213,18 +218,18 @@ impl Hub {
     /// Removes a connection and its subscriptions.
     pub fn unregister(&self, id: ConnId, reason: &str) {
         let mut state = self.state();
-        if state.connections.remove(&id).is_none() {
+        let Some(conn) = state.connections.remove(&id) else {
             return;
-        }
+        };
         if state.connections.is_empty() {
             self.inner.emptied.notify_waiters();
         }
         let now = self.now_ms();
-        for log in state.logs.values_mut() {
-            let before = log.subscriptions.len();
-            log.subscriptions.retain(|s| s.conn != id);
-            if before > 0 && log.subscriptions.is_empty() {
-                log.idle_since_ms = Some(now);
+        for name in &conn.logs {
+            if let Some(log) = state.logs.get_mut(name) {
+                if log.subscriptions.remove_connection(id) && log.subscriptions.is_empty() {
+                    log.idle_since_ms = Some(now);
+                }
             }
         }
         drop(state);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use petmesh_tests::{ws::RawWs, TestCluster, WsClient};
+use petmesh_tests::{eventually::patience, ws::RawWs, TestCluster, WsClient};
 use serde_json::{json, Value};
 
 use crate::helpers::{admin, create_pet, place_order, refresh, signed_up, TestUser};
@@ -208,6 +208,87 @@ async fn order_events_reach_their_owner_and_admins_only() {
     assert_eq!(
         first["payload"]["id"], own.body["id"],
         "saw someone else's order: {first}"
+    );
+}
+
+/// Reads events until the pet called `pet` is created (within the run's patience), returning
+/// those before it.
+async fn events_until_pet_created(ws: &mut WsClient, pet: &str) -> Vec<Value> {
+    let mut before = Vec::new();
+    let read = async {
+        loop {
+            let event = ws.next_event().await.unwrap();
+            if is_pet_event(&event, "pet:created", pet) {
+                return;
+            }
+            before.push(event);
+        }
+    };
+    if tokio::time::timeout(patience(), read).await.is_err() {
+        panic!(
+            "no pet:created for {pet} within {:?}; before it: {before:?}",
+            patience()
+        );
+    }
+    before
+}
+
+#[tokio::test]
+async fn unsubscribing_one_topic_name_keeps_the_other_on_the_same_log() {
+    let cluster = TestCluster::start(1).await;
+    let admin = cluster.client(0).token(&admin(&cluster).await.access_token);
+    let pet_id = create_pet(&admin, "Biscuit", "3.00", 5).await["id"]
+        .as_i64()
+        .unwrap();
+    let user = signed_up(&cluster.client(0), "buyer").await;
+    let own_topic = format!("user:{}", user.id);
+    let mut ws = WsClient::login(&cluster.node(0).base_url(), &user.tokens.access_token)
+        .await
+        .unwrap();
+    ws.subscribe(&["orders", &own_topic, "pets"]).await.unwrap();
+    let buyer = cluster.client(0).token(&user.tokens.access_token);
+
+    // `orders` and `user:<id>` read the same log: leaving one keeps the other.
+    let left = ws
+        .request(
+            "unsubscribe",
+            json!({"topics": ["orders", "no-such-topic"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(left.ok()["topics"], json!(["orders"]));
+    let order = place_order(&buyer, pet_id, "tok_ok").await;
+    order.assert_status(201);
+    create_pet(&admin, "Fence-1", "1.00", 1).await;
+    let before = events_until_pet_created(&mut ws, "Fence-1").await;
+    let created: Vec<_> = before
+        .iter()
+        .filter(|e| e["event"] == "order:created")
+        .collect();
+    assert_eq!(created.len(), 1, "one copy of the order event: {before:?}");
+    assert_eq!(created[0]["topic"], own_topic.as_str());
+    assert_eq!(created[0]["payload"]["id"], order.body["id"]);
+    assert!(
+        before
+            .iter()
+            .all(|e| e["topic"] == "pets" || e["topic"] == own_topic.as_str()),
+        "an event under the topic it left: {before:?}"
+    );
+
+    // Leaving the last topic on the log ends its events; the connection keeps `pets`.
+    let left = ws
+        .request("unsubscribe", json!({"topics": [own_topic]}))
+        .await
+        .unwrap();
+    assert_eq!(left.ok()["topics"], json!([own_topic]));
+    place_order(&buyer, pet_id, "tok_ok")
+        .await
+        .assert_status(201);
+    create_pet(&admin, "Fence-2", "1.00", 1).await;
+    let before = events_until_pet_created(&mut ws, "Fence-2").await;
+    assert!(
+        before.iter().all(|e| e["topic"] == "pets"),
+        "order events after leaving every order topic: {before:?}"
     );
 }
 

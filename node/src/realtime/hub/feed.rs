@@ -184,7 +184,7 @@ impl Hub {
         let mut frames: Vec<(Arc<str>, Utf8Bytes)> = Vec::new();
         let mut sent = 0u64;
         let addressee = Addressee::of(&event.envelope);
-        for sub in &entry.subscriptions {
+        for (conn_id, sub) in entry.subscriptions.iter() {
             if !sub.active {
                 continue;
             }
@@ -193,7 +193,7 @@ impl Hub {
                     continue;
                 }
             }
-            let Some(conn) = connections.get(&sub.conn) else {
+            let Some(conn) = connections.get(&conn_id) else {
                 continue;
             };
             if !addressee.reaches(sub.audience, &conn.origin) {
@@ -229,8 +229,8 @@ impl Hub {
             return;
         };
         let mut told = 0u64;
-        for sub in entry.subscriptions.iter().filter(|s| s.active) {
-            let Some(conn) = state.connections.get(&sub.conn) else {
+        for (conn_id, sub) in entry.subscriptions.iter().filter(|(_, s)| s.active) {
+            let Some(conn) = state.connections.get(&conn_id) else {
                 continue;
             };
             let frame = protocol::event(

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use super::{
     event_frame, Addressee, Audience, ConnId, ErrorCode, Hub, Joined, LoggedEvent, Missed, Offset,
-    Outbound, Outbox, Subscription, WsError,
+    Outbound, Outbox, State, Subscription, WsError,
 };
 
 impl Hub {
@@ -45,31 +45,33 @@ impl Hub {
     pub fn unsubscribe(&self, id: ConnId, topic: &str) -> bool {
         let now = self.now_ms();
         let mut state = self.state();
+        let State { connections, logs } = &mut *state;
+        let Some(conn) = connections.get_mut(&id) else {
+            return false;
+        };
         let mut found = false;
-        for log in state.logs.values_mut() {
-            let before = log.subscriptions.len();
-            log.subscriptions
-                .retain(|s| !(s.conn == id && &*s.topic == topic));
-            if log.subscriptions.len() != before {
+        conn.logs.retain(|name| {
+            let Some(log) = logs.get_mut(name) else {
+                return false;
+            };
+            if log.subscriptions.remove(id, topic) {
                 found = true;
                 if log.subscriptions.is_empty() {
                     log.idle_since_ms = Some(now);
                 }
             }
-        }
+            log.subscriptions.has_connection(id)
+        });
         found
     }
 
     /// Where connection `id`'s active subscription to `topic` on `log` stands (the last offset
     /// delivered from the log), if it has one.
     fn live_offset(&self, id: ConnId, log: &str, topic: &str) -> Option<Option<Offset>> {
-        let state = self.state();
-        let entry = state.logs.get(log)?;
-        entry
-            .subscriptions
-            .iter()
-            .any(|s| s.conn == id && &*s.topic == topic && s.active)
-            .then(|| entry.last.clone())
+        let mut state = self.state();
+        let entry = state.logs.get_mut(log)?;
+        let active = entry.subscriptions.get_mut(id, topic)?.active;
+        active.then(|| entry.last.clone())
     }
 
     /// Makes sure `log` is subscribed in Redis, then adds an inactive subscription. Returns
@@ -112,23 +114,26 @@ impl Hub {
                 .map_err(|_| unavailable())?;
         }
         let mut state = self.state();
-        let Some(origin) = state.connections.get(&id).map(|c| c.origin.clone()) else {
+        let State { connections, logs } = &mut *state;
+        let Some(conn) = connections.get_mut(&id) else {
             return Err(WsError::new(ErrorCode::Unavailable, "connection closed"));
         };
-        let entry = state.logs.entry(log.to_owned()).or_default();
+        if !conn.logs.iter().any(|name| name == log) {
+            conn.logs.push(log.to_owned());
+        }
+        let entry = logs.entry(log.to_owned()).or_default();
         entry.listening = true;
         entry.idle_since_ms = None;
-        entry
-            .subscriptions
-            .retain(|s| !(s.conn == id && &*s.topic == topic));
-        entry.subscriptions.push(Subscription {
-            conn: id,
-            topic: topic.into(),
-            audience,
-            after: None,
-            active: false,
-        });
-        Ok(origin)
+        entry.subscriptions.insert(
+            id,
+            Subscription {
+                topic: topic.into(),
+                audience,
+                after: None,
+                active: false,
+            },
+        );
+        Ok(conn.origin.clone())
     }
 
     /// Replays and catches up an inactive subscription, then activates it (module doc).
@@ -187,11 +192,7 @@ impl Hub {
                     (Some(_), None) => false,
                 };
                 if caught_up {
-                    let Some(sub) = entry
-                        .subscriptions
-                        .iter_mut()
-                        .find(|s| s.conn == id && &*s.topic == topic)
-                    else {
+                    let Some(sub) = entry.subscriptions.get_mut(id, topic) else {
                         return Err(WsError::new(ErrorCode::Unavailable, "subscription ended"));
                     };
                     sub.after = position.clone();
