@@ -1,10 +1,11 @@
 //! The disturbance of `slow-consumers`: a storm of WebSocket clients all reconnecting at once,
 //! and slow readers of the busy topic.
 //!
-//! It runs on a thread and a current-thread runtime of its own. Its thousands of tasks would
-//! otherwise share the runtime of the measuring clients, whose event and HTTP latencies would
-//! then include waiting behind the storm's tasks in the load generator itself: a stand-in for
-//! clients on other machines, as far as two shared cores allow.
+//! It runs on a thread and a current-thread runtime of its own, at the lowest CPU priority.
+//! Its thousands of tasks would otherwise share the runtime of the measuring clients, whose
+//! event and HTTP latencies would then include waiting behind the storm's tasks in the load
+//! generator itself, and take a core from the cluster at the cut: a stand-in for clients on
+//! other machines, as far as two shared cores allow.
 //!
 //! 1. Before the quiet window ([`Disturbance::connect`]), every storm client connects through
 //!    the balancer (all at once, an access token on the handshake), subscribes to `orders`
@@ -144,6 +145,7 @@ impl Disturbance {
         std::thread::Builder::new()
             .name("chaos-disturbance".into())
             .spawn(move || {
+                lowest_priority();
                 let outcome = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -171,6 +173,22 @@ impl Disturbance {
     ) -> oneshot::Receiver<anyhow::Result<Outcome>> {
         let _ = self.go.send(slow_consumers_before);
         self.outcome
+    }
+}
+
+/// Gives the calling thread the lowest CPU priority (nice 19). The storm's clients stand for
+/// clients on other machines: where the cores are busy (the cut, the reconnects), the cluster
+/// and the measuring clients go first, and the storm takes what is left, instead of taking a
+/// core from them as no remote client could. Best effort: if it fails, the run goes on as it
+/// is (the CPU figures still show what this process took).
+fn lowest_priority() {
+    // SAFETY: plain system calls on this thread's own id; no memory is shared.
+    let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    if failed != 0 {
+        eprintln!(
+            "chaos: could not lower the disturbance thread's priority: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
