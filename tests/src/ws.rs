@@ -152,17 +152,33 @@ impl WsClient {
     /// dropping the others before it. The deadline is for the whole wait: heartbeats and other
     /// events arriving meanwhile do not extend it.
     pub async fn event_where(&mut self, wanted: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+        Ok(self.events_until(wanted).await?.1)
+    }
+
+    /// Like [`WsClient::event_where`], but returns the events before the match too (to check
+    /// what did or did not arrive before a fence event).
+    pub async fn events_until(
+        &mut self,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<(Vec<Value>, Value)> {
+        let mut before = Vec::new();
         let wait = async {
             loop {
                 let event = self.next_event().await?;
                 if wanted(&event) {
-                    return Ok(event);
+                    return anyhow::Ok(event);
                 }
+                before.push(event);
             }
         };
-        tokio::time::timeout(patience(), wait)
-            .await
-            .map_err(|_| anyhow!("no matching event within {:?}", patience()))?
+        let found = tokio::time::timeout(patience(), wait).await;
+        match found {
+            Ok(event) => Ok((before, event?)),
+            Err(_) => Err(anyhow!(
+                "no matching event within {:?}; before: {before:?}",
+                patience()
+            )),
+        }
     }
 
     /// Events received so far and not yet taken.

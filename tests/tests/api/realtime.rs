@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use petmesh_tests::{eventually::patience, ws::RawWs, TestCluster, WsClient};
+use petmesh_tests::{ws::RawWs, TestCluster, WsClient};
 use serde_json::{json, Value};
 
 use crate::helpers::{admin, create_pet, place_order, refresh, signed_up, TestUser};
@@ -211,28 +211,6 @@ async fn order_events_reach_their_owner_and_admins_only() {
     );
 }
 
-/// Reads events until the pet called `pet` is created (within the run's patience), returning
-/// those before it.
-async fn events_until_pet_created(ws: &mut WsClient, pet: &str) -> Vec<Value> {
-    let mut before = Vec::new();
-    let read = async {
-        loop {
-            let event = ws.next_event().await.unwrap();
-            if is_pet_event(&event, "pet:created", pet) {
-                return;
-            }
-            before.push(event);
-        }
-    };
-    if tokio::time::timeout(patience(), read).await.is_err() {
-        panic!(
-            "no pet:created for {pet} within {:?}; before it: {before:?}",
-            patience()
-        );
-    }
-    before
-}
-
 #[tokio::test]
 async fn unsubscribing_one_topic_name_keeps_the_other_on_the_same_log() {
     let cluster = TestCluster::start(1).await;
@@ -260,7 +238,10 @@ async fn unsubscribing_one_topic_name_keeps_the_other_on_the_same_log() {
     let order = place_order(&buyer, pet_id, "tok_ok").await;
     order.assert_status(201);
     create_pet(&admin, "Fence-1", "1.00", 1).await;
-    let before = events_until_pet_created(&mut ws, "Fence-1").await;
+    let (before, _) = ws
+        .events_until(|e| is_pet_event(e, "pet:created", "Fence-1"))
+        .await
+        .unwrap();
     let created: Vec<_> = before
         .iter()
         .filter(|e| e["event"] == "order:created")
@@ -285,7 +266,10 @@ async fn unsubscribing_one_topic_name_keeps_the_other_on_the_same_log() {
         .await
         .assert_status(201);
     create_pet(&admin, "Fence-2", "1.00", 1).await;
-    let before = events_until_pet_created(&mut ws, "Fence-2").await;
+    let (before, _) = ws
+        .events_until(|e| is_pet_event(e, "pet:created", "Fence-2"))
+        .await
+        .unwrap();
     assert!(
         before.iter().all(|e| e["topic"] == "pets"),
         "order events after leaving every order topic: {before:?}"

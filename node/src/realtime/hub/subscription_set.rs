@@ -81,6 +81,15 @@ mod tests {
         }
     }
 
+    /// Connection 1 on `orders` and `orders:mine`, connection 2 on `orders`.
+    fn two_connections() -> SubscriptionSet {
+        let mut set = SubscriptionSet::default();
+        set.insert(1, sub("orders"));
+        set.insert(1, sub("orders:mine"));
+        set.insert(2, sub("orders"));
+        set
+    }
+
     fn topics(set: &SubscriptionSet) -> Vec<(ConnId, String)> {
         let mut all: Vec<_> = set.iter().map(|(c, s)| (c, s.topic.to_string())).collect();
         all.sort();
@@ -99,10 +108,7 @@ mod tests {
 
     #[test]
     fn removing_one_topic_keeps_the_connections_other_topics_and_other_connections() {
-        let mut set = SubscriptionSet::default();
-        set.insert(1, sub("orders"));
-        set.insert(1, sub("orders:mine"));
-        set.insert(2, sub("orders"));
+        let mut set = two_connections();
         assert!(set.remove(1, "orders"));
         assert!(!set.remove(1, "orders"), "already gone");
         assert!(set.has_connection(1));
@@ -117,10 +123,7 @@ mod tests {
 
     #[test]
     fn removing_a_connection_ends_all_its_subscriptions_only() {
-        let mut set = SubscriptionSet::default();
-        set.insert(1, sub("orders"));
-        set.insert(1, sub("orders:mine"));
-        set.insert(2, sub("orders"));
+        let mut set = two_connections();
         assert!(set.remove_connection(1));
         assert!(!set.remove_connection(1));
         assert_eq!(topics(&set), [(2, "orders".to_owned())]);
