@@ -19,6 +19,7 @@
 //! 8. If the client's body was not read to its end (a 413, a node's early answer), the rest
 //!    is discarded within bounds so that the client can read the answer ([`linger`]).
 
+pub mod closer;
 pub mod http;
 pub mod linger;
 pub mod upstream;

@@ -39,7 +39,7 @@ use tokio::{
 use crate::{
     backend::{NodeState, Traffic},
     deadline::{self, WorkerTimer},
-    proxy::{self, upstream::Connection},
+    proxy::{self, closer::Closer, upstream::Connection},
     retry::RetryBudget,
     selection::{self, BackendSelection, PickContext},
     spread::{Handoff, Spread},
@@ -83,6 +83,8 @@ pub struct Worker {
     stopping: Cell<bool>,
     /// Wakes the client connections when `stopping` turns true.
     stop: tokio::sync::Notify,
+    /// Closes the sockets of ended tunnels, a few at a time.
+    pub closer: Rc<Closer>,
 }
 
 // === impl Worker ===
@@ -107,6 +109,7 @@ impl Worker {
             idle: tokio::sync::Notify::new(),
             stopping: Cell::new(false),
             stop: tokio::sync::Notify::new(),
+            closer: Rc::default(),
             state,
         }
     }
@@ -336,6 +339,8 @@ pub fn run(
         tokio::task::spawn_local(deadline::run_ticker(tick));
         let listener = TcpListener::from_std(listener)?;
         let worker = Rc::new(Worker::new(state, seat.spread.workers()));
+        let closer = worker.closer.clone();
+        tokio::task::spawn_local(async move { closer.run().await });
         serve(worker, listener, seat, shutdown).await;
         anyhow::Ok(())
     })

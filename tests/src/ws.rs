@@ -356,6 +356,13 @@ impl RawWs {
         }
     }
 
+    /// Ends the client's side of the TCP connection (a FIN) without a close handshake, as a
+    /// client that goes away does; the server's side stays readable.
+    pub async fn end_writing(&mut self) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stream.shutdown().await
+    }
+
     /// Reads (without ever answering a ping) until the server's close frame; returns its code
     /// and reason.
     pub async fn closed_after_silence(&mut self) -> anyhow::Result<(u16, String)> {

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-use super::{http::NODE_HEADER, prepare_head, Client, ResponseBody};
+use super::{closer::Closer, http::NODE_HEADER, prepare_head, Client, ResponseBody};
 use crate::{
     backend::{HandshakeInFlight, NodeState, Traffic},
     deadline::Deadline,
@@ -122,6 +122,7 @@ pub async fn forward(
                 send_timeout: Duration::from_millis(limits.ws_send_timeout_ms),
                 _slot: slot,
                 _open: worker.track(),
+                closer: worker.closer.clone(),
             };
             tokio::task::spawn_local(tunnel.run(client_upgrade, node_upgrade, client.addr));
             let mut reply = Response::new(ResponseBody::empty());
@@ -170,6 +171,8 @@ struct Tunnel {
     _slot: WsSlot,
     /// Keeps the worker's shutdown waiting for this tunnel (up to the grace period).
     _open: OpenGuard,
+    /// The worker's closer, which closes the tunnel's sockets once it ends.
+    closer: Rc<Closer>,
 }
 
 impl Tunnel {
@@ -181,8 +184,9 @@ impl Tunnel {
     ) {
         match tokio::try_join!(client, node) {
             Ok((client, node)) => {
-                let (up, down) =
+                let (client, node, up, down) =
                     splice(TokioIo::new(client), TokioIo::new(node), self.send_timeout).await;
+                self.closer.close([client.into_inner(), node.into_inner()]);
                 tracing::debug!(node = %self.node.id(), client = %peer, up, down, "websocket closed");
             }
             Err(err) => {
@@ -198,18 +202,19 @@ impl Drop for Tunnel {
     }
 }
 
-/// Copies bytes both ways until either side closes or stops reading for `send_timeout`, then
-/// closes the other side too, and returns the bytes copied (client → node, node → client).
+/// Copies bytes both ways until either side closes or stops reading for `send_timeout`, and
+/// returns both connections, to be closed (by the worker's [`Closer`]), and the bytes copied
+/// (client → node, node → client).
 ///
 /// Not `copy_bidirectional`: that keeps a half-closed connection open until the other side
 /// closes as well, but a WebSocket has no use for half-close. After the close handshake the
 /// server closes TCP, and a client that never closes its end would pin the tunnel (and its
 /// counts) forever. The send timeout covers a reader that stops: a copy blocked writing to it
 /// would never see the other side close.
-async fn splice<C, N>(client: C, node: N, send_timeout: Duration) -> (u64, u64)
+async fn splice<C, N>(client: C, node: N, send_timeout: Duration) -> (C, N, u64, u64)
 where
-    C: AsyncRead + AsyncWrite,
-    N: AsyncRead + AsyncWrite,
+    C: AsyncRead + AsyncWrite + Unpin,
+    N: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut node_read, mut node_write) = tokio::io::split(node);
@@ -224,8 +229,12 @@ where
             _ = &mut downstream => {}
         }
     }
-    let _ = tokio::join!(node_write.shutdown(), client_write.shutdown());
-    (up, down)
+    (
+        client_read.unsplit(client_write),
+        node_read.unsplit(node_write),
+        up,
+        down,
+    )
 }
 
 /// `tokio::io::copy` that reports progress in `count` even when cancelled, and gives up when

@@ -2,8 +2,13 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
-/// Why connections close (`petmesh_node_ws_connections_closed_total{reason}`).
-pub const CLOSE_REASONS: [&str; 6] = [
+/// Why connections close (`petmesh_node_ws_connections_closed_total{reason}`): the client
+/// closed (`client_closed`), went away without a close handshake (`client_gone`), broke the
+/// protocol (`error`), or the node closed it (the rest).
+pub const CLOSE_REASONS: [&str; 9] = [
+    "client_closed",
+    "client_gone",
+    "error",
     "closed",
     "idle_timeout",
     "frame_too_large",

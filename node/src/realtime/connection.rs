@@ -152,12 +152,13 @@ impl Conn {
                 message = stream.next() => message,
             };
             let message = match message {
-                None => return "client_gone",
+                None => return CLIENT_GONE,
                 Some(Err(tungstenite::Error::Capacity(_))) => {
                     control.force_close(1009, "frame too large");
                     return "frame_too_large";
                 }
-                Some(Err(_)) => return "error",
+                Some(Err(err)) if peer_is_gone(&err) => return CLIENT_GONE,
+                Some(Err(_)) => return CLIENT_ERROR,
                 Some(Ok(message)) => message,
             };
             control.touch(self.state.hub.now_ms());
@@ -168,7 +169,7 @@ impl Conn {
                     "",
                     &WsError::invalid("binary frames are not supported; send JSON text frames"),
                 ),
-                Message::Close(_) => return "client_closed",
+                Message::Close(_) => return CLIENT_CLOSED,
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
         }
@@ -263,6 +264,32 @@ impl Conn {
     pub fn respond_error(&self, id: &Value, action: &str, err: &WsError) {
         self.respond(protocol::failure(id, action, err));
     }
+}
+
+/// The close reason of a connection whose client went away without a close handshake (its
+/// stream ended or was reset). Nothing more is written to it: tungstenite refuses to write
+/// once the stream has ended, so the writer's close frame goes nowhere.
+const CLIENT_GONE: &str = "client_gone";
+
+/// The close reason of a connection whose client sent a close frame.
+const CLIENT_CLOSED: &str = "client_closed";
+
+/// The close reason of a connection whose client broke the protocol.
+const CLIENT_ERROR: &str = "error";
+
+/// Whether a read error means the client is gone rather than that it broke the protocol: a
+/// reconnect storm or a network cut ends thousands of connections this way, and counting
+/// them as errors would hide real protocol errors among them.
+fn peer_is_gone(err: &tungstenite::Error) -> bool {
+    matches!(
+        err,
+        tungstenite::Error::Io(_)
+            | tungstenite::Error::ConnectionClosed
+            | tungstenite::Error::AlreadyClosed
+            | tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
+            )
+    )
 }
 
 /// The metric label of a close; one of [`crate::metrics::realtime::CLOSE_REASONS`].
@@ -383,6 +410,12 @@ mod tests {
             4401.into(),
         ] {
             let reason = close_reason(code.map(|code| (code, "")));
+            assert!(
+                crate::metrics::realtime::CLOSE_REASONS.contains(&reason),
+                "{reason}"
+            );
+        }
+        for reason in [CLIENT_GONE, CLIENT_CLOSED, CLIENT_ERROR] {
             assert!(
                 crate::metrics::realtime::CLOSE_REASONS.contains(&reason),
                 "{reason}"

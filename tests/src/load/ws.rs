@@ -17,7 +17,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -92,6 +92,31 @@ struct Shared {
     /// Delivery latency (µs) of the events received since the last
     /// [`WsLoad::take_delivery`].
     delivery: Histogram<u64>,
+    /// The same events by second since then, and when that was.
+    delivery_seconds: Vec<DeliverySecond>,
+    delivery_since: Instant,
+}
+
+/// The deliveries of one second of a window ([`WsLoad::take_delivery`]).
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliverySecond {
+    /// Seconds since the window began.
+    pub second: u64,
+    /// Events received in this second.
+    pub events: u64,
+    /// The longest delivery latency among them, in milliseconds: where a window's tail came
+    /// from.
+    pub max_ms: f64,
+}
+
+/// The delivery latency of a window: its percentiles and its seconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Delivery {
+    /// Percentiles over the window.
+    pub latency: LatencyReport,
+    /// Each second of the window.
+    pub timeline: Vec<DeliverySecond>,
 }
 
 /// Running subscribers.
@@ -138,6 +163,8 @@ impl WsLoad {
                 ..WsReport::default()
             },
             delivery: histogram(),
+            delivery_seconds: Vec::new(),
+            delivery_since: Instant::now(),
         }));
         let (progress_tx, progress) = watch::channel(0u64);
         let progress_tx = Arc::new(progress_tx);
@@ -192,9 +219,13 @@ impl WsLoad {
 
     /// The delivery latency of the events received since the last call (or the start), and
     /// a fresh window from now on.
-    pub fn take_delivery(&self) -> LatencyReport {
+    pub fn take_delivery(&self) -> Delivery {
         let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        LatencyReport::of(&std::mem::replace(&mut shared.delivery, histogram()))
+        shared.delivery_since = Instant::now();
+        Delivery {
+            latency: LatencyReport::of(&std::mem::replace(&mut shared.delivery, histogram())),
+            timeline: std::mem::take(&mut shared.delivery_seconds),
+        }
     }
 
     /// Waits up to `settle` for every subscriber to reach `last` (the topic's last offset;
@@ -390,6 +421,8 @@ impl Subscriber {
             subs,
             totals,
             delivery,
+            delivery_seconds,
+            delivery_since,
         } = &mut *shared;
         let sub = &mut subs[self.index];
         if frame["type"] == "response" && frame["id"] == "sub" {
@@ -424,6 +457,17 @@ impl Subscriber {
                 .saturating_sub(written_ms.saturating_mul(1000))
                 .max(1);
             delivery.saturating_record(u64::try_from(us).unwrap_or(1));
+            let second = delivery_since.elapsed().as_secs();
+            while delivery_seconds.len() <= second as usize {
+                let next = delivery_seconds.len() as u64;
+                delivery_seconds.push(DeliverySecond {
+                    second: next,
+                    ..DeliverySecond::default()
+                });
+            }
+            let this = &mut delivery_seconds[second as usize];
+            this.events += 1;
+            this.max_ms = this.max_ms.max(us as f64 / 1000.0);
         }
         match &sub.last {
             Some(last) if last.epoch == offset.epoch => {

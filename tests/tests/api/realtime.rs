@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use petmesh_tests::{ws::RawWs, TestCluster, WsClient};
+use petmesh_tests::{eventually::patience, metrics, ws::RawWs, TestCluster, WsClient};
 use serde_json::{json, Value};
 
 use crate::helpers::{admin, create_pet, place_order, refresh, signed_up, TestUser};
@@ -30,6 +30,31 @@ async fn connected_users<const N: usize>(
 /// A pet event named `event` about the pet called `name`.
 fn is_pet_event(event: &Value, name: &str, pet: &str) -> bool {
     event["event"] == name && event["payload"]["name"] == pet
+}
+
+/// A client whose stream ends without a close handshake is gone, not in error: the node counts
+/// it as `client_gone` (a reconnect storm ends thousands of connections so, and counted as
+/// errors they would hide real protocol errors) and ends the connection without a close frame.
+#[tokio::test]
+async fn a_client_gone_without_a_close_handshake_is_counted_as_gone() {
+    let cluster = TestCluster::start(1).await;
+    let token = admin(&cluster).await.access_token;
+    let mut gone = RawWs::connect(&cluster.node(0).base_url(), &token)
+        .await
+        .unwrap();
+    let pong = gone.request("ping", json!({})).await.unwrap();
+    assert_eq!(pong["status"], "success", "{pong}");
+
+    gone.end_writing().await.unwrap();
+    assert_eq!(gone.read_to_end(patience()).await.unwrap(), None);
+    // Counted before the socket closed, so already there.
+    let text = cluster.client(0).get("/metrics").await.unwrap().text;
+    let count = |reason: &str| {
+        let series = format!("petmesh_node_ws_connections_closed_total{{reason=\"{reason}\"}}");
+        metrics::value(&text, &series).unwrap_or_else(|| panic!("{series} in {text}"))
+    };
+    assert_eq!(count("client_gone"), 1.0);
+    assert_eq!(count("error"), 0.0);
 }
 
 #[tokio::test]

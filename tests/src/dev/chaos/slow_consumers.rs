@@ -38,7 +38,7 @@ use self::cpu::Cpu;
 use self::disturbance::Disturbance;
 use super::node_kill::last_offset;
 use super::{mixed_load_setup, ms, pets_subscribers, three_node_cluster_from, Findings};
-use crate::load::stats::LatencyReport;
+use crate::load::ws::Delivery;
 use crate::load::{HttpLoad, LoadOptions, Mix, Report, RetryPolicy, RunningLoad, Setup};
 use crate::load::{SetupOptions, WsLoad};
 use crate::TestCluster;
@@ -199,7 +199,7 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
         &quiet.load.http.all.latency_ms,
         &disturbed.load.http.all.latency_ms,
     );
-    let (quiet_ws, storm_ws) = (&quiet.delivery, &disturbed.delivery);
+    let (quiet_ws, storm_ws) = (&quiet.delivery.latency, &disturbed.delivery.latency);
     findings.key(
         "HTTP p99 quiet / disturbed",
         format!("{:.1} / {:.1} ms", quiet_http.p99, storm_http.p99),
@@ -378,8 +378,18 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
         0,
     );
     findings.detail = json!({
-        "quiet": { "load": quiet.load, "deliveryMs": quiet.delivery, "cpu": quiet.cpu },
-        "disturbed": { "load": disturbed.load, "deliveryMs": disturbed.delivery, "cpu": disturbed.cpu },
+        "quiet": {
+            "load": quiet.load,
+            "deliveryMs": quiet.delivery.latency,
+            "deliveryTimeline": quiet.delivery.timeline,
+            "cpu": quiet.cpu,
+        },
+        "disturbed": {
+            "load": disturbed.load,
+            "deliveryMs": disturbed.delivery.latency,
+            "deliveryTimeline": disturbed.delivery.timeline,
+            "cpu": disturbed.cpu,
+        },
         "websocket": subscribers,
     });
     Ok(findings)
@@ -389,8 +399,8 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
 struct Window {
     /// The HTTP load's report.
     load: Report,
-    /// The subscribers' delivery latency.
-    delivery: LatencyReport,
+    /// The subscribers' delivery latency, and by second.
+    delivery: Delivery,
     /// Where the CPU went ([`Cpu::between`]).
     cpu: String,
     /// The share of the machine other processes took, per cent.
