@@ -92,21 +92,22 @@ struct Shared {
     /// Delivery latency (µs) of the events received since the last
     /// [`WsLoad::take_delivery`].
     delivery: Histogram<u64>,
-    /// The same events by second since then, and when that was.
-    delivery_seconds: Vec<DeliverySecond>,
+    /// The same events by second since then (µs), and when that was.
+    delivery_seconds: Vec<Histogram<u64>>,
     delivery_since: Instant,
 }
 
 /// The deliveries of one second of a window ([`WsLoad::take_delivery`]).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliverySecond {
     /// Seconds since the window began.
     pub second: u64,
     /// Events received in this second.
     pub events: u64,
-    /// The longest delivery latency among them, in milliseconds: where a window's tail came
-    /// from.
+    /// Their delivery latency's 99th percentile, in milliseconds.
+    pub p99_ms: f64,
+    /// Their longest delivery latency, in milliseconds: where a window's tail came from.
     pub max_ms: f64,
 }
 
@@ -224,7 +225,16 @@ impl WsLoad {
         shared.delivery_since = Instant::now();
         Delivery {
             latency: LatencyReport::of(&std::mem::replace(&mut shared.delivery, histogram())),
-            timeline: std::mem::take(&mut shared.delivery_seconds),
+            timeline: std::mem::take(&mut shared.delivery_seconds)
+                .iter()
+                .zip(0..)
+                .map(|(latency, second)| DeliverySecond {
+                    second,
+                    events: latency.len(),
+                    p99_ms: latency.value_at_quantile(0.99) as f64 / 1000.0,
+                    max_ms: latency.max() as f64 / 1000.0,
+                })
+                .collect(),
         }
     }
 
@@ -456,18 +466,13 @@ impl Subscriber {
             let us = now_us
                 .saturating_sub(written_ms.saturating_mul(1000))
                 .max(1);
-            delivery.saturating_record(u64::try_from(us).unwrap_or(1));
-            let second = delivery_since.elapsed().as_secs();
-            while delivery_seconds.len() <= second as usize {
-                let next = delivery_seconds.len() as u64;
-                delivery_seconds.push(DeliverySecond {
-                    second: next,
-                    ..DeliverySecond::default()
-                });
+            let us = u64::try_from(us).unwrap_or(1);
+            delivery.saturating_record(us);
+            let second = usize::try_from(delivery_since.elapsed().as_secs()).unwrap_or(0);
+            if delivery_seconds.len() <= second {
+                delivery_seconds.resize_with(second + 1, histogram);
             }
-            let this = &mut delivery_seconds[second as usize];
-            this.events += 1;
-            this.max_ms = this.max_ms.max(us as f64 / 1000.0);
+            delivery_seconds[second].saturating_record(us);
         }
         match &sub.last {
             Some(last) if last.epoch == offset.epoch => {
