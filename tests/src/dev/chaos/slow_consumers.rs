@@ -22,7 +22,8 @@
 //! connection ended, and the nodes counted a slow-consumer close for each (the documented
 //! policy: a client that lets its queue, `realtime.send_queue`, fill is closed with 1013).
 //! The CPU time of each window by component is printed too ([`cpu`]): on two shared cores
-//! the p99s depend on what else runs.
+//! the p99s depend on what else runs. `CHAOS_CONTROL=1` runs the control form: the same
+//! windows with no disturbance at all, to see how often the bar fails by chance.
 
 mod busy_topic;
 mod cpu;
@@ -82,6 +83,16 @@ const SHORT: Plan = Plan {
     slow_readers: 3,
 };
 
+/// The control form (`CHAOS_CONTROL=1`): the full form's load and windows with no storm and no
+/// slow readers, so that the two windows differ by nothing. How often it fails is how often
+/// the 1.2 × bar fails by chance on the machine.
+const CONTROL: Plan = Plan {
+    storm_clients: 0,
+    stopped_readers: 0,
+    slow_readers: 0,
+    ..FULL
+};
+
 /// Users the storm clients connect as (they never order: their `orders` topic stays quiet).
 const STORM_USERS: usize = 10;
 
@@ -137,7 +148,17 @@ const HANDSHAKE_PACING: [(&str, &str); 2] = [
 ];
 
 pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
-    let plan = if short { SHORT } else { FULL };
+    let control = std::env::var("CHAOS_CONTROL").is_ok_and(|v| v == "1");
+    let plan = match (control, short) {
+        (true, _) => CONTROL,
+        (false, true) => SHORT,
+        (false, false) => FULL,
+    };
+    if control {
+        println!(
+            "chaos: control form (CHAOS_CONTROL=1): no storm and no slow readers, the two windows differ by nothing"
+        );
+    }
     let builder = HANDSHAKE_PACING
         .iter()
         .fold(TestCluster::builder(), |builder, (variable, value)| {
