@@ -279,13 +279,12 @@ const CLIENT_ERROR: &str = "error";
 
 /// Whether a read error means the client is gone rather than that it broke the protocol: a
 /// reconnect storm or a network cut ends thousands of connections this way, and counting
-/// them as errors would hide real protocol errors among them.
+/// them as errors would hide real protocol errors among them. (A stream that ended after the
+/// close handshake is `None`, not an error: tokio-tungstenite maps those errors to `None`.)
 fn peer_is_gone(err: &tungstenite::Error) -> bool {
     matches!(
         err,
         tungstenite::Error::Io(_)
-            | tungstenite::Error::ConnectionClosed
-            | tungstenite::Error::AlreadyClosed
             | tungstenite::Error::Protocol(
                 tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
             )

@@ -90,9 +90,8 @@ struct Shared {
     subs: Vec<SubState>,
     totals: WsReport,
     /// Delivery latency (µs) of the events received since the last
-    /// [`WsLoad::take_delivery`].
-    delivery: Histogram<u64>,
-    /// The same events by second since then (µs), and when that was.
+    /// [`WsLoad::take_delivery`], by second since then (the window's is their sum), and when
+    /// that was.
     delivery_seconds: Vec<Histogram<u64>>,
     delivery_since: Instant,
 }
@@ -163,7 +162,6 @@ impl WsLoad {
                 subscribers: options.subscribers,
                 ..WsReport::default()
             },
-            delivery: histogram(),
             delivery_seconds: Vec::new(),
             delivery_since: Instant::now(),
         }));
@@ -223,9 +221,15 @@ impl WsLoad {
     pub fn take_delivery(&self) -> Delivery {
         let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
         shared.delivery_since = Instant::now();
+        let seconds = std::mem::take(&mut shared.delivery_seconds);
+        let mut window = histogram();
+        for second in &seconds {
+            // Same bounds as every histogram here: adding cannot fail.
+            let _ = window.add(second);
+        }
         Delivery {
-            latency: LatencyReport::of(&std::mem::replace(&mut shared.delivery, histogram())),
-            timeline: std::mem::take(&mut shared.delivery_seconds)
+            latency: LatencyReport::of(&window),
+            timeline: seconds
                 .iter()
                 .zip(0..)
                 .map(|(latency, second)| DeliverySecond {
@@ -430,7 +434,6 @@ impl Subscriber {
         let Shared {
             subs,
             totals,
-            delivery,
             delivery_seconds,
             delivery_since,
         } = &mut *shared;
@@ -467,7 +470,6 @@ impl Subscriber {
                 .saturating_sub(written_ms.saturating_mul(1000))
                 .max(1);
             let us = u64::try_from(us).unwrap_or(1);
-            delivery.saturating_record(us);
             let second = usize::try_from(delivery_since.elapsed().as_secs()).unwrap_or(0);
             if delivery_seconds.len() <= second {
                 delivery_seconds.resize_with(second + 1, histogram);
