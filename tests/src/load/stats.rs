@@ -242,6 +242,7 @@ impl Recorder {
                 .collect(),
             nodes: inner.nodes.clone(),
             timeline: inner.seconds.clone(),
+            latency_us: inner.all.latency.clone(),
         }
     }
 }
@@ -347,4 +348,9 @@ pub struct HttpReport {
     pub nodes: BTreeMap<String, u64>,
     /// Per second.
     pub timeline: Vec<Second>,
+    /// Every request's latency (µs, from the due time), so that runs can be pooled: the
+    /// percentiles of two windows together are those of their summed histograms, not an
+    /// average of theirs. Not in the JSON (`all.latency_ms` has its percentiles).
+    #[serde(skip)]
+    pub latency_us: Histogram<u64>,
 }

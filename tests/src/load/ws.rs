@@ -117,6 +117,10 @@ pub struct Delivery {
     pub latency: LatencyReport,
     /// Each second of the window.
     pub timeline: Vec<DeliverySecond>,
+    /// The window's histogram (µs), so that windows can be pooled ([`LatencyReport::of`]
+    /// their sum); not in the JSON.
+    #[serde(skip)]
+    pub histogram_us: Histogram<u64>,
 }
 
 /// Running subscribers.
@@ -229,6 +233,7 @@ impl WsLoad {
         }
         Delivery {
             latency: LatencyReport::of(&window),
+            histogram_us: window,
             timeline: seconds
                 .iter()
                 .zip(0..)

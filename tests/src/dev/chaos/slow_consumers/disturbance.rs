@@ -11,37 +11,32 @@
 //!    the balancer (all at once, an access token on the handshake), subscribes to `orders`
 //!    (its user's own order events: storm users never order, so the topic is quiet) and waits
 //!    for the answer, retrying after any failure (backing off, with jitter). Then they stay
-//!    connected, answering pings, so both windows have the same connections open.
-//! 2. At the disturbed window's start ([`Disturbance::start`]) every storm connection is cut
-//!    (the TCP connection dropped, no close handshake) and every client connects and
-//!    subscribes again at once, until the window's end. The slow readers connect at the same
-//!    time (raw sockets with a 4 KiB receive buffer), straight to the nodes in turn, and
-//!    subscribe to `pets` without reading the answer: half never read again, half read 4 KiB
-//!    every 100 ms. Not through the balancer: its two sockets of the tunnel would buffer
-//!    several more MB on loopback, and the node's idle timeout (60 s, close 1001) would end
-//!    such a reader before its queue filled, so the experiment would not see the queue policy.
-//! 3. At the window's end the storm connections are dropped and the slow readers stop
-//!    reading; the nodes' slow-consumer count is watched until it has grown by the number of
-//!    slow readers (or [`DETECTION`] has passed); then every slow reader reads what is left
-//!    and must reach the end of its connection.
+//!    connected, answering pings, so every window has the same connections open.
+//! 2. At the disturbed window's start ([`Disturbance::start`]), and again at even intervals
+//!    in it ([`Plan::storms`] in all), every storm connection is cut (the TCP connection
+//!    dropped, no close handshake) and every client connects and subscribes again at once.
+//!    The slow readers connect at the window's start (raw sockets with a 4 KiB receive
+//!    buffer), straight to the nodes in turn, and subscribe to `pets` without reading the
+//!    answer: half never read again, half read 4 KiB every 100 ms. Not through the balancer:
+//!    its two sockets of the tunnel would buffer several more MB on loopback, and the node's
+//!    idle timeout (60 s, close 1001) would end such a reader before its queue filled, so the
+//!    experiment would not see the queue policy.
+//! 3. At the window's end the slow readers stop reading; the nodes' slow-consumer count is
+//!    watched until it has grown by the number of slow readers (or [`DETECTION`] has passed);
+//!    then every slow reader reads what is left and must reach the end of its connection.
+//!    The storm clients stay connected, as before the window, until [`Running::release`].
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+mod storm;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures_util::{SinkExt as _, StreamExt as _};
-use rand::Rng as _;
 use serde_json::{json, Value};
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
+pub(super) use self::storm::Round;
+use self::storm::{Held, Storm};
 use crate::client::ApiClient;
 use crate::ws::RawWs;
 
@@ -59,13 +54,6 @@ const DRAIN: Duration = Duration::from_secs(30);
 /// Bytes a slow (not stopped) reader reads at a time, and how often.
 const SLOW_READ_BYTES: usize = 4096;
 const SLOW_READ_EVERY: Duration = Duration::from_millis(100);
-
-/// Pause before a storm client tries again after its first failure; it doubles with every
-/// failure up to [`RETRY_PAUSE_MAX`], and each pause is drawn between half of it and all of
-/// it. Clients that retried at a fixed pace would turn a storm into a retry storm: real
-/// client libraries back off with jitter, and so do these.
-const RETRY_PAUSE: Duration = Duration::from_millis(100);
-const RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 /// The node metric counting connections closed as slow consumers (1013).
 pub(super) const SLOW_CONSUMER_METRIC: &str = "petmesh_node_ws_slow_consumer_disconnects_total";
@@ -87,17 +75,8 @@ pub(super) struct Plan {
     pub reader_tokens: Vec<String>,
     /// How long the disturbance lasts.
     pub window: Duration,
-}
-
-/// One storm round.
-#[derive(Debug, Default)]
-pub(super) struct Round {
-    /// Clients connected and subscribed by the round's deadline.
-    pub subscribed: usize,
-    /// When the last of them was (from the round's start), if all were.
-    pub all_subscribed_after: Option<Duration>,
-    /// Failed attempts, by what failed (each was tried again).
-    pub failures: BTreeMap<String, u64>,
+    /// Storms in it, evenly spaced: the first at its start.
+    pub storms: u32,
 }
 
 /// What happened to one slow reader.
@@ -114,8 +93,8 @@ pub(super) struct Reader {
 /// Everything the disturbance saw.
 #[derive(Debug, Default)]
 pub(super) struct Outcome {
-    /// The reconnect storm.
-    pub reconnect: Round,
+    /// The reconnect storms, in order.
+    pub reconnects: Vec<Round>,
     /// The slow readers (those that connected).
     pub readers: Vec<Reader>,
     /// Slow readers that could not connect or subscribe, with why.
@@ -128,10 +107,27 @@ pub(super) struct Outcome {
 }
 
 /// The disturbance, running on its own thread: its storm clients are connected (and kept
-/// alive: they answer pings) until [`Disturbance::start`].
+/// alive: they answer pings) until [`Disturbance::start`], and again after it until
+/// [`Running::release`].
 pub(super) struct Disturbance {
     go: oneshot::Sender<u64>,
     outcome: oneshot::Receiver<anyhow::Result<Outcome>>,
+    release: oneshot::Sender<()>,
+}
+
+/// A disturbance under way ([`Disturbance::start`]).
+pub(super) struct Running {
+    /// Arrives once the disturbed window is over and every slow reader was closed and read to
+    /// its end (or [`DETECTION`] passed); the storm clients stay connected after it.
+    pub outcome: oneshot::Receiver<anyhow::Result<Outcome>>,
+    release: oneshot::Sender<()>,
+}
+
+impl Running {
+    /// Drops the storm's connections and ends the thread.
+    pub(super) fn release(self) {
+        let _ = self.release.send(());
+    }
 }
 
 impl Disturbance {
@@ -142,19 +138,30 @@ impl Disturbance {
         let (connected_tx, connected) = oneshot::channel();
         let (go, go_rx) = oneshot::channel();
         let (tx, outcome) = oneshot::channel();
+        let (release, release_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name("chaos-disturbance".into())
             .spawn(move || {
                 lowest_priority();
-                let outcome = tokio::runtime::Builder::new_current_thread()
+                let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .context("building the disturbance's runtime")
-                    .and_then(|runtime| runtime.block_on(run(plan, connected_tx, go_rx)));
-                let _ = tx.send(outcome);
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                runtime.block_on(run(plan, connected_tx, go_rx, tx, release_rx));
             })
             .context("starting the disturbance thread")?;
-        let mut this = Self { go, outcome };
+        let mut this = Self {
+            go,
+            outcome,
+            release,
+        };
         match connected.await {
             Ok(round) => Ok((this, round)),
             // The thread ended before connecting: its outcome says why.
@@ -165,14 +172,13 @@ impl Disturbance {
         }
     }
 
-    /// Starts the disturbance now (the nodes had counted `slow_consumers_before`); its outcome
-    /// arrives when it is over.
-    pub(super) fn start(
-        self,
-        slow_consumers_before: u64,
-    ) -> oneshot::Receiver<anyhow::Result<Outcome>> {
+    /// Starts the disturbance now (the nodes had counted `slow_consumers_before`).
+    pub(super) fn start(self, slow_consumers_before: u64) -> Running {
         let _ = self.go.send(slow_consumers_before);
-        self.outcome
+        Running {
+            outcome: self.outcome,
+            release: self.release,
+        }
     }
 }
 
@@ -192,17 +198,35 @@ fn lowest_priority() {
     }
 }
 
+/// The thread's work: connects the storm, disturbs on `go`, sends what it saw on `outcome`,
+/// and keeps the storm connected until `release` (or until the experiment is dropped).
 async fn run(
     plan: Plan,
     connected: oneshot::Sender<Round>,
     go: oneshot::Receiver<u64>,
-) -> anyhow::Result<Outcome> {
-    let addr = socket_addr(&plan.base_url)?;
-    let storm = Storm {
-        addr,
-        url: format!("{}/ws", plan.base_url.replacen("http", "ws", 1)),
-        tokens: plan.storm_tokens.clone(),
-    };
+    outcome: oneshot::Sender<anyhow::Result<Outcome>>,
+    release: oneshot::Receiver<()>,
+) {
+    match disturb(plan, connected, go).await {
+        Ok((seen, mut held)) => {
+            let _ = outcome.send(Ok(seen));
+            let _ = release.await;
+            held.cut().await;
+        }
+        Err(e) => {
+            let _ = outcome.send(Err(e));
+        }
+    }
+}
+
+/// Connects the storm, then on `go` runs the disturbed window: returns what it saw and the
+/// storm's connections, still open.
+async fn disturb(
+    plan: Plan,
+    connected: oneshot::Sender<Round>,
+    go: oneshot::Receiver<u64>,
+) -> anyhow::Result<(Outcome, Held)> {
+    let storm = Storm::new(&plan.base_url, plan.storm_tokens.clone())?;
     let (round, sockets) = storm
         .round(plan.storm_clients, Instant::now() + CONNECT)
         .await;
@@ -215,55 +239,32 @@ async fn run(
             round.failures
         );
     }
-    let (cut, cut_rx) = tokio::sync::watch::channel(false);
-    let mut held = keep_alive(sockets, cut_rx);
+    let mut held = Held::keep_alive(sockets);
     let _ = connected.send(round);
     let slow_consumers_before = go.await.context("the experiment ended before the storm")?;
 
     let started = Instant::now();
     let end = started + plan.window;
+    let between_storms = plan.window / plan.storms.max(1);
     let mut outcome = Outcome::default();
-    // The cut: every connection dropped at once, without a close handshake.
-    cut.send_replace(true);
-    while held.join_next().await.is_some() {}
-
     let (reader_stop, reader_stopped) = tokio::sync::watch::channel(false);
     let mut readers = JoinSet::new();
-    for n in 0..plan.stopped_readers + plan.slow_readers {
-        let stopped = n < plan.stopped_readers;
-        let (base_url, token) = (
-            plan.node_urls[n % plan.node_urls.len()].clone(),
-            plan.reader_tokens[n % plan.reader_tokens.len()].clone(),
-        );
-        let mut stop = reader_stopped.clone();
-        readers.spawn(async move {
-            let mut raw = RawWs::connect(&base_url, &token).await?;
-            raw.send_text(&subscribe_frame("pets").to_string()).await?;
-            let mut read = 0u64;
-            if !stopped {
-                while !*stop.borrow() {
-                    tokio::select! {
-                        n = raw.read_some(SLOW_READ_BYTES) => match n {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => read += n as u64,
-                        },
-                        _ = stop.changed() => break,
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(SLOW_READ_EVERY) => {}
-                        _ = stop.changed() => break,
-                    }
-                }
-            }
-            anyhow::Ok((stopped, read, raw))
-        });
+    for storm_number in 0..plan.storms {
+        let storm_start = started + between_storms * storm_number;
+        tokio::time::sleep_until(storm_start.into()).await;
+        // The cut: every connection dropped at once, without a close handshake...
+        held.cut().await;
+        if storm_number == 0 {
+            readers = slow_readers(&plan, &reader_stopped);
+        }
+        // ...and every client connects and subscribes again at once.
+        let (round, sockets) = storm
+            .round(plan.storm_clients, storm_start + between_storms)
+            .await;
+        outcome.reconnects.push(round);
+        held = Held::keep_alive(sockets);
     }
-
-    // ...and every client connects and subscribes again at once.
-    let (round, sockets) = storm.round(plan.storm_clients, end).await;
-    outcome.reconnect = round;
     tokio::time::sleep_until(end.into()).await;
-    drop(sockets);
     reader_stop.send_replace(true);
 
     let mut connected = Vec::new();
@@ -305,33 +306,50 @@ async fn run(
             .readers
             .push(reader.context("a slow reader panicked")?);
     }
-    Ok(outcome)
+    Ok((outcome, held))
 }
 
-/// Reads every storm connection (so that pings are answered and the nodes' idle timeout does
-/// not end it) until `cut` turns true, then drops it.
-fn keep_alive(sockets: Vec<Socket>, cut: tokio::sync::watch::Receiver<bool>) -> JoinSet<()> {
-    let mut held = JoinSet::new();
-    for mut socket in sockets {
-        let mut cut = cut.clone();
-        held.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = until_cut(&mut cut) => return,
-                    frame = socket.next() => if !matches!(frame, Some(Ok(_))) {
-                        // Ended early: the reconnect's figures will show it.
-                        until_cut(&mut cut).await;
-                        return;
-                    },
+/// A slow reader that connected: whether it stopped (rather than read slowly), the bytes it
+/// read before the window's end, and its socket.
+type SlowReader = (bool, u64, RawWs);
+
+/// Connects the slow readers, straight to the nodes in turn, and lets each stop reading or
+/// read slowly until `stop` turns true.
+fn slow_readers(
+    plan: &Plan,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> JoinSet<anyhow::Result<SlowReader>> {
+    let mut readers = JoinSet::new();
+    for n in 0..plan.stopped_readers + plan.slow_readers {
+        let stopped = n < plan.stopped_readers;
+        let (base_url, token) = (
+            plan.node_urls[n % plan.node_urls.len()].clone(),
+            plan.reader_tokens[n % plan.reader_tokens.len()].clone(),
+        );
+        let mut stop = stop.clone();
+        readers.spawn(async move {
+            let mut raw = RawWs::connect(&base_url, &token).await?;
+            raw.send_text(&subscribe_frame("pets").to_string()).await?;
+            let mut read = 0u64;
+            if !stopped {
+                while !*stop.borrow() {
+                    tokio::select! {
+                        n = raw.read_some(SLOW_READ_BYTES) => match n {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => read += n as u64,
+                        },
+                        _ = stop.changed() => break,
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(SLOW_READ_EVERY) => {}
+                        _ = stop.changed() => break,
+                    }
                 }
             }
+            anyhow::Ok((stopped, read, raw))
         });
     }
-    held
-}
-
-async fn until_cut(cut: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = cut.wait_for(|cut| *cut).await;
+    readers
 }
 
 /// The sum of every node's slow-consumer count (a node that cannot be read counts 0).
@@ -347,151 +365,4 @@ pub(super) async fn slow_consumer_count(node_urls: &[String]) -> u64 {
 
 fn subscribe_frame(topic: &str) -> Value {
     json!({"type": "request", "id": "sub", "action": "subscribe", "payload": {"topics": [topic]}})
-}
-
-fn socket_addr(base_url: &str) -> anyhow::Result<SocketAddr> {
-    let url = reqwest::Url::parse(base_url).context("parsing the balancer's URL")?;
-    url.socket_addrs(|| Some(80))?
-        .first()
-        .copied()
-        .context("the balancer's URL has no address")
-}
-
-/// The storm's clients: where they connect and as whom.
-struct Storm {
-    addr: SocketAddr,
-    url: String,
-    tokens: Vec<String>,
-}
-
-type Socket = WebSocketStream<TcpStream>;
-
-impl Storm {
-    /// Starts `clients` clients at once, each connecting and subscribing (again after every
-    /// failure) until `deadline`; returns the round's figures and the open connections.
-    async fn round(&self, clients: usize, deadline: Instant) -> (Round, Vec<Socket>) {
-        let started = Instant::now();
-        let mut tasks = JoinSet::new();
-        for n in 0..clients {
-            let (addr, url, token) = (
-                self.addr,
-                self.url.clone(),
-                self.tokens[n % self.tokens.len()].clone(),
-            );
-            // Spread over source addresses, as clients of many machines would be.
-            let source = IpAddr::V4(Ipv4Addr::new(127, 0, 101, (n % 250 + 1) as u8));
-            tasks.spawn(async move {
-                let mut failures: Vec<String> = Vec::new();
-                loop {
-                    let attempt = tokio::time::timeout_at(
-                        deadline.into(),
-                        connect_and_subscribe(addr, source, &url, &token),
-                    )
-                    .await;
-                    match attempt {
-                        Ok(Ok(socket)) => return (Some((socket, started.elapsed())), failures),
-                        Ok(Err(e)) => failures.push(e),
-                        Err(_) => {
-                            failures.push("no answer by the round's deadline".into());
-                            return (None, failures);
-                        }
-                    }
-                    let doubled = RETRY_PAUSE * 2u32.saturating_pow(failures.len() as u32 - 1);
-                    let pause = doubled
-                        .min(RETRY_PAUSE_MAX)
-                        .mul_f64(rand::thread_rng().gen_range(0.5..=1.0));
-                    if Instant::now() + pause >= deadline {
-                        return (None, failures);
-                    }
-                    tokio::time::sleep(pause).await;
-                }
-            });
-        }
-        let mut round = Round::default();
-        let mut sockets = Vec::with_capacity(clients);
-        let mut last = Duration::ZERO;
-        while let Some(joined) = tasks.join_next().await {
-            let Ok((socket, failures)) = joined else {
-                continue;
-            };
-            for failure in failures {
-                *round.failures.entry(failure).or_default() += 1;
-            }
-            if let Some((socket, at)) = socket {
-                last = last.max(at);
-                sockets.push(socket);
-            }
-        }
-        round.subscribed = sockets.len();
-        round.all_subscribed_after = (round.subscribed == clients).then_some(last);
-        (round, sockets)
-    }
-}
-
-/// One storm client's attempt: TCP, the handshake with its token, `subscribe` and its
-/// answer. Errors are short classes, counted per round.
-async fn connect_and_subscribe(
-    addr: SocketAddr,
-    source: IpAddr,
-    url: &str,
-    token: &str,
-) -> Result<Socket, String> {
-    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
-    socket
-        .bind(SocketAddr::new(source, 0))
-        .map_err(|e| format!("bind: {e}"))?;
-    let stream = socket
-        .connect(addr)
-        .await
-        .map_err(|e| format!("connect: {}", e.kind()))?;
-    let mut request = url
-        .into_client_request()
-        .map_err(|e| format!("request: {e}"))?;
-    let bearer = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
-    request.headers_mut().insert("authorization", bearer);
-    // Small buffers: thousands of clients in one process.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
-        .await
-        .map_err(|e| match e {
-            tokio_tungstenite::tungstenite::Error::Http(resp) => {
-                format!("handshake answered {}", resp.status())
-            }
-            e => format!("handshake: {}", short(&e.to_string())),
-        })?;
-    ws.send(Message::text(subscribe_frame("orders").to_string()))
-        .await
-        .map_err(|e| format!("send: {}", short(&e.to_string())))?;
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => {
-                let frame: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-                if frame["type"] == "response" && frame["id"] == "sub" {
-                    if frame["status"] == "success" {
-                        return Ok(ws);
-                    }
-                    return Err(format!(
-                        "subscribe answered {}",
-                        frame["payload"]["code"].as_str().unwrap_or("an error")
-                    ));
-                }
-            }
-            Some(Ok(Message::Close(close))) => {
-                return Err(format!(
-                    "closed ({})",
-                    close.map_or(1005, |c| u16::from(c.code))
-                ))
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(format!("read: {}", short(&e.to_string()))),
-            None => return Err("connection ended before the answer".into()),
-        }
-    }
-}
-
-/// The first words of an error, so that failures group into few classes.
-fn short(text: &str) -> String {
-    text.chars().take(60).collect()
 }

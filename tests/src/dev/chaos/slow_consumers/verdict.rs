@@ -1,0 +1,329 @@
+//! The verdict of `slow-consumers`: its figures and checks, from what the windows and the
+//! disturbance measured.
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use super::disturbance::{self, Outcome, Round};
+use super::Window;
+use crate::dev::chaos::{ms, Findings};
+use crate::load::stats::LatencyReport;
+use crate::load::ws::WsReport;
+
+/// Disturbed p99 may be at most this many tenths of the quiet p99 (+20 %).
+const P99_BOUND_TENTHS: u64 = 12;
+
+/// Most of the machine's CPU (per cent) other processes may take in a window for the
+/// latency comparison to count.
+const MAX_OTHERS_SHARE: u64 = 25;
+
+/// Everything one run measured.
+pub(super) struct Measured {
+    pub storm_clients: usize,
+    /// Slow readers, stopped and slow together.
+    pub slow_readers: usize,
+    /// The storm clients' first connection, before the first quiet window.
+    pub connected: Round,
+    pub quiet_before: Window,
+    pub disturbed: Window,
+    pub quiet_after: Window,
+    pub outcome: Outcome,
+    /// Large pets created, and creations that failed.
+    pub published: u64,
+    pub publish_failures: u64,
+    /// The normal subscribers.
+    pub subscribers: WsReport,
+}
+
+/// The two quiet windows as one: the percentiles of their summed histograms.
+struct Quiet {
+    http: LatencyReport,
+    delivery: LatencyReport,
+}
+
+impl Quiet {
+    fn pooled(before: &Window, after: &Window) -> Self {
+        Self {
+            http: pooled(&before.load.http.latency_us, &after.load.http.latency_us),
+            delivery: pooled(&before.delivery.histogram_us, &after.delivery.histogram_us),
+        }
+    }
+}
+
+/// The percentiles of two windows' latencies together: of their summed histograms (an
+/// average of their p99s would be another figure, lower than the pooled one when the windows
+/// differ).
+fn pooled(a: &Histogram<u64>, b: &Histogram<u64>) -> LatencyReport {
+    let mut sum = a.clone();
+    // Same bounds as every histogram of the load: adding cannot fail.
+    let _ = sum.add(b);
+    LatencyReport::of(&sum)
+}
+
+/// The figures and checks of a run.
+pub(super) fn findings(m: &Measured) -> Findings {
+    let mut findings = Findings::default();
+    let quiet = Quiet::pooled(&m.quiet_before, &m.quiet_after);
+    let disturbed = &m.disturbed;
+    let (storm_http, storm_ws) = (
+        &disturbed.load.http.all.latency_ms,
+        &disturbed.delivery.latency,
+    );
+    findings.key(
+        "HTTP p99 quiet / disturbed",
+        format!("{:.1} / {:.1} ms", quiet.http.p99, storm_http.p99),
+    );
+    findings.key(
+        "delivery p99 quiet / disturbed",
+        format!("{:.1} / {:.1} ms", quiet.delivery.p99, storm_ws.p99),
+    );
+    for (name, window) in [
+        ("first quiet window", &m.quiet_before),
+        ("disturbed window", disturbed),
+        ("second quiet window", &m.quiet_after),
+    ] {
+        findings.figure(
+            &format!("HTTP latency p50 / p99 / max, {name} (from the due time)"),
+            window.load.http.all.latency_ms.p50_p99_max(),
+        );
+        findings.figure(
+            &format!("delivery latency p50 / p99 / max, {name} (written → parsed)"),
+            window.delivery.latency.p50_p99_max(),
+        );
+    }
+    findings.figure(
+        "HTTP latency p50 / p99 / max, quiet windows pooled",
+        quiet.http.p50_p99_max(),
+    );
+    findings.figure(
+        "delivery latency p50 / p99 / max, quiet windows pooled",
+        quiet.delivery.p50_p99_max(),
+    );
+    findings.figure(
+        "HTTP requests first quiet / disturbed / second quiet",
+        format!(
+            "{} / {} / {}",
+            m.quiet_before.load.http.all.requests,
+            disturbed.load.http.all.requests,
+            m.quiet_after.load.http.all.requests
+        ),
+    );
+    findings.figure("CPU time in the first quiet window", &m.quiet_before.cpu);
+    findings.figure("CPU time in the disturbed window", &disturbed.cpu);
+    findings.figure("CPU time in the second quiet window", &m.quiet_after.cpu);
+    findings.figure(
+        "large pets created (≈ 20 KB events) / failed",
+        format!("{} / {}", m.published, m.publish_failures),
+    );
+    storm_figures(&mut findings, m);
+    reader_figures(&mut findings, m);
+    let subscribers = &m.subscribers;
+    findings.figure("websocket subscribers", subscribers.subscribers);
+    findings.figure("websocket events received", subscribers.events);
+    findings.figure("websocket reconnects", subscribers.reconnects);
+
+    let us = |ms: f64| (ms * 1000.0).round() as u64;
+    for (what, quiet_p99, disturbed_p99) in [
+        ("HTTP", quiet.http.p99, storm_http.p99),
+        ("delivery", quiet.delivery.p99, storm_ws.p99),
+    ] {
+        findings.check_at_most(
+            &format!(
+                "{what} p99 in the disturbed window, µs (at most 1.2 × the quiet windows' {} µs)",
+                us(quiet_p99)
+            ),
+            us(disturbed_p99),
+            us(quiet_p99) * P99_BOUND_TENTHS / 10,
+        );
+    }
+    // The comparison means something only if the windows had the machine to themselves: a
+    // quiet window slowed by other work makes any disturbance look harmless (seen: a PASS
+    // whose quiet p99 was 8 s while other builds took half the machine).
+    findings.check_at_most(
+        "CPU other processes took in any window, per cent of the machine (the largest)",
+        [&m.quiet_before, disturbed, &m.quiet_after]
+            .iter()
+            .map(|w| w.others_share)
+            .max()
+            .unwrap_or(0),
+        MAX_OTHERS_SHARE,
+    );
+    findings.check(
+        "failed idempotent requests",
+        [&m.quiet_before, disturbed, &m.quiet_after]
+            .iter()
+            .map(|w| w.load.http.failed_idempotent)
+            .sum(),
+        0,
+    );
+    findings.check("websocket events lost", subscribers.lost, 0);
+    findings.check("websocket events duplicated", subscribers.duplicates, 0);
+    findings.check(
+        "websocket subscribers reconnected",
+        subscribers.reconnects,
+        0,
+    );
+    findings.check(
+        "websocket subscribers not connected at the end",
+        (subscribers.subscribers - subscribers.connected_at_end) as u64,
+        0,
+    );
+    findings.check(
+        "storm clients not subscribed again after a cut (all cuts)",
+        m.outcome
+            .reconnects
+            .iter()
+            .map(|round| m.storm_clients.saturating_sub(round.subscribed) as u64)
+            .sum(),
+        0,
+    );
+    findings.check(
+        "storm cuts made",
+        m.outcome.reconnects.len() as u64,
+        u64::from(super::STORMS),
+    );
+    let readers = &m.outcome.readers;
+    let ended = readers.iter().filter(|r| r.ended.is_ok()).count() as u64;
+    let slow_total = m.slow_readers as u64;
+    findings.check(
+        "slow readers whose connection did not end (or that never connected)",
+        slow_total - ended.min(slow_total),
+        0,
+    );
+    findings.check(
+        "slow readers the nodes did not count as slow consumers (1013)",
+        slow_total.saturating_sub(m.outcome.slow_consumer_closes),
+        0,
+    );
+    let window_json = |w: &Window| {
+        json!({
+            "load": w.load,
+            "deliveryMs": w.delivery.latency,
+            "deliveryTimeline": w.delivery.timeline,
+            "cpu": w.cpu,
+        })
+    };
+    findings.detail = json!({
+        "quiet": {
+            "httpMs": quiet.http,
+            "deliveryMs": quiet.delivery,
+        },
+        "quietBefore": window_json(&m.quiet_before),
+        "disturbed": window_json(disturbed),
+        "quietAfter": window_json(&m.quiet_after),
+        "websocket": subscribers,
+    });
+    findings
+}
+
+/// The storm's rounds: the first connection and every reconnection after a cut.
+fn storm_figures(findings: &mut Findings, m: &Measured) {
+    let failures = |round: &Round| {
+        let failures = round
+            .failures
+            .iter()
+            .map(|(what, count)| format!("{what} ×{count}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if failures.is_empty() {
+            "none".into()
+        } else {
+            failures
+        }
+    };
+    let rounds = std::iter::once((
+        "storm clients' first connection (before the first quiet window)".to_owned(),
+        &m.connected,
+    ))
+    .chain(m.outcome.reconnects.iter().zip(1..).map(|(round, n)| {
+        (
+            format!("storm {n}: cut, every client reconnecting at once"),
+            round,
+        )
+    }));
+    for (what, round) in rounds {
+        findings.figure(
+            &what,
+            format!(
+                "{} of {} subscribed, all by {}; failed attempts (retried): {}",
+                round.subscribed,
+                m.storm_clients,
+                round.all_subscribed_after.map_or("never".into(), ms),
+                failures(round)
+            ),
+        );
+    }
+}
+
+/// What became of the slow readers.
+fn reader_figures(findings: &mut Findings, m: &Measured) {
+    let outcome = &m.outcome;
+    let readers = &outcome.readers;
+    let ended = readers.iter().filter(|r| r.ended.is_ok()).count();
+    let close_1013 = readers
+        .iter()
+        .filter(|r| matches!(r.ended, Ok(Some(1013))))
+        .count();
+    findings.key(
+        "slow readers closed",
+        format!("{ended} of {}", m.slow_readers),
+    );
+    findings.figure(
+        "slow readers closed by the node (connection ended), with a 1013 close frame",
+        format!("{ended}, {close_1013}"),
+    );
+    findings.figure(
+        "bytes the slowly reading readers read in the window (each)",
+        readers
+            .iter()
+            .filter(|r| !r.stopped)
+            .map(|r| r.read_in_window.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    findings.figure(
+        "nodes' slow-consumer closes during the experiment",
+        outcome.slow_consumer_closes,
+    );
+    findings.figure(
+        "every slow reader closed, after the window",
+        outcome.detected_after.map_or_else(
+            || format!("not within {} s", disturbance::DETECTION.as_secs()),
+            ms,
+        ),
+    );
+    for (reader, failure) in readers
+        .iter()
+        .filter_map(|r| r.ended.as_ref().err().map(|e| (r, e)))
+    {
+        let kind = if reader.stopped { "stopped" } else { "slow" };
+        findings.figure(&format!("{kind} reader not closed"), failure);
+    }
+    for failure in &outcome.reader_failures {
+        findings.figure("slow reader failed to connect", failure);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded(ms: std::ops::RangeInclusive<u64>) -> Histogram<u64> {
+        let mut latency = crate::load::stats::histogram();
+        for ms in ms {
+            latency.saturating_record(ms * 1000);
+        }
+        latency
+    }
+
+    #[test]
+    fn pooling_takes_the_percentiles_of_both_windows_together() {
+        let (fast, slow) = (recorded(1..=100), recorded(101..=200));
+        let both = pooled(&fast, &slow);
+        // 200 samples: p99 is the 198th, p50 the 100th; averaging the windows' p99s would
+        // give ≈ 149 ms.
+        assert!((197.0..=199.0).contains(&both.p99), "{}", both.p99);
+        assert!((99.0..=101.0).contains(&both.p50), "{}", both.p50);
+        assert_eq!(both.max.round(), 200.0);
+    }
+}
