@@ -17,7 +17,7 @@ use super::http::{Done, ErrorClass, Outcome};
 use super::mix::Kind;
 
 /// Largest latency a histogram holds (longer ones are clamped to it), in microseconds.
-const MAX_LATENCY_US: u64 = 600_000_000;
+pub(crate) const MAX_LATENCY_US: u64 = 600_000_000;
 
 /// Counts of one kind (or of all kinds together).
 #[derive(Clone, Debug)]

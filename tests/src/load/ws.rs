@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::stats::{histogram, LatencyReport};
+use super::stats::{histogram, LatencyReport, MAX_LATENCY_US};
 
 pub use offset::Offset;
 
@@ -90,10 +90,19 @@ struct Shared {
     subs: Vec<SubState>,
     totals: WsReport,
     /// Delivery latency (µs) of the events received since the last
-    /// [`WsLoad::take_delivery`], by second since then (the window's is their sum), and when
-    /// that was.
+    /// [`WsLoad::take_delivery`], over that window and by second since then, and when that
+    /// was. The seconds keep two significant digits ([`second_histogram`]): a run that never
+    /// takes its deliveries grows by one of them a second.
+    delivery: Histogram<u64>,
     delivery_seconds: Vec<Histogram<u64>>,
     delivery_since: Instant,
+}
+
+/// An empty histogram for one second's delivery latency (µs): two significant digits, ≈ 25 KB,
+/// where the three of [`histogram`] take ≈ 170 KB; enough for a second's p99 and maximum,
+/// which say where a window's tail came from.
+fn second_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 2).expect("valid histogram bounds")
 }
 
 /// The deliveries of one second of a window ([`WsLoad::take_delivery`]).
@@ -104,9 +113,10 @@ pub struct DeliverySecond {
     pub second: u64,
     /// Events received in this second.
     pub events: u64,
-    /// Their delivery latency's 99th percentile, in milliseconds.
+    /// Their delivery latency's 99th percentile, in milliseconds (two significant digits).
     pub p99_ms: f64,
-    /// Their longest delivery latency, in milliseconds: where a window's tail came from.
+    /// Their longest delivery latency, in milliseconds (two significant digits): where a
+    /// window's tail came from.
     pub max_ms: f64,
 }
 
@@ -166,6 +176,7 @@ impl WsLoad {
                 subscribers: options.subscribers,
                 ..WsReport::default()
             },
+            delivery: histogram(),
             delivery_seconds: Vec::new(),
             delivery_since: Instant::now(),
         }));
@@ -226,11 +237,7 @@ impl WsLoad {
         let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
         shared.delivery_since = Instant::now();
         let seconds = std::mem::take(&mut shared.delivery_seconds);
-        let mut window = histogram();
-        for second in &seconds {
-            // Same bounds as every histogram here: adding cannot fail.
-            let _ = window.add(second);
-        }
+        let window = std::mem::replace(&mut shared.delivery, histogram());
         Delivery {
             latency: LatencyReport::of(&window),
             histogram_us: window,
@@ -439,6 +446,7 @@ impl Subscriber {
         let Shared {
             subs,
             totals,
+            delivery,
             delivery_seconds,
             delivery_since,
         } = &mut *shared;
@@ -477,8 +485,9 @@ impl Subscriber {
             let us = u64::try_from(us).unwrap_or(1);
             let second = usize::try_from(delivery_since.elapsed().as_secs()).unwrap_or(0);
             if delivery_seconds.len() <= second {
-                delivery_seconds.resize_with(second + 1, histogram);
+                delivery_seconds.resize_with(second + 1, second_histogram);
             }
+            delivery.saturating_record(us);
             delivery_seconds[second].saturating_record(us);
         }
         match &sub.last {
