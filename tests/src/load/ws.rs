@@ -131,6 +131,10 @@ pub struct Delivery {
     /// their sum); not in the JSON.
     #[serde(skip)]
     pub histogram_us: Histogram<u64>,
+    /// Each second's histogram (µs, two significant digits), so that a window's seconds can
+    /// be grouped (the cut seconds of `slow-consumers`); not in the JSON.
+    #[serde(skip)]
+    pub seconds_us: Vec<Histogram<u64>>,
 }
 
 /// Running subscribers.
@@ -251,6 +255,7 @@ impl WsLoad {
                     max_ms: latency.max() as f64 / 1000.0,
                 })
                 .collect(),
+            seconds_us: seconds,
         }
     }
 

@@ -235,6 +235,7 @@ pub(super) async fn run(short: bool) -> anyhow::Result<Findings> {
         disturbed,
         quiet_after,
         outcome,
+        storm_every: plan.window,
         published,
         publish_failures,
         subscribers,

@@ -1,6 +1,8 @@
 //! The verdict of `slow-consumers`: its figures and checks, from what the windows and the
 //! disturbance measured.
 
+use std::time::Duration;
+
 use hdrhistogram::Histogram;
 use serde_json::json;
 
@@ -28,6 +30,8 @@ pub(super) struct Measured {
     pub disturbed: Window,
     pub quiet_after: Window,
     pub outcome: Outcome,
+    /// Time between the disturbed window's cuts (the first at its start).
+    pub storm_every: Duration,
     /// Large pets created, and creations that failed.
     pub published: u64,
     pub publish_failures: u64,
@@ -98,6 +102,10 @@ pub(super) fn findings(m: &Measured) -> Findings {
     findings.figure(
         "delivery latency p50 / p99 / max, quiet windows pooled",
         quiet.delivery.p50_p99_max(),
+    );
+    findings.figure(
+        "delivery p99 in the disturbed window's cut seconds / reconnecting seconds / other seconds (events)",
+        delivery_by_phase(&m.disturbed.delivery, m.storm_every, &m.outcome.reconnects),
     );
     findings.figure(
         "HTTP requests first quiet / disturbed / second quiet",
@@ -216,6 +224,49 @@ pub(super) fn findings(m: &Measured) -> Findings {
     findings
 }
 
+/// Where the disturbed window's delivery tail sits: the p99 of its seconds grouped as the
+/// cut seconds (the first of each storm), the seconds until that storm's clients had all
+/// subscribed again, and the others (slow readers only). Seconds keep two significant digits.
+fn delivery_by_phase(
+    delivery: &crate::load::ws::Delivery,
+    storm_every: Duration,
+    reconnects: &[Round],
+) -> String {
+    let every = storm_every.as_secs().max(1);
+    let mut phases: [Option<Histogram<u64>>; 3] = [None, None, None];
+    for (second, histogram) in (0u64..).zip(&delivery.seconds_us) {
+        let (storm, offset) = ((second / every) as usize, second % every);
+        let reconnected_by = reconnects
+            .get(storm)
+            .and_then(|round| round.all_subscribed_after)
+            .map_or(every, |after| after.as_secs_f64().ceil() as u64);
+        let phase = match offset {
+            0 => 0,
+            o if o <= reconnected_by => 1,
+            _ => 2,
+        };
+        match &mut phases[phase] {
+            Some(sum) => {
+                let _ = sum.add(histogram);
+            }
+            slot @ None => *slot = Some(histogram.clone()),
+        }
+    }
+    phases
+        .iter()
+        .map(|phase| {
+            phase.as_ref().map_or("-".into(), |h| {
+                format!(
+                    "{:.1} ms ({})",
+                    h.value_at_quantile(0.99) as f64 / 1000.0,
+                    h.len()
+                )
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
 /// The storm's rounds: the first connection and every reconnection after a cut.
 fn storm_figures(findings: &mut Findings, m: &Measured) {
     let failures = |round: &Round| {
@@ -325,5 +376,30 @@ mod tests {
         assert!((197.0..=199.0).contains(&both.p99), "{}", both.p99);
         assert!((99.0..=101.0).contains(&both.p50), "{}", both.p50);
         assert_eq!(both.max.round(), 200.0);
+    }
+
+    #[test]
+    fn the_disturbed_window_s_seconds_are_grouped_by_phase() {
+        // Two storms 4 s apart: the first complete after 1.5 s (seconds 1 and 2 reconnecting),
+        // the second never (seconds 5 to 7 reconnecting).
+        let every = Duration::from_secs(4);
+        let reconnects = [
+            Round {
+                all_subscribed_after: Some(Duration::from_millis(1500)),
+                ..Round::default()
+            },
+            Round::default(),
+        ];
+        let second_ms = [50, 20, 20, 5, 60, 30, 30, 30];
+        let delivery = crate::load::ws::Delivery {
+            latency: LatencyReport::of(&recorded(1..=1)),
+            timeline: Vec::new(),
+            histogram_us: recorded(1..=1),
+            seconds_us: second_ms.iter().map(|&ms| recorded(ms..=ms)).collect(),
+        };
+        assert_eq!(
+            delivery_by_phase(&delivery, every, &reconnects),
+            "60.0 ms (2) / 30.0 ms (5) / 5.0 ms (1)"
+        );
     }
 }
