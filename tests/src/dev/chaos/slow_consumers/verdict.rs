@@ -9,7 +9,7 @@ use serde_json::json;
 use super::disturbance::{self, Outcome, Round};
 use super::Window;
 use crate::dev::chaos::{ms, Findings};
-use crate::load::stats::LatencyReport;
+use crate::load::stats::{histogram, LatencyReport};
 use crate::load::ws::WsReport;
 
 /// Disturbed p99 may be at most this many tenths of the quiet p99 (+20 %).
@@ -233,8 +233,8 @@ fn delivery_by_phase(
     reconnects: &[Round],
 ) -> String {
     let every = storm_every.as_secs().max(1);
-    let mut phases: [Option<Histogram<u64>>; 3] = [None, None, None];
-    for (second, histogram) in (0u64..).zip(&delivery.seconds_us) {
+    let mut phases = [histogram(), histogram(), histogram()];
+    for (second, latency) in (0u64..).zip(&delivery.seconds_us) {
         let (storm, offset) = ((second / every) as usize, second % every);
         let reconnected_by = reconnects
             .get(storm)
@@ -245,23 +245,14 @@ fn delivery_by_phase(
             o if o <= reconnected_by => 1,
             _ => 2,
         };
-        match &mut phases[phase] {
-            Some(sum) => {
-                let _ = sum.add(histogram);
-            }
-            slot @ None => *slot = Some(histogram.clone()),
-        }
+        // Every latency histogram of the load has the same bounds: adding cannot fail.
+        let _ = phases[phase].add(latency);
     }
     phases
         .iter()
-        .map(|phase| {
-            phase.as_ref().map_or("-".into(), |h| {
-                format!(
-                    "{:.1} ms ({})",
-                    h.value_at_quantile(0.99) as f64 / 1000.0,
-                    h.len()
-                )
-            })
+        .map(|phase| match phase.len() {
+            0 => "-".to_owned(),
+            events => format!("{:.1} ms ({events})", LatencyReport::of(phase).p99),
         })
         .collect::<Vec<_>>()
         .join(" / ")
