@@ -12,9 +12,10 @@
 //!    (its user's own order events: storm users never order, so the topic is quiet) and waits
 //!    for the answer, retrying after any failure (backing off, with jitter). Then they stay
 //!    connected, answering pings, so every window has the same connections open.
-//! 2. At the disturbed window's start ([`Disturbance::start`]), and again at even intervals
-//!    in it ([`Plan::storms`] in all), every storm connection is cut (the TCP connection
-//!    dropped, no close handshake) and every client connects and subscribes again at once.
+//! 2. At a disturbed window's start ([`Disturbance::start`], once per disturbed window), and
+//!    again at even intervals in it ([`Plan::storms`] in all), every storm connection is cut
+//!    (the TCP connection dropped, no close handshake) and every client connects and
+//!    subscribes again at once.
 //!    The slow readers connect at the window's start (raw sockets with a 4 KiB receive
 //!    buffer), straight to the nodes in turn, and subscribe to `pets` without reading the
 //!    answer: half never read again, half read 4 KiB every 100 ms. Not through the balancer:
@@ -24,7 +25,8 @@
 //! 3. At the window's end the slow readers stop reading; the nodes' slow-consumer count is
 //!    watched until it has grown by the number of slow readers (or [`DETECTION`] has passed);
 //!    then every slow reader reads what is left and must reach the end of its connection.
-//!    The storm clients stay connected, as before the window, until [`Running::release`].
+//!    The storm clients stay connected, as before the window, until the next disturbance or
+//!    [`Disturbance::release`].
 
 mod storm;
 
@@ -32,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 pub(super) use self::storm::Round;
@@ -107,28 +109,16 @@ pub(super) struct Outcome {
 }
 
 /// The disturbance, running on its own thread: its storm clients are connected (and kept
-/// alive: they answer pings) until [`Disturbance::start`], and again after it until
-/// [`Running::release`].
+/// alive: they answer pings) from [`Disturbance::connect`] until [`Disturbance::release`],
+/// and each [`Disturbance::start`] runs one disturbed window's disturbance.
 pub(super) struct Disturbance {
-    go: oneshot::Sender<u64>,
-    outcome: oneshot::Receiver<anyhow::Result<Outcome>>,
-    release: oneshot::Sender<()>,
+    go: mpsc::UnboundedSender<Go>,
 }
 
-/// A disturbance under way ([`Disturbance::start`]).
-pub(super) struct Running {
-    /// Arrives once the disturbed window is over and every slow reader was closed and read to
-    /// its end (or [`DETECTION`] passed); the storm clients stay connected after it.
-    pub outcome: oneshot::Receiver<anyhow::Result<Outcome>>,
-    release: oneshot::Sender<()>,
-}
-
-impl Running {
-    /// Drops the storm's connections and ends the thread.
-    pub(super) fn release(self) {
-        let _ = self.release.send(());
-    }
-}
+/// One disturbance to run: the nodes' slow-consumer count before it, and where its outcome
+/// goes once the window is over and every slow reader was closed and read to its end (or
+/// [`DETECTION`] passed).
+type Go = (u64, oneshot::Sender<anyhow::Result<Outcome>>);
 
 impl Disturbance {
     /// Starts the thread and connects every storm client (at once, as in the storm itself);
@@ -136,9 +126,7 @@ impl Disturbance {
     /// with the thread's error.
     pub(super) async fn connect(plan: Plan) -> anyhow::Result<(Self, Round)> {
         let (connected_tx, connected) = oneshot::channel();
-        let (go, go_rx) = oneshot::channel();
-        let (tx, outcome) = oneshot::channel();
-        let (release, release_rx) = oneshot::channel();
+        let (go, go_rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("chaos-disturbance".into())
             .spawn(move || {
@@ -150,35 +138,39 @@ impl Disturbance {
                 {
                     Ok(runtime) => runtime,
                     Err(e) => {
-                        let _ = tx.send(Err(e));
+                        let _ = connected_tx.send(Err(e));
                         return;
                     }
                 };
-                runtime.block_on(run(plan, connected_tx, go_rx, tx, release_rx));
+                runtime.block_on(run(plan, connected_tx, go_rx));
             })
             .context("starting the disturbance thread")?;
-        let mut this = Self {
-            go,
-            outcome,
-            release,
-        };
-        match connected.await {
-            Ok(round) => Ok((this, round)),
-            // The thread ended before connecting: its outcome says why.
-            Err(_) => Err(match (&mut this.outcome).await {
-                Ok(Err(e)) => e,
-                _ => anyhow::anyhow!("the disturbance thread ended before connecting"),
-            }),
+        let round = connected
+            .await
+            .map_err(|_| anyhow::anyhow!("the disturbance thread ended before connecting"))??;
+        Ok((Self { go }, round))
+    }
+
+    /// Starts a disturbance now (the nodes had counted `slow_consumers_before`): its outcome
+    /// arrives once its window is over and every slow reader was closed and read to its end
+    /// (or [`DETECTION`] passed); the storm clients stay connected after it.
+    pub(super) fn start(
+        &self,
+        slow_consumers_before: u64,
+    ) -> impl std::future::Future<Output = anyhow::Result<Outcome>> {
+        let (tx, outcome) = oneshot::channel();
+        let sent = self.go.send((slow_consumers_before, tx));
+        async move {
+            sent.map_err(|_| anyhow::anyhow!("the disturbance thread had ended"))?;
+            outcome
+                .await
+                .map_err(|_| anyhow::anyhow!("the disturbance thread ended mid-disturbance"))?
         }
     }
 
-    /// Starts the disturbance now (the nodes had counted `slow_consumers_before`).
-    pub(super) fn start(self, slow_consumers_before: u64) -> Running {
-        let _ = self.go.send(slow_consumers_before);
-        Running {
-            outcome: self.outcome,
-            release: self.release,
-        }
+    /// Drops the storm's connections and ends the thread.
+    pub(super) fn release(self) {
+        drop(self.go);
     }
 }
 
@@ -213,34 +205,41 @@ fn lowest_priority() {
     }
 }
 
-/// The thread's work: connects the storm, disturbs on `go`, sends what it saw on `outcome`,
-/// and keeps the storm connected until `release` (or until the experiment is dropped).
+/// The thread's work: connects the storm, runs a disturbance on each `go` (sending what it
+/// saw), and keeps the storm connected until `go` closes ([`Disturbance::release`], or the
+/// experiment is dropped).
 async fn run(
     plan: Plan,
-    connected: oneshot::Sender<Round>,
-    go: oneshot::Receiver<u64>,
-    outcome: oneshot::Sender<anyhow::Result<Outcome>>,
-    release: oneshot::Receiver<()>,
+    connected: oneshot::Sender<anyhow::Result<Round>>,
+    mut go: mpsc::UnboundedReceiver<Go>,
 ) {
-    match disturb(plan, connected, go).await {
-        Ok((seen, mut held)) => {
-            let _ = outcome.send(Ok(seen));
-            let _ = release.await;
-            held.cut().await;
+    let (storm, mut held) = match connect_storm(&plan).await {
+        Ok((storm, round, held)) => {
+            let _ = connected.send(Ok(round));
+            (storm, held)
         }
         Err(e) => {
-            let _ = outcome.send(Err(e));
+            let _ = connected.send(Err(e));
+            return;
+        }
+    };
+    while let Some((slow_consumers_before, outcome)) = go.recv().await {
+        match disturb(&plan, &storm, held, slow_consumers_before).await {
+            Ok((seen, still_held)) => {
+                held = still_held;
+                let _ = outcome.send(Ok(seen));
+            }
+            Err(e) => {
+                let _ = outcome.send(Err(e));
+                return;
+            }
         }
     }
+    held.cut().await;
 }
 
-/// Connects the storm, then on `go` runs the disturbed window: returns what it saw and the
-/// storm's connections, still open.
-async fn disturb(
-    plan: Plan,
-    connected: oneshot::Sender<Round>,
-    go: oneshot::Receiver<u64>,
-) -> anyhow::Result<(Outcome, Held)> {
+/// Connects every storm client and keeps them open.
+async fn connect_storm(plan: &Plan) -> anyhow::Result<(Storm, Round, Held)> {
     let storm = Storm::new(&plan.base_url, plan.storm_tokens.clone())?;
     let (round, sockets) = storm
         .round(plan.storm_clients, Instant::now() + CONNECT)
@@ -254,10 +253,17 @@ async fn disturb(
             round.failures
         );
     }
-    let mut held = Held::keep_alive(sockets);
-    let _ = connected.send(round);
-    let slow_consumers_before = go.await.context("the experiment ended before the storm")?;
+    Ok((storm, round, Held::keep_alive(sockets)))
+}
 
+/// One disturbed window, from now: the storms and the slow readers. Returns what it saw and
+/// the storm's connections, still open.
+async fn disturb(
+    plan: &Plan,
+    storm: &Storm,
+    mut held: Held,
+    slow_consumers_before: u64,
+) -> anyhow::Result<(Outcome, Held)> {
     let started = Instant::now();
     let end = started + plan.window;
     let between_storms = plan.window / plan.storms.max(1);
@@ -270,7 +276,7 @@ async fn disturb(
         // The cut: every connection dropped at once, without a close handshake...
         held.cut().await;
         if storm_number == 0 {
-            readers = slow_readers(&plan, &reader_stopped);
+            readers = slow_readers(plan, &reader_stopped);
         }
         // ...and every client connects and subscribes again at once.
         let (round, sockets) = storm

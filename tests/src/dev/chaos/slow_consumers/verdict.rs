@@ -22,15 +22,18 @@ const MAX_OTHERS_SHARE: u64 = 25;
 /// Everything one run measured.
 pub(super) struct Measured {
     pub storm_clients: usize,
-    /// Slow readers, stopped and slow together.
+    /// Slow readers of each disturbed window, stopped and slow together.
     pub slow_readers: usize,
+    /// Storms in each disturbed window.
+    pub storms: u32,
     /// The storm clients' first connection, before the first quiet window.
     pub connected: Round,
-    pub quiet_before: Window,
-    pub disturbed: Window,
-    pub quiet_after: Window,
-    pub outcome: Outcome,
-    /// Time between the disturbed window's cuts (the first at its start).
+    /// The quiet windows, in order: the first before the first disturbed window, then one
+    /// after each.
+    pub quiet: Vec<Window>,
+    /// The disturbed windows, in order.
+    pub disturbed: Vec<Disturbed>,
+    /// Time between a disturbed window's cuts (the first at its start).
     pub storm_every: Duration,
     /// Large pets created, and creations that failed.
     pub published: u64,
@@ -39,53 +42,56 @@ pub(super) struct Measured {
     pub subscribers: WsReport,
 }
 
-/// The two quiet windows as one: the percentiles of their summed histograms.
-struct Quiet {
+/// One disturbed window: what the load measured in it and what the disturbance saw.
+pub(super) struct Disturbed {
+    pub window: Window,
+    pub outcome: Outcome,
+}
+
+/// Several windows as one: the percentiles of their summed histograms (an average of their
+/// p99s would be another figure, lower than the pooled one when the windows differ).
+struct Pooled {
     http: LatencyReport,
     delivery: LatencyReport,
 }
 
-impl Quiet {
-    fn pooled(before: &Window, after: &Window) -> Self {
+impl Pooled {
+    fn of<'a>(windows: impl Iterator<Item = &'a Window> + Clone) -> Self {
         Self {
-            http: pooled(&before.load.http.latency_us, &after.load.http.latency_us),
-            delivery: pooled(&before.delivery.histogram_us, &after.delivery.histogram_us),
+            http: pooled(windows.clone().map(|w| &w.load.http.latency_us)),
+            delivery: pooled(windows.map(|w| &w.delivery.histogram_us)),
         }
     }
 }
 
-/// The percentiles of two windows' latencies together: of their summed histograms (an
-/// average of their p99s would be another figure, lower than the pooled one when the windows
-/// differ).
-fn pooled(a: &Histogram<u64>, b: &Histogram<u64>) -> LatencyReport {
-    let mut sum = a.clone();
-    // Same bounds as every histogram of the load: adding cannot fail.
-    let _ = sum.add(b);
+/// The percentiles of several histograms summed.
+fn pooled<'a>(histograms: impl Iterator<Item = &'a Histogram<u64>>) -> LatencyReport {
+    let mut sum = histogram();
+    for h in histograms {
+        // Same bounds as every histogram of the load: adding cannot fail.
+        let _ = sum.add(h);
+    }
     LatencyReport::of(&sum)
 }
 
 /// The figures and checks of a run.
 pub(super) fn findings(m: &Measured) -> Findings {
     let mut findings = Findings::default();
-    let quiet = Quiet::pooled(&m.quiet_before, &m.quiet_after);
-    let disturbed = &m.disturbed;
-    let (storm_http, storm_ws) = (
-        &disturbed.load.http.all.latency_ms,
-        &disturbed.delivery.latency,
-    );
+    let quiet = Pooled::of(m.quiet.iter());
+    let disturbed = Pooled::of(m.disturbed.iter().map(|d| &d.window));
     findings.key(
         "HTTP p99 quiet / disturbed",
-        format!("{:.1} / {:.1} ms", quiet.http.p99, storm_http.p99),
+        format!("{:.1} / {:.1} ms", quiet.http.p99, disturbed.http.p99),
     );
     findings.key(
         "delivery p99 quiet / disturbed",
-        format!("{:.1} / {:.1} ms", quiet.delivery.p99, storm_ws.p99),
+        format!(
+            "{:.1} / {:.1} ms",
+            quiet.delivery.p99, disturbed.delivery.p99
+        ),
     );
-    for (name, window) in [
-        ("first quiet window", &m.quiet_before),
-        ("disturbed window", disturbed),
-        ("second quiet window", &m.quiet_after),
-    ] {
+    let windows = in_order(m);
+    for (name, window) in &windows {
         findings.figure(
             &format!("HTTP latency p50 / p99 / max, {name} (from the due time)"),
             window.load.http.all.latency_ms.p50_p99_max(),
@@ -95,30 +101,36 @@ pub(super) fn findings(m: &Measured) -> Findings {
             window.delivery.latency.p50_p99_max(),
         );
     }
+    for (which, pooled) in [("quiet", &quiet), ("disturbed", &disturbed)] {
+        findings.figure(
+            &format!("HTTP latency p50 / p99 / max, {which} windows pooled"),
+            pooled.http.p50_p99_max(),
+        );
+        findings.figure(
+            &format!("delivery latency p50 / p99 / max, {which} windows pooled"),
+            pooled.delivery.p50_p99_max(),
+        );
+    }
     findings.figure(
-        "HTTP latency p50 / p99 / max, quiet windows pooled",
-        quiet.http.p50_p99_max(),
-    );
-    findings.figure(
-        "delivery latency p50 / p99 / max, quiet windows pooled",
-        quiet.delivery.p50_p99_max(),
-    );
-    findings.figure(
-        "delivery p99 in the disturbed window's cut seconds / reconnecting seconds / other seconds (events)",
-        delivery_by_phase(&m.disturbed.delivery, m.storm_every, &m.outcome.reconnects),
-    );
-    findings.figure(
-        "HTTP requests first quiet / disturbed / second quiet",
-        format!(
-            "{} / {} / {}",
-            m.quiet_before.load.http.all.requests,
-            disturbed.load.http.all.requests,
-            m.quiet_after.load.http.all.requests
+        "delivery p99 in the disturbed windows' cut seconds / reconnecting seconds / other seconds (events)",
+        delivery_by_phase(
+            m.disturbed
+                .iter()
+                .map(|d| (&d.window.delivery, d.outcome.reconnects.as_slice())),
+            m.storm_every,
         ),
     );
-    findings.figure("CPU time in the first quiet window", &m.quiet_before.cpu);
-    findings.figure("CPU time in the disturbed window", &disturbed.cpu);
-    findings.figure("CPU time in the second quiet window", &m.quiet_after.cpu);
+    findings.figure(
+        "HTTP requests in each window, in order",
+        windows
+            .iter()
+            .map(|(_, w)| w.load.http.all.requests.to_string())
+            .collect::<Vec<_>>()
+            .join(" / "),
+    );
+    for (name, window) in &windows {
+        findings.figure(&format!("CPU time in {name}"), &window.cpu);
+    }
     findings.figure(
         "large pets created (≈ 20 KB events) / failed",
         format!("{} / {}", m.published, m.publish_failures),
@@ -132,12 +144,12 @@ pub(super) fn findings(m: &Measured) -> Findings {
 
     let us = |ms: f64| (ms * 1000.0).round() as u64;
     for (what, quiet_p99, disturbed_p99) in [
-        ("HTTP", quiet.http.p99, storm_http.p99),
-        ("delivery", quiet.delivery.p99, storm_ws.p99),
+        ("HTTP", quiet.http.p99, disturbed.http.p99),
+        ("delivery", quiet.delivery.p99, disturbed.delivery.p99),
     ] {
         findings.check_at_most(
             &format!(
-                "{what} p99 in the disturbed window, µs (at most 1.2 × the quiet windows' {} µs)",
+                "{what} p99 in the disturbed windows, µs (at most 1.2 × the quiet windows' {} µs)",
                 us(quiet_p99)
             ),
             us(disturbed_p99),
@@ -149,18 +161,18 @@ pub(super) fn findings(m: &Measured) -> Findings {
     // whose quiet p99 was 8 s while other builds took half the machine).
     findings.check_at_most(
         "CPU other processes took in any window, per cent of the machine (the largest)",
-        [&m.quiet_before, disturbed, &m.quiet_after]
+        windows
             .iter()
-            .map(|w| w.others_share)
+            .map(|(_, w)| w.others_share)
             .max()
             .unwrap_or(0),
         MAX_OTHERS_SHARE,
     );
     findings.check(
         "failed idempotent requests",
-        [&m.quiet_before, disturbed, &m.quiet_after]
+        windows
             .iter()
-            .map(|w| w.load.http.failed_idempotent)
+            .map(|(_, w)| w.load.http.failed_idempotent)
             .sum(),
         0,
     );
@@ -176,77 +188,91 @@ pub(super) fn findings(m: &Measured) -> Findings {
         (subscribers.subscribers - subscribers.connected_at_end) as u64,
         0,
     );
+    let rounds = || m.disturbed.iter().flat_map(|d| &d.outcome.reconnects);
     findings.check(
         "storm clients not subscribed again after a cut (all cuts)",
-        m.outcome
-            .reconnects
-            .iter()
+        rounds()
             .map(|round| m.storm_clients.saturating_sub(round.subscribed) as u64)
             .sum(),
         0,
     );
     findings.check(
         "storm cuts made",
-        m.outcome.reconnects.len() as u64,
-        u64::from(super::STORMS),
+        rounds().count() as u64,
+        u64::from(m.storms) * m.disturbed.len() as u64,
     );
-    let readers = &m.outcome.readers;
-    let ended = readers.iter().filter(|r| r.ended.is_ok()).count() as u64;
-    let slow_total = m.slow_readers as u64;
+    let readers = || m.disturbed.iter().flat_map(|d| &d.outcome.readers);
+    let ended = readers().filter(|r| r.ended.is_ok()).count() as u64;
+    let slow_total = (m.slow_readers * m.disturbed.len()) as u64;
     findings.check(
         "slow readers whose connection did not end (or that never connected)",
         slow_total - ended.min(slow_total),
         0,
     );
+    let closes: u64 = m
+        .disturbed
+        .iter()
+        .map(|d| d.outcome.slow_consumer_closes)
+        .sum();
     findings.check(
         "slow readers the nodes did not count as slow consumers (1013)",
-        slow_total.saturating_sub(m.outcome.slow_consumer_closes),
+        slow_total.saturating_sub(closes),
         0,
     );
-    let window_json = |w: &Window| {
-        json!({
+    let pooled_json = |p: &Pooled| json!({"httpMs": p.http, "deliveryMs": p.delivery});
+    findings.detail = json!({
+        "quiet": pooled_json(&quiet),
+        "disturbed": pooled_json(&disturbed),
+        "windows": windows.iter().map(|(name, w)| json!({
+            "window": name,
             "load": w.load,
             "deliveryMs": w.delivery.latency,
             "deliveryTimeline": w.delivery.timeline,
             "cpu": w.cpu,
-        })
-    };
-    findings.detail = json!({
-        "quiet": {
-            "httpMs": quiet.http,
-            "deliveryMs": quiet.delivery,
-        },
-        "quietBefore": window_json(&m.quiet_before),
-        "disturbed": window_json(disturbed),
-        "quietAfter": window_json(&m.quiet_after),
+        })).collect::<Vec<_>>(),
         "websocket": subscribers,
     });
     findings
 }
 
-/// Where the disturbed window's delivery tail sits: the p99 of its seconds grouped as the
+/// Every window in the order it ran, with its name: quiet window 1, disturbed window 1, quiet
+/// window 2, …
+fn in_order(m: &Measured) -> Vec<(String, &Window)> {
+    let mut windows = Vec::new();
+    for (n, quiet) in (1..).zip(&m.quiet) {
+        windows.push((format!("quiet window {n}"), quiet));
+        if let Some(disturbed) = m.disturbed.get(n - 1) {
+            windows.push((format!("disturbed window {n}"), &disturbed.window));
+        }
+    }
+    windows
+}
+
+/// Where the disturbed windows' delivery tail sits: the p99 of their seconds grouped as the
 /// cut seconds (the first of each storm), the seconds until that storm's clients had all
-/// subscribed again, and the others (slow readers only). Seconds keep two significant digits.
-fn delivery_by_phase(
-    delivery: &crate::load::ws::Delivery,
+/// subscribed again, and the others (slow readers only), each window with its storms' rounds.
+/// Seconds keep two significant digits.
+fn delivery_by_phase<'a>(
+    windows: impl Iterator<Item = (&'a crate::load::ws::Delivery, &'a [Round])>,
     storm_every: Duration,
-    reconnects: &[Round],
 ) -> String {
     let every = storm_every.as_secs().max(1);
     let mut phases = [histogram(), histogram(), histogram()];
-    for (second, latency) in (0u64..).zip(&delivery.seconds_us) {
-        let (storm, offset) = ((second / every) as usize, second % every);
-        let reconnected_by = reconnects
-            .get(storm)
-            .and_then(|round| round.all_subscribed_after)
-            .map_or(every, |after| after.as_secs_f64().ceil() as u64);
-        let phase = match offset {
-            0 => 0,
-            o if o <= reconnected_by => 1,
-            _ => 2,
-        };
-        // Every latency histogram of the load has the same bounds: adding cannot fail.
-        let _ = phases[phase].add(latency);
+    for (delivery, reconnects) in windows {
+        for (second, latency) in (0u64..).zip(&delivery.seconds_us) {
+            let (storm, offset) = ((second / every) as usize, second % every);
+            let reconnected_by = reconnects
+                .get(storm)
+                .and_then(|round| round.all_subscribed_after)
+                .map_or(every, |after| after.as_secs_f64().ceil() as u64);
+            let phase = match offset {
+                0 => 0,
+                o if o <= reconnected_by => 1,
+                _ => 2,
+            };
+            // Every latency histogram of the load has the same bounds: adding cannot fail.
+            let _ = phases[phase].add(latency);
+        }
     }
     phases
         .iter()
@@ -277,11 +303,15 @@ fn storm_figures(findings: &mut Findings, m: &Measured) {
         "storm clients' first connection (before the first quiet window)".to_owned(),
         &m.connected,
     ))
-    .chain(m.outcome.reconnects.iter().zip(1..).map(|(round, n)| {
-        (
-            format!("storm {n}: cut, every client reconnecting at once"),
-            round,
-        )
+    .chain(m.disturbed.iter().zip(1..).flat_map(|(d, window)| {
+        d.outcome.reconnects.iter().zip(1..).map(move |(round, n)| {
+            (
+                format!(
+                    "disturbed window {window}, storm {n}: cut, every client reconnecting at once"
+                ),
+                round,
+            )
+        })
     }));
     for (what, round) in rounds {
         findings.figure(
@@ -297,10 +327,10 @@ fn storm_figures(findings: &mut Findings, m: &Measured) {
     }
 }
 
-/// What became of the slow readers.
+/// What became of the slow readers, all disturbed windows together.
 fn reader_figures(findings: &mut Findings, m: &Measured) {
-    let outcome = &m.outcome;
-    let readers = &outcome.readers;
+    let outcomes = || m.disturbed.iter().map(|d| &d.outcome);
+    let readers: Vec<_> = outcomes().flat_map(|o| &o.readers).collect();
     let ended = readers.iter().filter(|r| r.ended.is_ok()).count();
     let close_1013 = readers
         .iter()
@@ -308,14 +338,14 @@ fn reader_figures(findings: &mut Findings, m: &Measured) {
         .count();
     findings.key(
         "slow readers closed",
-        format!("{ended} of {}", m.slow_readers),
+        format!("{ended} of {}", m.slow_readers * m.disturbed.len()),
     );
     findings.figure(
         "slow readers closed by the node (connection ended), with a 1013 close frame",
         format!("{ended}, {close_1013}"),
     );
     findings.figure(
-        "bytes the slowly reading readers read in the window (each)",
+        "bytes the slowly reading readers read in their window (each)",
         readers
             .iter()
             .filter(|r| !r.stopped)
@@ -324,15 +354,20 @@ fn reader_figures(findings: &mut Findings, m: &Measured) {
             .join(", "),
     );
     findings.figure(
-        "nodes' slow-consumer closes during the experiment",
-        outcome.slow_consumer_closes,
+        "nodes' slow-consumer closes during the disturbances",
+        outcomes().map(|o| o.slow_consumer_closes).sum::<u64>(),
     );
     findings.figure(
-        "every slow reader closed, after the window",
-        outcome.detected_after.map_or_else(
-            || format!("not within {} s", disturbance::DETECTION.as_secs()),
-            ms,
-        ),
+        "every slow reader closed, after each disturbed window",
+        outcomes()
+            .map(|o| {
+                o.detected_after.map_or_else(
+                    || format!("not within {} s", disturbance::DETECTION.as_secs()),
+                    ms,
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" / "),
     );
     for (reader, failure) in readers
         .iter()
@@ -341,7 +376,7 @@ fn reader_figures(findings: &mut Findings, m: &Measured) {
         let kind = if reader.stopped { "stopped" } else { "slow" };
         findings.figure(&format!("{kind} reader not closed"), failure);
     }
-    for failure in &outcome.reader_failures {
+    for failure in outcomes().flat_map(|o| &o.reader_failures) {
         findings.figure("slow reader failed to connect", failure);
     }
 }
@@ -361,7 +396,7 @@ mod tests {
     #[test]
     fn pooling_takes_the_percentiles_of_both_windows_together() {
         let (fast, slow) = (recorded(1..=100), recorded(101..=200));
-        let both = pooled(&fast, &slow);
+        let both = pooled([&fast, &slow].into_iter());
         // 200 samples: p99 is the 198th, p50 the 100th; averaging the windows' p99s would
         // give ≈ 149 ms.
         assert!((197.0..=199.0).contains(&both.p99), "{}", both.p99);
@@ -389,8 +424,13 @@ mod tests {
             seconds_us: second_ms.iter().map(|&ms| recorded(ms..=ms)).collect(),
         };
         assert_eq!(
-            delivery_by_phase(&delivery, every, &reconnects),
+            delivery_by_phase(std::iter::once((&delivery, &reconnects[..])), every),
             "60.0 ms (2) / 30.0 ms (5) / 5.0 ms (1)"
+        );
+        // A second window with the same seconds and rounds counts every second again.
+        assert_eq!(
+            delivery_by_phase([(&delivery, &reconnects[..]); 2].into_iter(), every),
+            "60.0 ms (4) / 30.0 ms (10) / 5.0 ms (2)"
         );
     }
 }
