@@ -6,8 +6,8 @@
 //!    load's users and pets and the storm's users, connect the normal subscribers of `pets`,
 //!    and start a publisher that creates large pets (≈ 20 KB events: many `photoUrls`) at
 //!    a steady rate, so `pets` is the busy topic: its bytes are what fills a reader that
-//!    stops. Connect the storm's clients and keep them open ([`disturbance`]), so both
-//!    windows have the same connections.
+//!    stops. Connect the storm's clients and keep them open ([`disturbance`]), so every
+//!    window has the same connections.
 //! 2. After a warm-up, windows of the same mixed HTTP load (open loop) through the balancer:
 //!    a quiet one, then [`Plan::cycles`] times a disturbed one (twice as long) and a quiet
 //!    one. The HTTP latency (from the due time) and the subscribers' delivery latency (event
@@ -21,11 +21,12 @@
 //! The verdict compares the disturbed windows pooled (their histograms summed) with the quiet
 //! windows pooled, which alternate with them from the run's start to its end, so a drift over
 //! the run (a warming cache, a growing table) weighs on both sides alike. The full form runs
-//! three cycles (≈ 3 300 events to 30 subscribers on the quiet side and ≈ 5 000 on the
-//! disturbed one, instead of ≈ 1 650 each with one): the subscribers see the same events, so
-//! a window's delivery p99 is set by its slowest events, a few dozen, and with one cycle the ratio of the two sides varied by ±13 % with no
-//! disturbance at all — as much as the effect measured against a bar of +20 %
-//! (docs/benchmarks.md, "The control").
+//! three cycles (≈ 4 000 events to 30 subscribers on the quiet side and ≈ 6 000 on the
+//! disturbed one, instead of ≈ 2 000 each with one): the subscribers see the same events, so
+//! a window's delivery p99 is set by its slowest events, a few dozen, and with one cycle the
+//! ratio of the two sides varied by ±13 % with no disturbance at all — as much as the margin
+//! between the disturbance's effect and the bar of +20 % (docs/benchmarks.md, "Three cycles
+//! in a run").
 //!
 //! PASS: the disturbed windows' HTTP p99 and delivery p99 are at most 1.2 × the quiet
 //! windows'; no normal subscriber lost, repeated or had to reconnect; no idempotent request
