@@ -224,15 +224,11 @@ async fn run(
         }
     };
     while let Some((slow_consumers_before, outcome)) = go.recv().await {
-        match disturb(&plan, &storm, held, slow_consumers_before).await {
-            Ok((seen, still_held)) => {
-                held = still_held;
-                let _ = outcome.send(Ok(seen));
-            }
-            Err(e) => {
-                let _ = outcome.send(Err(e));
-                return;
-            }
+        let seen = disturb(&plan, &storm, &mut held, slow_consumers_before).await;
+        let failed = seen.is_err();
+        let _ = outcome.send(seen);
+        if failed {
+            return;
         }
     }
     held.cut().await;
@@ -256,14 +252,14 @@ async fn connect_storm(plan: &Plan) -> anyhow::Result<(Storm, Round, Held)> {
     Ok((storm, round, Held::keep_alive(sockets)))
 }
 
-/// One disturbed window, from now: the storms and the slow readers. Returns what it saw and
-/// the storm's connections, still open.
+/// One disturbed window, from now: the storms and the slow readers. Returns what it saw;
+/// `held` is then the storm's new connections, still open.
 async fn disturb(
     plan: &Plan,
     storm: &Storm,
-    mut held: Held,
+    held: &mut Held,
     slow_consumers_before: u64,
-) -> anyhow::Result<(Outcome, Held)> {
+) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let end = started + plan.window;
     let between_storms = plan.window / plan.storms.max(1);
@@ -283,7 +279,7 @@ async fn disturb(
             .round(plan.storm_clients, storm_start + between_storms)
             .await;
         outcome.reconnects.push(round);
-        held = Held::keep_alive(sockets);
+        *held = Held::keep_alive(sockets);
     }
     tokio::time::sleep_until(end.into()).await;
     reader_stop.send_replace(true);
@@ -327,7 +323,7 @@ async fn disturb(
             .readers
             .push(reader.context("a slow reader panicked")?);
     }
-    Ok((outcome, held))
+    Ok(outcome)
 }
 
 /// A slow reader that connected: whether it stopped (rather than read slowly), the bytes it
